@@ -1,0 +1,83 @@
+"""meldkit's user-facing exceptions.
+
+Every problem a user can cause or fix is raised as a :class:`MeldError` (or a subclass) with a
+one-line ``message`` and an optional ``hint`` saying how to fix it. The CLI prints
+``error: <message>`` and ``hint: <hint>`` and exits with :attr:`MeldError.exit_code`; only
+``--debug`` shows a traceback. Problems found before any computation (recipe, inputs, plan)
+exit with 2; failures while merging exit with 1.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+__all__ = [
+    "MeldError",
+    "RecipeError",
+    "InputError",
+    "PlanError",
+    "MergeRuntimeError",
+    "OutputError",
+    "did_you_mean",
+]
+
+
+class MeldError(Exception):
+    """Base of all meldkit errors: a message, a hint, and the CLI exit code."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        if self.hint:
+            return f"{self.message} (hint: {self.hint})"
+        return self.message
+
+
+class RecipeError(MeldError):
+    """The recipe (YAML or dict) is malformed or asks for something impossible."""
+
+
+class InputError(MeldError):
+    """An input model is missing, unreadable, corrupt or inconsistent."""
+
+
+class PlanError(MeldError):
+    """The recipe and the inputs do not fit together; carries every problem found.
+
+    ``problems`` holds one line per problem; ``message`` summarises them all.
+    """
+
+    def __init__(self, problems: list[str], hint: str | None = None) -> None:
+        self.problems = list(problems)
+        if len(self.problems) == 1:
+            message = self.problems[0]
+        else:
+            lines = "\n".join(f"  - {p}" for p in self.problems)
+            message = f"{len(self.problems)} problems found while planning:\n{lines}"
+        super().__init__(message, hint)
+
+
+class OutputError(MeldError):
+    """The output folder cannot be used (occupied, inside an input, not writable)."""
+
+
+class MergeRuntimeError(MeldError):
+    """A failure while computing or writing (disk full, interrupted, device error)."""
+
+    exit_code = 1
+
+
+def did_you_mean(word: str, choices: Iterable[str], n: int = 3) -> str:
+    """Return ``" Did you mean 'x'?"`` for the closest choices, or ``""`` when none is close."""
+    close = difflib.get_close_matches(word, list(choices), n=n, cutoff=0.6)
+    if not close:
+        return ""
+    if len(close) == 1:
+        return f" Did you mean '{close[0]}'?"
+    return " Did you mean " + ", ".join(f"'{c}'" for c in close[:-1]) + f" or '{close[-1]}'?"
