@@ -1,0 +1,5 @@
+"""``python -m meldkit`` is the ``meldkit`` command."""
+
+from meldkit.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,116 @@
+"""The subcommands' bodies; each takes the parsed arguments and returns an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+__all__ = ["cmd_merge", "cmd_plan", "cmd_methods", "cmd_demo", "cmd_verify"]
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def _plan_options(args: argparse.Namespace) -> Any:
+    from meldkit.io.sizes import parse_size
+    from meldkit.plan import PlanOptions
+
+    return PlanOptions(
+        out_shard_size=parse_size(args.out_shard_size),
+        unsafe_truncate_embeddings=args.unsafe_truncate_embeddings,
+        strict=args.strict,
+        cache_dir=args.cache_dir,
+    )
+
+
+def describe_plan(plan: Any, list_tensors: bool = False) -> str:
+    """A human summary of a plan: inputs, method, tensors, shards, bytes and memory."""
+    from meldkit.io.sizes import format_size
+
+    lines = [f"method: {plan.method.name}", "inputs:"]
+    for key, info in plan.models.items():
+        extra = f" + LoRA {info.lora_folder}" if info.lora_folder else ""
+        lines.append(f"  - {key} ({len(info.index.tensors)} tensors, {info.layout.num_layers} layers){extra}")
+    lines.append(f"output: {len(plan.tensors)} tensors, {plan.output_layers} layers, "
+                 f"{len(plan.shards)} shard{'s' if len(plan.shards) != 1 else ''}")
+    for shard in plan.shards:
+        lines.append(f"  - {shard.filename}: {len(shard.entries)} tensors, {format_size(shard.file_size)}")
+    lines.append(f"bytes to read: {format_size(plan.bytes_to_read)}")
+    lines.append(f"bytes to write: {format_size(plan.bytes_to_write)}")
+    lines.append(f"estimated peak memory: {format_size(plan.peak_memory_estimate)}")
+    if list_tensors:
+        lines.append("tensors:")
+        for t in plan.tensors:
+            srcs = ", ".join(f"{s.model}:{s.name}" for s in t.sources)
+            lines.append(f"  {t.name} {list(t.shape)} {t.out_dtype} <- {srcs}")
+    return "\n".join(lines)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from meldkit.plan import plan_merge
+
+    plan = plan_merge(args.recipe, _plan_options(args))
+    for w in plan.warnings:
+        _warn(w)
+    print(describe_plan(plan, args.tensors))
+    print("plan OK: nothing was computed")
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from meldkit.execute.runner import RunOptions, execute_plan
+    from meldkit.plan import plan_merge
+
+    if args.no_safe_serialization:
+        _warn("--no-safe-serialization is ignored: meldkit always writes safetensors")
+    device = args.device or ("cuda" if (args.cuda or args.gpu_rich) else "cpu")
+    plan = plan_merge(args.recipe, _plan_options(args))
+    for w in plan.warnings:
+        _warn(w)
+    run = RunOptions(
+        device=device,
+        threads=args.threads,
+        seed=args.seed,
+        quiet=args.quiet,
+        copy_tokenizer=args.copy_tokenizer,
+        write_model_card=args.write_model_card,
+        overwrite=args.overwrite,
+        resume=args.resume,
+    )
+    out = execute_plan(plan, args.out, run, _warn)
+    if not args.quiet:
+        print(f"wrote {len(plan.tensors)} tensors in {len(plan.shards)} shard(s) to {out}")
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from meldkit.methods.describe import methods_json, methods_table
+
+    if args.json:
+        print(json.dumps(methods_json(), indent=2))
+    else:
+        print(methods_table())
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from meldkit.cli.demo import run_demo
+
+    run_demo(args.out)
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from meldkit.verify import verify_folder
+
+    problems = verify_folder(args.folder)
+    if problems:
+        for p in problems:
+            print(f"problem: {p}", file=sys.stderr)
+        print(f"verify: {len(problems)} problem(s) in {args.folder}", file=sys.stderr)
+        return 1
+    print(f"verify: {args.folder} is a complete, readable model")
+    return 0

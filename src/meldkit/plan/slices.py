@@ -1,0 +1,105 @@
+"""Normalising ``models:`` / ``slices:`` into one list of output slices (spec section 2.4).
+
+``models:`` becomes a single slice whose sources cover each model's whole layer stack, with the
+base model appended as a source when it is not listed. Layer ranges are checked against the
+models here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from meldkit.config.schema import MergeConfig, ModuleConfig, Parameters
+from meldkit.plan.models import InputModelInfo
+from meldkit.plan.parameters import ProblemLog
+
+__all__ = ["SliceSource", "PlannedSlice", "normalise_slices"]
+
+
+@dataclass(frozen=True)
+class SliceSource:
+    model: str  # key of InputModelInfo
+    start: int
+    end: int
+    parameters: Parameters = field(default_factory=dict)
+
+
+@dataclass
+class PlannedSlice:
+    where: str  # "models", "slices[2]", "modules.text.slices[0]"
+    sources: list[SliceSource]
+    base: str | None  # key of the slice's base model, if any
+    base_index: int | None  # its position among the sources
+    parameters: Parameters
+    module_parameters: Parameters
+    module_where: str = ""
+
+    @property
+    def length(self) -> int:
+        return self.sources[0].end - self.sources[0].start
+
+
+def _check_range(model: InputModelInfo, start: int, end: int, where: str, log: ProblemLog) -> None:
+    n = model.layout.num_layers
+    if end > n:
+        log.problem(
+            ("range", where),
+            f"{where}: layer_range [{start}, {end}] is outside {model.key}, which has {n} layers (0..{n - 1})",
+        )
+
+
+def _module_slices(
+    config: MergeConfig, module: ModuleConfig, where: str, models: dict[str, InputModelInfo], log: ProblemLog
+) -> list[PlannedSlice]:
+    out: list[PlannedSlice] = []
+    base = str(config.base_model) if config.base_model else None
+    if module.models is not None:
+        sources = [SliceSource(str(m.model), 0, models[str(m.model)].layout.num_layers, m.parameters) for m in module.models]
+        if base is not None and base not in [s.model for s in sources]:
+            sources.append(SliceSource(base, 0, models[base].layout.num_layers))
+        lengths = {s.end for s in sources}
+        if len(lengths) > 1:
+            desc = ", ".join(f"{s.model} ({s.end} layers)" for s in sources)
+            log.problem(
+                ("layers", where),
+                f"the models have different numbers of layers: {desc}",
+            )
+            return []
+        base_index = next((i for i, s in enumerate(sources) if s.model == base), None)
+        out.append(PlannedSlice(where or "models", sources, base, base_index, {}, module.parameters, where))
+        return out
+    for i, sl in enumerate(module.slices or ()):
+        sw = f"{where + '.' if where else ''}slices[{i}]"
+        sbase = str(sl.base_model) if sl.base_model else base
+        sources = []
+        for j, src in enumerate(sl.sources):
+            key = str(src.model)
+            start, end = src.layer_range
+            _check_range(models[key], start, end, f"{sw}.sources[{j}].layer_range", log)
+            sources.append(SliceSource(key, start, end, src.parameters))
+        base_index = next((k for k, s in enumerate(sources) if s.model == sbase), None)
+        out.append(PlannedSlice(sw, sources, sbase, base_index, sl.parameters, module.parameters, where))
+    return out
+
+
+def normalise_slices(config: MergeConfig, models: dict[str, InputModelInfo], log: ProblemLog) -> list[PlannedSlice]:
+    """The recipe's output slices, in output order; problems go to ``log``."""
+    modules = config.all_modules()
+    if config.modules is not None:
+        log.problem(
+            ("modules",),
+            "`modules:` recipes (multi-module models such as VLMs) are not supported yet",
+        )
+        return []
+    module = modules[""]
+    if module.slices is not None:
+        for key in sorted({str(src.model) for sl in module.slices for src in sl.sources}):
+            info = models[key]
+            if info.layout.other_stacks:
+                log.problem(
+                    ("stacks", key),
+                    f"{key} has several layer stacks ({', '.join(sorted([str(info.layout.stack_prefix), *info.layout.other_stacks]))}); "
+                    "`slices:` needs a single-stack model",
+                )
+    slices = _module_slices(config, module, "", models, log)
+    return slices
