@@ -342,7 +342,10 @@ def load_config(source: Any, *, strict: bool = False) -> MergeConfig:
     if isinstance(source, dict):
         return parse_config(source, strict=strict, source_text=yaml.safe_dump(source, sort_keys=False))
     origin = "recipe"
-    if isinstance(source, Path) or (isinstance(source, str) and "\n" not in source and ":" not in source):
+    looks_like_path = isinstance(source, str) and source.strip() != "" and "\n" not in source and (
+        ":" not in source or Path(source).is_file()
+    )
+    if isinstance(source, Path) or looks_like_path:
         path = Path(source)
         if not path.is_file():
             raise RecipeError(f"recipe file '{source}' not found", hint="give the path of a YAML recipe")

@@ -154,7 +154,8 @@ def plan_merge(recipe: Any, options: PlanOptions | None = None, **kwargs: Any) -
     if options.strict and len(warnings) > len(config.warnings):
         raise PlanError(warnings, hint="fix the recipe, or drop --strict to only warn")
     output_layers = sum(sl.length for sl in slices)
-    out_config = _output_config(config, models[donor], output_layers, builder.tensors)
+    origins = [(sl.sources[sl.base_index or 0].model, sl.sources[sl.base_index or 0].start + j) for sl in slices for j in range(sl.length)]
+    out_config = _output_config(config, models, models[donor], origins, builder.tensors)
     specs = [OutputTensorSpec(t.name, t.out_dtype, t.shape) for t in builder.tensors]
     shards = plan_shards(specs, options.out_shard_size)
     return MergePlan(config, method, models, builder.tensors, donor, out_config, shards, options, output_layers, warnings)
@@ -354,13 +355,35 @@ class _TensorBuilder:
         return None
 
 
-def _output_config(config: MergeConfig, donor: InputModelInfo, layers: int, tensors: list[TensorPlan]) -> dict[str, Any] | None:
+def _remap_layer_lists(node: dict[str, Any], donor_layers: int,
+                       origins: list[tuple[str, int]], models: dict[str, InputModelInfo], sub: str | None) -> None:
+    """Per-layer config lists (``layer_types``, per-layer window sizes...) follow the layers:
+    output layer i takes the entry of the layer it was copied from, in that layer's model."""
+    for key, value in list(node.items()):
+        if not isinstance(value, list) or len(value) != donor_layers or not donor_layers:
+            continue
+        remapped = []
+        for model, index in origins:
+            cfg = models[model].config or {}
+            src = cfg.get(sub, {}) if sub else cfg
+            column = src.get(key) if isinstance(src, dict) else None
+            remapped.append(column[index] if isinstance(column, list) and index < len(column) else value[index % len(value)])
+        node[key] = remapped
+
+
+def _output_config(config: MergeConfig, models: dict[str, InputModelInfo], donor: InputModelInfo,
+                   origins: list[tuple[str, int]], tensors: list[TensorPlan]) -> dict[str, Any] | None:
     if donor.config is None:
         return None
     out = copy.deepcopy(donor.config)
     key = donor.layout.config_layer_key
+    layers = len(origins)
     if key is not None and donor.layout.config_layers is not None and layers:
         set_config_key(out, key, layers)
+        donor_layers = donor.layout.config_layers
+        _remap_layer_lists(out, donor_layers, origins, models, None)
+        if isinstance(out.get("text_config"), dict) and key.startswith("text_config."):
+            _remap_layer_lists(out["text_config"], donor_layers, origins, models, "text_config")
     dtype = config.out_dtype or config.dtype
     if dtype:
         name = _DTYPE_NAMES.get(parse_dtype_name(dtype), dtype)
