@@ -29,7 +29,21 @@ _EXPORTS = {
     "MergeRuntimeError": "meldkit.errors",
 }
 
-__all__ = sorted([*_EXPORTS, "__version__"])
+__all__ = [
+    "InputError",
+    "MeldError",
+    "MergeConfig",
+    "MergePlan",
+    "MergeRuntimeError",
+    "OutputError",
+    "PlanError",
+    "PlanOptions",
+    "RecipeError",
+    "__version__",
+    "load_config",
+    "plan_merge",
+    "run_merge",
+]
 
 if TYPE_CHECKING:
     from meldkit.api import run_merge

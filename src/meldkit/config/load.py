@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -188,7 +188,7 @@ def _parse_stack(d: dict[str, Any], where: str, warn: RecipeWarnings) -> tuple[t
     present = [k for k in ("models", "slices") if d.get(k) is not None]
     if len(present) != 1:
         raise RecipeError(
-            f"{where or 'recipe'}: give exactly one of 'models' or 'slices'" + (f" (found both)" if len(present) == 2 else ""),
+            f"{where or 'recipe'}: give exactly one of 'models' or 'slices'" + (" (found both)" if len(present) == 2 else ""),
             hint="`models:` merges whole models; `slices:` picks layer ranges",
         )
     if present[0] == "models":
@@ -247,10 +247,12 @@ def _parse_tokenizer(value: Any, where: str, warn: RecipeWarnings) -> TokenizerC
     return TokenizerConfig(source, tokens, pad)
 
 
-def _parse_tokenizer_source(value: Any, where: str) -> str | ModelRef:
+def _parse_tokenizer_source(value: Any, where: str) -> Literal["union", "base"] | ModelRef:
     if isinstance(value, str):
-        if value in ("union", "base"):
-            return value
+        if value == "union":
+            return "union"
+        if value == "base":
+            return "base"
         if value.startswith("model:"):  # MergeKit's old spelling
             value = value[len("model:"):]
     return parse_model_ref(value, where)

@@ -7,7 +7,7 @@ Parameter values ("settings") stay in their YAML shape (scalar, gradient list or
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 from meldkit.config.modelref import ModelRef
 
@@ -26,7 +26,7 @@ __all__ = [
     "MergeConfig",
 ]
 
-Scalar = Union[bool, int, float, str]
+Scalar = bool | int | float | str
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class FilterEntry:
 
 
 # A scalar, a gradient (tuple of scalars) or a conditional list (tuple of FilterEntry).
-Setting = Union[Scalar, tuple[Scalar, ...], tuple[FilterEntry, ...], None]
+Setting = Scalar | tuple[Scalar, ...] | tuple[FilterEntry, ...] | None
 Parameters = dict[str, Setting]
 
 
