@@ -19,12 +19,15 @@ from meldkit.config.schema import MergeConfig, Parameters
 from meldkit.errors import PlanError
 from meldkit.io.dtypes import parse_dtype_name, promote
 from meldkit.io.header import DTYPE_SIZES, TensorInfo
-from meldkit.io.sizes import parse_size
 from meldkit.io.writer import OutputTensorSpec, ShardLayout, plan_shards
 from meldkit.methods.registry import MethodSpec, get_method
 from meldkit.plan.architecture import set_config_key, tied_head_name
 from meldkit.plan.models import InputModelInfo, open_models
-from meldkit.plan.parameters import ProblemLog, resolve_tensor_parameters, unknown_parameter_warnings
+from meldkit.plan.parameters import (
+    ProblemLog,
+    resolve_tensor_parameters,
+    unknown_parameter_warnings,
+)
 from meldkit.plan.slices import PlannedSlice, SliceSource, normalise_slices
 
 __all__ = ["PlanOptions", "TensorSource", "TensorPlan", "MergePlan", "plan_merge"]
