@@ -44,8 +44,11 @@ class TensorLoader:
 
     def load(self, tensor: TensorPlan) -> list[torch.Tensor]:
         out = []
+        # On a GPU the copy to the device happens here, in the loader thread, from pinned
+        # memory, so it overlaps the math on the previous tensor. Byte copies stay on the CPU.
+        device = "cpu" if (tensor.copy or tensor.integer) else self.device
         for src in tensor.sources:
-            x = self.reader.read(src.info)
+            x = self.reader.read(src.info, device=device, pin_memory=device != "cpu")
             adapter = self._adapter(src.model)
             if adapter is not None:
                 x = adapter.apply(src.name, x)
@@ -100,6 +103,6 @@ def compute_tensor(
     del xs
     if tuple(result.shape) != tensor.shape:
         raise MergeRuntimeError(
-            f"method {ctx.name} produced shape {tuple(result.shape)} for {tensor.name}, expected {tensor.shape}"
+            f"the merge method produced shape {tuple(result.shape)} for {tensor.name}, expected {tensor.shape}"
         )
     return result.to(dtype=out_dtype).to("cpu").contiguous()
