@@ -21,7 +21,7 @@ from meldkit.io.dtypes import parse_dtype_name, promote
 from meldkit.io.header import DTYPE_SIZES, TensorInfo
 from meldkit.io.writer import OutputTensorSpec, ShardLayout, plan_shards
 from meldkit.methods.registry import MethodSpec, get_method
-from meldkit.plan.architecture import set_config_key, tied_head_name
+from meldkit.plan.architecture import ModelLayout, set_config_key, tied_head_name
 from meldkit.plan.models import InputModelInfo, open_models
 from meldkit.plan.parameters import (
     ProblemLog,
@@ -123,7 +123,9 @@ def _label(model: str, base: str | None) -> str:
 
 
 def _source_scope_label(sl: PlannedSlice, i: int) -> str:
-    return f"{sl.where}.sources[{i}]" if sl.where.startswith(("slices", "modules")) else f"models[{i}]"
+    if "slices[" in sl.where:
+        return f"{sl.where}.sources[{i}]"
+    return f"{sl.where}[{i}]" if sl.where.endswith("models") else f"{sl.where}.models[{i}]"
 
 
 def plan_merge(recipe: Any, options: PlanOptions | None = None, **kwargs: Any) -> MergePlan:
@@ -156,8 +158,10 @@ def plan_merge(recipe: Any, options: PlanOptions | None = None, **kwargs: Any) -
     warnings = list(log.warnings.values())
     if options.strict and len(warnings) > len(config.warnings):
         raise PlanError(warnings, hint="fix the recipe, or drop --strict to only warn")
-    output_layers = sum(sl.length for sl in slices)
-    origins = [(sl.sources[sl.base_index or 0].model, sl.sources[sl.base_index or 0].start + j) for sl in slices for j in range(sl.length)]
+    # Only the slices of the main decoder stack count towards the config's layer count.
+    main = [sl for sl in slices if sl.layouts[sl.sources[sl.base_index or 0].model].config_layer_key is not None] or slices
+    output_layers = sum(sl.length for sl in main)
+    origins = [(sl.sources[sl.base_index or 0].model, sl.sources[sl.base_index or 0].start + j) for sl in main for j in range(sl.length)]
     out_config = _output_config(config, models, models[donor], origins, builder.tensors)
     specs = [OutputTensorSpec(t.name, t.out_dtype, t.shape) for t in builder.tensors]
     shards = plan_shards(specs, options.out_shard_size)
@@ -212,41 +216,45 @@ class _TensorBuilder:
 
     # -- tensors --------------------------------------------------------------------------
     def plan_all(self, slices: list[PlannedSlice]) -> None:
-        first, last = slices[0], slices[-1]
-        donor_layout = self.models[first.sources[first.base_index or 0].model].layout
-        for name in self._non_layer_names(first, "pre"):
-            self._plan_tensor(name, first, [name] * len(first.sources), t=0.0)
-        offset = 0
+        """Each module in turn: non-layer "pre" tensors from its first slice, its layers
+        renumbered slice after slice, then "post" tensors from its last slice."""
+        modules: dict[str, list[PlannedSlice]] = {}
         for sl in slices:
-            ref = self.models[sl.sources[sl.base_index or 0].model].layout
-            for j in range(sl.length):
-                t = layer_depth(j, sl.length)
-                ref_layer = sl.sources[sl.base_index or 0].start + j
-                for suffix in ref.layer_suffixes.get(ref_layer, []):
-                    out_name = f"{donor_layout.stack_prefix}{offset + j}.{suffix}"
-                    names = [self.models[s.model].layout.layer_tensor(s.start + j, suffix) for s in sl.sources]
-                    self._plan_tensor(out_name, sl, names, t)
-            offset += sl.length
-        for name in self._non_layer_names(last, "post"):
-            self._plan_tensor(name, last, [name] * len(last.sources), t=0.0)
+            modules.setdefault(sl.module_where, []).append(sl)
+        for group in modules.values():
+            first, last = group[0], group[-1]
+            for name in self._non_layer_names(first, "pre"):
+                self._plan_tensor(name, first, [name] * len(first.sources), t=0.0)
+            offset = 0
+            for sl in group:
+                ref = sl.layouts[sl.sources[sl.base_index or 0].model]
+                for j in range(sl.length):
+                    t = layer_depth(j, sl.length)
+                    ref_layer = sl.sources[sl.base_index or 0].start + j
+                    for suffix in ref.layer_suffixes.get(ref_layer, []):
+                        out_name = f"{ref.stack_prefix}{offset + j}.{suffix}"
+                        names = [sl.layouts[s.model].layer_tensor(s.start + j, suffix) for s in sl.sources]
+                        self._plan_tensor(out_name, sl, names, t)
+                offset += sl.length
+            for name in self._non_layer_names(last, "post"):
+                self._plan_tensor(name, last, [name] * len(last.sources), t=0.0)
 
     def _non_layer_names(self, sl: PlannedSlice, where: str) -> list[str]:
         names: dict[str, None] = {}
         for src in sl.sources:
-            layout = self.models[src.model].layout
+            layout = sl.layouts[src.model]
             names.update(dict.fromkeys(layout.pre if where == "pre" else layout.post))
             for prefix in layout.other_stacks if where == "pre" else ():
                 for tensor in self.models[src.model].index.tensors:
-                    if tensor.startswith(prefix):
+                    if tensor.startswith(prefix) and tensor not in names:
                         names[tensor] = None
         return list(names)
 
-    def _find(self, src: SliceSource, name: str) -> tuple[str, TensorInfo] | None:
+    def _find(self, src: SliceSource, layout: ModelLayout, name: str) -> tuple[str, TensorInfo] | None:
         model = self.models[src.model]
         info = model.index.tensors.get(name)
         if info is not None:
             return name, info
-        layout = model.layout
         # An input without its own head contributes its (tied) input embedding.
         if name == tied_head_name(layout) and layout.output_head is None and layout.input_embedding:
             return layout.input_embedding, model.index.tensors[layout.input_embedding]
@@ -256,7 +264,7 @@ class _TensorBuilder:
         if out_name in self.seen:
             return
         self.seen.add(out_name)
-        found = [self._find(src, n) for src, n in zip(sl.sources, names)]
+        found = [self._find(src, sl.layouts[src.model], n) for src, n in zip(sl.sources, names)]
         keep = [i for i, f in enumerate(found) if f is not None]
         if len(keep) < len(found):
             if not self._handle_missing(out_name, sl, found, keep):

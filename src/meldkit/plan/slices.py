@@ -10,7 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from meldkit.config.schema import MergeConfig, ModuleConfig, Parameters
+from meldkit.plan.architecture import ModelLayout, infer_layout
 from meldkit.plan.models import InputModelInfo
+from meldkit.plan.modules import partition_modules
 from meldkit.plan.parameters import ProblemLog
 
 __all__ = ["SliceSource", "PlannedSlice", "normalise_slices"]
@@ -33,14 +35,15 @@ class PlannedSlice:
     parameters: Parameters
     module_parameters: Parameters
     module_where: str = ""
+    layouts: dict[str, ModelLayout] = field(default_factory=dict)  # per model, for this module
 
     @property
     def length(self) -> int:
         return self.sources[0].end - self.sources[0].start
 
 
-def _check_range(model: InputModelInfo, start: int, end: int, where: str, log: ProblemLog) -> None:
-    n = model.layout.num_layers
+def _check_range(model: InputModelInfo, layout: ModelLayout, start: int, end: int, where: str, log: ProblemLog) -> None:
+    n = layout.num_layers
     if end > n:
         log.problem(
             ("range", where),
@@ -49,14 +52,19 @@ def _check_range(model: InputModelInfo, start: int, end: int, where: str, log: P
 
 
 def _module_slices(
-    config: MergeConfig, module: ModuleConfig, where: str, models: dict[str, InputModelInfo], log: ProblemLog
+    config: MergeConfig,
+    module: ModuleConfig,
+    where: str,
+    models: dict[str, InputModelInfo],
+    layouts: dict[str, ModelLayout],
+    log: ProblemLog,
 ) -> list[PlannedSlice]:
     out: list[PlannedSlice] = []
     base = str(config.base_model) if config.base_model else None
     if module.models is not None:
-        sources = [SliceSource(str(m.model), 0, models[str(m.model)].layout.num_layers, m.parameters) for m in module.models]
+        sources = [SliceSource(str(m.model), 0, layouts[str(m.model)].num_layers, m.parameters) for m in module.models]
         if base is not None and base not in [s.model for s in sources]:
-            sources.append(SliceSource(base, 0, models[base].layout.num_layers))
+            sources.append(SliceSource(base, 0, layouts[base].num_layers))
         lengths = {s.end for s in sources}
         if len(lengths) > 1:
             desc = ", ".join(f"{s.model} ({s.end} layers)" for s in sources)
@@ -66,7 +74,7 @@ def _module_slices(
             )
             return []
         base_index = next((i for i, s in enumerate(sources) if s.model == base), None)
-        out.append(PlannedSlice(where or "models", sources, base, base_index, {}, module.parameters, where))
+        out.append(PlannedSlice(where or "models", sources, base, base_index, {}, module.parameters, where, layouts))
         return out
     for i, sl in enumerate(module.slices or ()):
         sw = f"{where + '.' if where else ''}slices[{i}]"
@@ -75,23 +83,49 @@ def _module_slices(
         for j, src in enumerate(sl.sources):
             key = str(src.model)
             start, end = src.layer_range
-            _check_range(models[key], start, end, f"{sw}.sources[{j}].layer_range", log)
+            _check_range(models[key], layouts[key], start, end, f"{sw}.sources[{j}].layer_range", log)
             sources.append(SliceSource(key, start, end, src.parameters))
         base_index = next((k for k, s in enumerate(sources) if s.model == sbase), None)
-        out.append(PlannedSlice(sw, sources, sbase, base_index, sl.parameters, module.parameters, where))
+        out.append(PlannedSlice(sw, sources, sbase, base_index, sl.parameters, module.parameters, where, layouts))
     return out
+
+
+def _module_layouts(config: MergeConfig, models: dict[str, InputModelInfo], log: ProblemLog) -> dict[str, dict[str, ModelLayout]]:
+    """Per module, per model: the layout of the tensors that belong to that module."""
+    assert config.modules is not None
+    names = list(config.modules)
+    result: dict[str, dict[str, ModelLayout]] = {m: {} for m in names}
+    for key, info in models.items():
+        parts, unclaimed = partition_modules(names, info.index.tensors)
+        for module, tensors in parts.items():
+            if not tensors and key in {str(r) for r in _module_refs(config.modules[module], config)}:
+                log.problem(("nomodule", module, key), f"modules.{module}: no tensor of {key} belongs to module '{module}'")
+            # Only the module holding the model's main stack owns the config's layer count.
+            layout = infer_layout(tensors, info.config)
+            if layout.stack_prefix != info.layout.stack_prefix:
+                layout.config_layer_key, layout.config_layers = None, None
+            result[module][key] = layout
+        if unclaimed:
+            log.warn(("unclaimed", key), f"{len(unclaimed)} tensors of {key} belong to no module of the recipe "
+                     f"and are not written (e.g. {unclaimed[0]})")
+    return result
+
+
+def _module_refs(module: ModuleConfig, config: MergeConfig) -> list[object]:
+    refs: list[object] = [m.model for m in module.models or ()]
+    refs += [s.model for sl in module.slices or () for s in sl.sources]
+    return refs
 
 
 def normalise_slices(config: MergeConfig, models: dict[str, InputModelInfo], log: ProblemLog) -> list[PlannedSlice]:
     """The recipe's output slices, in output order; problems go to ``log``."""
-    modules = config.all_modules()
     if config.modules is not None:
-        log.problem(
-            ("modules",),
-            "`modules:` recipes (multi-module models such as VLMs) are not supported yet",
-        )
-        return []
-    module = modules[""]
+        per_module = _module_layouts(config, models, log)
+        out: list[PlannedSlice] = []
+        for name, module in config.modules.items():
+            out += _module_slices(config, module, f"modules.{name}", models, per_module[name], log)
+        return out
+    module = config.all_modules()[""]
     if module.slices is not None:
         for key in sorted({str(src.model) for sl in module.slices for src in sl.sources}):
             info = models[key]
@@ -99,7 +133,7 @@ def normalise_slices(config: MergeConfig, models: dict[str, InputModelInfo], log
                 log.problem(
                     ("stacks", key),
                     f"{key} has several layer stacks ({', '.join(sorted([str(info.layout.stack_prefix), *info.layout.other_stacks]))}); "
-                    "`slices:` needs a single-stack model",
+                    "`slices:` needs a single-stack model; use `modules:` to select per module",
                 )
-    slices = _module_slices(config, module, "", models, log)
-    return slices
+    layouts = {key: info.layout for key, info in models.items()}
+    return _module_slices(config, module, "", models, layouts, log)
