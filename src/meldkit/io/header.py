@@ -66,7 +66,9 @@ def parse_header_bytes(path: Path, raw: bytes, file_size: int) -> dict[str, Tens
     """Validate the JSON header ``raw`` of a file of ``file_size`` bytes; return its tensors."""
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    # ValueError, not just JSONDecodeError: Python also raises a bare ValueError for integer
+    # literals over its 4300-digit conversion limit.
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise _bad(path, f"header is not valid JSON: {exc}") from None
     if not isinstance(header, dict):
         raise _bad(path, "header is not a JSON object")
@@ -110,7 +112,17 @@ def parse_header_bytes(path: Path, raw: bytes, file_size: int) -> dict[str, Tens
         tensors[name] = TensorInfo(
             name, dtype, tuple(shape), path, data_start + begin, data_start + end
         )
+    _check_no_overlap(path, tensors)
     return tensors
+
+
+def _check_no_overlap(path: Path, tensors: dict[str, TensorInfo]) -> None:
+    # safetensors itself rejects tensors whose bytes overlap; two names sharing bytes means a
+    # corrupt or forged header. Empty tensors occupy nothing and may sit anywhere.
+    spans = sorted((t.start, t.end, t.name) for t in tensors.values() if t.end > t.start)
+    for (_, prev_end, prev), (start, _, name) in zip(spans, spans[1:], strict=False):
+        if start < prev_end:
+            raise _bad(path, f"tensors '{prev}' and '{name}' overlap")
 
 
 def read_header(path: str | os.PathLike[str]) -> dict[str, TensorInfo]:

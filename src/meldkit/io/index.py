@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from meldkit.errors import InputError
+from meldkit.errors import InputError, MergeRuntimeError
 from meldkit.io.header import TensorInfo, read_header
 
 __all__ = ["CheckpointIndex", "PickleTensorInfo", "open_index"]
@@ -55,7 +55,7 @@ def _load_json(path: Path) -> Any:
         raise InputError(f"cannot read {path}: {exc}", hint="the file is corrupt; replace it") from None
 
 
-def _shards_from_index(index_path: Path) -> list[Path]:
+def _shards_from_index(index_path: Path) -> tuple[list[Path], dict[str, str]]:
     data = _load_json(index_path)
     wmap = data.get("weight_map") if isinstance(data, dict) else None
     if not isinstance(wmap, dict) or not all(isinstance(v, str) for v in wmap.values()):
@@ -66,17 +66,28 @@ def _shards_from_index(index_path: Path) -> list[Path]:
     shards: list[Path] = []
     for name in dict.fromkeys(wmap.values()):
         shard = index_path.parent / name
-        if os.path.sep in name or "/" in name or name.startswith(".."):
-            shard = (index_path.parent / name).resolve()
-            if index_path.parent.resolve() not in shard.parents:
-                raise InputError(f"{index_path}: shard '{name}' points outside the model folder")
+        # Judge the name itself, not where symlinks lead: Hugging Face caches link every
+        # file into a blobs/ folder outside the snapshot.
+        if os.path.isabs(name) or os.path.normpath(name).startswith(".."):
+            raise InputError(f"{index_path}: shard '{name}' points outside the model folder")
         if not shard.is_file():
             raise InputError(
                 f"{index_path} lists shard '{name}', which does not exist",
                 hint="the download is incomplete; fetch the missing shard",
             )
         shards.append(shard)
-    return shards
+    return shards, wmap
+
+
+def _check_weight_map(index_path: Path, wmap: dict[str, str], tensors: dict[str, TensorInfo]) -> None:
+    """Every tensor the index promises must be in the shard it names."""
+    missing = [n for n, f in wmap.items() if n not in tensors or tensors[n].file.name != Path(f).name]
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise InputError(
+            f"{index_path} lists tensors that its shards do not hold: {', '.join(missing[:3])}{more}",
+            hint="a shard is corrupt or from another download; fetch the model again",
+        )
 
 
 def _index_safetensors(files: list[Path]) -> dict[str, TensorInfo]:
@@ -92,34 +103,44 @@ def _index_safetensors(files: list[Path]) -> dict[str, TensorInfo]:
     return tensors
 
 
-_TORCH_DTYPE_CODES = {
-    "float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64",
-    "int64": "I64", "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL",
-}  # fmt: skip
-
-
 def _index_pickle(files: list[Path]) -> dict[str, TensorInfo]:
-    import pickle
-
     import torch
+
+    from meldkit.io.dtypes import code_of
 
     tensors: dict[str, TensorInfo] = {}
     for f in files:
         try:
             state = torch.load(f, map_location="meta", weights_only=True, mmap=False)
-        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, KeyError) as exc:
+        # Any exception: a corrupt or hostile pickle makes torch.load raise almost anything
+        # (UnpicklingError, RuntimeError, KeyError, UnicodeDecodeError, ...).
+        except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise InputError(
                 f"{f}: refused to load pickled weights ({first[:200]})",
                 hint="meldkit reads .bin files only with torch.load(weights_only=True); "
                 "convert the model to safetensors if you trust it",
             ) from None
-        if not isinstance(state, dict):
-            raise InputError(f"{f}: expected a dict of tensors, found {type(state).__name__}")
+        # Training checkpoints often nest the weights one level down.
+        for key in ("state_dict", "model", "module"):
+            if isinstance(state, dict) and isinstance(state.get(key), dict) and not any(
+                isinstance(v, torch.Tensor) for v in state.values()
+            ):
+                state = state[key]
+        if not isinstance(state, dict) or not any(isinstance(v, torch.Tensor) for v in state.values()):
+            raise InputError(
+                f"{f}: holds no tensors (expected a dict of tensor names to tensors)",
+                hint="save the model's state_dict, or convert it to safetensors",
+            )
         for name, t in state.items():
             if not isinstance(t, torch.Tensor):
                 continue
-            code = _TORCH_DTYPE_CODES.get(str(t.dtype).removeprefix("torch."), "F32")
+            try:
+                code = code_of(t.dtype)
+            except MergeRuntimeError:
+                raise InputError(
+                    f"{f}: tensor '{name}' has dtype {t.dtype}, which meldkit cannot merge"
+                ) from None
             tensors[name] = PickleTensorInfo(name, code, tuple(t.shape), f, 0, t.numel() * t.element_size())
     return tensors
 
@@ -136,14 +157,28 @@ def open_index(folder: str | os.PathLike[str]) -> CheckpointIndex:
     st_indexes = sorted(path.glob("*.safetensors.index.json"))
     st_files = sorted(path.glob("*.safetensors"))
     if st_indexes:
-        files = _shards_from_index(st_indexes[0])
-        return CheckpointIndex(path, _index_safetensors(files), files, config)
+        # Prefer the standard name when a folder ships several layouts (e.g. Mistral repos).
+        preferred = path / "model.safetensors.index.json"
+        index_path = preferred if preferred in st_indexes else st_indexes[0]
+        files, wmap = _shards_from_index(index_path)
+        tensors = _index_safetensors(files)
+        _check_weight_map(index_path, wmap, tensors)
+        return CheckpointIndex(path, tensors, files, config)
     if st_files:
-        # adapter_model.safetensors belongs to a LoRA, not to the model itself.
-        files = [f for f in st_files if not f.name.startswith("adapter_model")] or st_files
+        # model.safetensors is the checkpoint when present (Mistral repos also ship a
+        # consolidated.safetensors copy); adapter_model.safetensors belongs to a LoRA.
+        if path / "model.safetensors" in st_files:
+            files = [path / "model.safetensors"]
+        else:
+            files = [f for f in st_files if not f.name.startswith(("adapter_model", "consolidated"))] or st_files
         return CheckpointIndex(path, _index_safetensors(files), files, config)
     bin_index = path / "pytorch_model.bin.index.json"
-    bin_files = _shards_from_index(bin_index) if bin_index.is_file() else sorted(path.glob("pytorch_model*.bin"))
+    if bin_index.is_file():
+        bin_files, wmap = _shards_from_index(bin_index)
+        tensors = _index_pickle(bin_files)
+        _check_weight_map(bin_index, wmap, tensors)
+        return CheckpointIndex(path, tensors, bin_files, config, format="pickle")
+    bin_files = sorted(path.glob("pytorch_model*.bin"))
     if bin_files:
         return CheckpointIndex(path, _index_pickle(bin_files), bin_files, config, format="pickle")
     raise InputError(
