@@ -1,12 +1,94 @@
 """The built-in methods' specs (torch-free). One ``register(MethodSpec(...))`` per method.
 
 Names, parameters, scopes and defaults follow MergeKit 0.1.5 so published recipes run
-unchanged; see docs/methods.md for each formula.
+unchanged; see docs/methods.md for each formula and docs/compatibility.md for the places where
+we deliberately differ. The eight task-vector methods share one pipeline
+(:mod:`meldkit.methods.task_vectors`); :data:`TASK_VECTOR_FAMILY` describes each member and is
+read by both the specs below and the pipeline, so the two cannot drift apart.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
 from meldkit.methods.registry import MethodSpec, ParamSpec, register
+
+__all__ = ["TASK_VECTOR_FAMILY", "TaskVectorVariant"]
+
+Sparsifier = Literal["magnitude", "random", "magnitude_outliers", "della_magprune"]
+
+# ---------------------------------------------------------------------------------------------
+# Cross-parameter checks (called by the planner with one tensor's resolved values).
+
+
+def _non_base(
+    per_input: Sequence[Mapping[str, Any]], base_index: int | None
+) -> list[tuple[int, Mapping[str, Any]]]:
+    return [(i, p) for i, p in enumerate(per_input) if i != base_index]
+
+
+def _float(params: Mapping[str, Any], name: str, default: float) -> float:
+    value = params.get(name)
+    return default if value is None else float(value)
+
+
+def _check_linear(
+    shared: Mapping[str, Any], per_input: Sequence[Mapping[str, Any]], base_index: int | None
+) -> list[str]:
+    # MergeKit divides by the weight sum unguarded and writes inf/NaN; refuse before any work.
+    if not shared.get("normalize", True):
+        return []
+    if any(p.get("weight") is None for p in per_input):
+        return []  # a missing required weight is reported by the planner itself
+    total = math.fsum(float(p["weight"]) for p in per_input)
+    if abs(total) < 1e-8:
+        return [
+            f"linear: the weights sum to {total:g}, so normalize: true would divide by zero; "
+            "change a weight or set normalize: false"
+        ]
+    return []
+
+
+def _check_multislerp(
+    shared: Mapping[str, Any], per_input: Sequence[Mapping[str, Any]], base_index: int | None
+) -> list[str]:
+    # MergeKit divides the weights by their sum unguarded (NaN output); one input ignores them.
+    others = _non_base(per_input, base_index)
+    if len(others) < 2 or not shared.get("normalize_weights", True):
+        return []
+    if any(p.get("weight") is None for _, p in others):
+        return []
+    total = math.fsum(float(p["weight"]) for _, p in others)
+    if abs(total) < 1e-8:
+        return [
+            f"multislerp: the weights sum to {total:g}, so normalize_weights: true would divide "
+            "by zero; change a weight or set normalize_weights: false"
+        ]
+    return []
+
+
+def _check_della(
+    shared: Mapping[str, Any], per_input: Sequence[Mapping[str, Any]], base_index: int | None
+) -> list[str]:
+    problems = []
+    for i, p in _non_base(per_input, base_index):
+        density = _float(p, "density", 1.0)
+        epsilon = _float(p, "epsilon", 0.15)
+        if density >= 1:
+            continue  # no pruning happens, so the range does not matter
+        if not (0 < density - epsilon and density + epsilon < 1):
+            problems.append(
+                f"della: input {i} has density={density:g} and epsilon={epsilon:g}; "
+                "DELLA needs 0 < density - epsilon and density + epsilon < 1"
+            )
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------
+# Simple and spherical methods.
 
 register(
     MethodSpec(
@@ -22,6 +104,7 @@ register(
         min_inputs=1,
         reference_url="https://arxiv.org/abs/2203.05482",
         summary="Weighted average of the inputs (model soups).",
+        check=_check_linear,
     )
 )
 
@@ -37,5 +120,279 @@ register(
         min_inputs=1,
         max_inputs=1,
         summary="Copies one input unchanged (optionally scaled); used for layer stacking.",
+    )
+)
+
+register(
+    MethodSpec(
+        name="slerp",
+        pretty_name="SLERP",
+        impl="meldkit.methods.slerp:merge",
+        params=(
+            ParamSpec("t", "shared", required=True,
+                      doc="interpolation factor: 0 gives the base, 1 the other model"),
+        ),
+        base="required",
+        min_inputs=2,
+        max_inputs=2,
+        optional_policy="passthrough_single",
+        reference_url="https://en.wikipedia.org/wiki/Slerp",
+        summary="Spherical interpolation between the base and one other model.",
+    )
+)
+
+register(
+    MethodSpec(
+        name="nuslerp",
+        pretty_name="NuSLERP",
+        impl="meldkit.methods.nuslerp:merge",
+        params=(
+            ParamSpec("weight", "per_non_base", required=True,
+                      doc="relative weight; t = w2 / (w1 + w2)"),
+            ParamSpec("nuslerp_flatten", "shared", kind="bool", default=True,
+                      doc="treat the whole tensor as one vector"),
+            ParamSpec("nuslerp_row_wise", "shared", kind="bool", default=False,
+                      doc="without flatten: interpolate along the first axis instead of the last"),
+        ),
+        base="optional",
+        min_inputs=2,
+        max_inputs=3,
+        min_non_base=2,
+        max_non_base=2,
+        optional_policy="passthrough_single",
+        reference_url="https://en.wikipedia.org/wiki/Slerp",
+        summary="SLERP with weights, row-wise options and an optional base (task vectors).",
+    )
+)
+
+register(
+    MethodSpec(
+        name="multislerp",
+        pretty_name="Multi-SLERP",
+        impl="meldkit.methods.multislerp:merge",
+        params=(
+            ParamSpec("weight", "per_non_base", required=True, doc="weight of each model"),
+            ParamSpec("normalize_weights", "shared", kind="bool", default=True,
+                      doc="divide the weights by their sum"),
+            ParamSpec("eps", "shared", default=1e-8, minimum=0.0,
+                      doc="added to norms to avoid division by zero"),
+        ),
+        base="optional",
+        min_inputs=1,
+        min_non_base=1,
+        reference_url="https://mathweb.ucsd.edu/~sbuss/ResearchWeb/spheremean/",
+        summary="Weighted spherical mean of any number of models (one tangent-space step).",
+        check=_check_multislerp,
+    )
+)
+
+register(
+    MethodSpec(
+        name="karcher",
+        pretty_name="Karcher Mean",
+        impl="meldkit.methods.karcher:merge",
+        params=(
+            ParamSpec("max_iter", "shared", kind="int", default=10,
+                      doc="maximum number of iterations"),
+            ParamSpec("tol", "shared", default=1e-5, minimum=0.0,
+                      doc="convergence tolerance (also the smallest norm an input may have)"),
+        ),
+        base="ignored",
+        min_inputs=1,
+        reference_url="https://en.wikipedia.org/wiki/Karcher_mean",
+        summary="Riemannian (Karcher) mean of the inputs on the sphere, uniform weights.",
+    )
+)
+
+# ---------------------------------------------------------------------------------------------
+# The task-vector family: one pipeline, eight names.
+
+
+@dataclass(frozen=True)
+class TaskVectorVariant:
+    """One member of the task-vector family (MergeKit's GeneralizedTaskArithmeticMerge)."""
+
+    pretty_name: str
+    sparsifier: Sparsifier | None
+    consensus: bool
+    normalize: bool
+    rescale: bool
+    reference_url: str
+    summary: str
+
+
+TASK_VECTOR_FAMILY: dict[str, TaskVectorVariant] = {
+    "task_arithmetic": TaskVectorVariant(
+        "Task Arithmetic", None, False, False, False, "https://arxiv.org/abs/2212.04089",
+        "Adds the weighted task vectors (model - base) to the base."),
+    "ties": TaskVectorVariant(
+        "TIES", "magnitude", True, True, False, "https://arxiv.org/abs/2306.01708",
+        "Keeps the largest task-vector entries, elects a sign, averages the agreeing ones."),
+    "dare_ties": TaskVectorVariant(
+        "DARE TIES", "random", True, False, True, "https://arxiv.org/abs/2311.03099",
+        "Random drop (DARE) with rescaling, then TIES sign election."),
+    "dare_linear": TaskVectorVariant(
+        "Linear DARE", "random", False, False, True, "https://arxiv.org/abs/2311.03099",
+        "Random drop (DARE) with rescaling, then a weighted sum of task vectors."),
+    "breadcrumbs": TaskVectorVariant(
+        "Model Breadcrumbs", "magnitude_outliers", False, False, False,
+        "https://arxiv.org/abs/2312.06795",
+        "Drops the smallest and the largest task-vector entries, then sums."),
+    "breadcrumbs_ties": TaskVectorVariant(
+        "Model Breadcrumbs with TIES", "magnitude_outliers", True, False, False,
+        "https://arxiv.org/abs/2312.06795",
+        "Breadcrumbs sparsification followed by TIES sign election."),
+    "della": TaskVectorVariant(
+        "DELLA", "della_magprune", True, True, True, "https://arxiv.org/abs/2406.11617",
+        "Magnitude-ranked random drop (MagPrune), rescaling and TIES sign election."),
+    "della_linear": TaskVectorVariant(
+        "Linear DELLA", "della_magprune", False, False, True, "https://arxiv.org/abs/2406.11617",
+        "Magnitude-ranked random drop (MagPrune) with rescaling, then a weighted sum."),
+}
+
+
+def _task_vector_params(name: str, variant: TaskVectorVariant) -> tuple[ParamSpec, ...]:
+    params = [
+        ParamSpec("weight", "per_non_base", required=True,
+                  doc="scale of the model's task vector (negative subtracts it)"),
+        ParamSpec("density", "per_non_base", default=1.0, minimum=0.0, maximum=1.0,
+                  doc="fraction of the task vector kept by the sparsifier"),
+    ]
+    if variant.sparsifier == "magnitude_outliers":
+        params.append(ParamSpec("gamma", "per_non_base", default=0.01, minimum=0.0, maximum=1.0,
+                                doc="fraction of largest-magnitude entries dropped"))
+    if variant.sparsifier == "della_magprune":
+        params.append(ParamSpec("epsilon", "per_non_base", default=0.15, minimum=0.0,
+                                doc="keep probabilities span density - epsilon .. density + epsilon"))
+    params += [
+        ParamSpec("int8_mask", "shared", kind="bool", default=False,
+                  doc="accepted for compatibility; masks are boolean here anyway"),
+        ParamSpec("normalize", "shared", kind="bool", default=variant.normalize,
+                  doc="divide the mixed task vector by the sum of the (agreeing) weights"),
+        ParamSpec("rescale", "shared", kind="bool", default=variant.rescale,
+                  doc="after sparsifying, restore each task vector's L1 norm"),
+        ParamSpec("lambda", "shared", default=1.0,
+                  doc="factor applied to the mixed task vector (after normalize)"),
+    ]
+    return tuple(params)
+
+
+for _name, _variant in TASK_VECTOR_FAMILY.items():
+    register(
+        MethodSpec(
+            name=_name,
+            pretty_name=_variant.pretty_name,
+            impl=f"meldkit.methods.{_name}:merge",
+            params=_task_vector_params(_name, _variant),
+            base="required",
+            min_inputs=1,
+            reference_url=_variant.reference_url,
+            randomized=_variant.sparsifier in ("random", "della_magprune"),
+            summary=_variant.summary,
+            check=_check_della if _variant.sparsifier == "della_magprune" else None,
+        )
+    )
+
+# ---------------------------------------------------------------------------------------------
+# Other base-relative methods.
+
+register(
+    MethodSpec(
+        name="sce",
+        pretty_name="SCE",
+        impl="meldkit.methods.sce:merge",
+        params=(
+            ParamSpec("int8_mask", "shared", kind="bool", default=False,
+                      doc="accepted for compatibility; masks are boolean here anyway"),
+            ParamSpec("select_topk", "shared", default=1.0,
+                      doc="fraction of positions (by variance across models) kept"),
+        ),
+        base="required",
+        min_inputs=1,
+        reference_url="https://arxiv.org/abs/2408.07990",
+        summary="Select by variance, calculate weights from energy, erase minority signs.",
+    )
+)
+
+register(
+    MethodSpec(
+        name="ram",
+        pretty_name="Reinforced Agent Merging",
+        impl="meldkit.methods.ram:merge",
+        params=(
+            ParamSpec("epsilon", "shared", default=1e-5,
+                      doc="task-vector entries with |delta| <= epsilon count as inactive"),
+        ),
+        base="required",
+        min_inputs=1,
+        summary="Unique task-vector entries are kept, shared ones averaged over their owners.",
+    )
+)
+
+register(
+    MethodSpec(
+        name="ramplus_tl",
+        pretty_name="RAM+ (tensor-local)",
+        impl="meldkit.methods.ramplus_tl:merge",
+        params=(
+            ParamSpec("epsilon", "shared", default=1e-5,
+                      doc="task-vector entries with |delta| <= epsilon count as inactive"),
+            ParamSpec("r", "shared", default=0.1, doc="strength of the unique-part boost"),
+            ParamSpec("alpha", "shared", default=0.2, doc="cap on the shared/unique ratio"),
+        ),
+        base="required",
+        min_inputs=1,
+        summary="RAM with each model's unique part boosted by its shared/unique ratio.",
+    )
+)
+
+register(
+    MethodSpec(
+        name="model_stock",
+        pretty_name="Model Stock",
+        impl="meldkit.methods.model_stock:merge",
+        params=(
+            ParamSpec("filter_wise", "shared", kind="bool", default=False,
+                      doc="compute the interpolation ratio per row instead of per tensor"),
+        ),
+        base="required",
+        min_inputs=3,
+        min_non_base=2,
+        optional_policy="need_three",
+        reference_url="https://arxiv.org/abs/2403.19522",
+        summary="Moves from the base toward the models' mean by a ratio set by their angle.",
+    )
+)
+
+register(
+    MethodSpec(
+        name="arcee_fusion",
+        pretty_name="Arcee Fusion",
+        impl="meldkit.methods.arcee_fusion:merge",
+        params=(),
+        base="required",
+        min_inputs=2,
+        max_inputs=2,
+        optional_policy="passthrough_single",
+        randomized=True,
+        summary="Takes the other model's values where their importance is an outlier.",
+    )
+)
+
+register(
+    MethodSpec(
+        name="nearswap",
+        pretty_name="NearSwap",
+        impl="meldkit.methods.nearswap:merge",
+        params=(
+            ParamSpec("t", "shared", required=True,
+                      doc="distance scale: entries closer than t take the other model's value"),
+        ),
+        base="required",
+        min_inputs=2,
+        max_inputs=2,
+        optional_policy="passthrough_base",
+        reference_url="https://huggingface.co/alchemonaut/QuartetAnemoi-70B-t0.0001",
+        summary="Interpolates toward the other model where it is close to the base.",
     )
 )

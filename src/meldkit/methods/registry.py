@@ -149,8 +149,9 @@ def register(spec: MethodSpec) -> MethodSpec:
 
 
 def _ensure_catalog() -> None:
-    if not _REGISTRY:
-        importlib.import_module("meldkit.methods.catalog")
+    # Load the built-ins even when a plugin registered its own method first (an emptiness
+    # test would then skip them); the import is a dictionary lookup after the first time.
+    importlib.import_module("meldkit.methods.catalog")
 
 
 def get_method(name: str) -> MethodSpec:

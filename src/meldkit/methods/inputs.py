@@ -1,0 +1,50 @@
+"""Splitting a method's inputs into the base and the other models.
+
+Merge functions receive every input in recipe order with the base at ``base_index``. Most
+methods work on "the others" (and their ``per_non_base`` parameters); :func:`non_base` gives
+them in order, together with their position, which random methods use as the salt of their
+generator so that each model gets its own reproducible stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["Operand", "non_base", "param_float"]
+
+
+@dataclass(frozen=True)
+class Operand:
+    """One non-base input: its position in ``inputs``, its tensor and its parameters."""
+
+    index: int
+    tensor: torch.Tensor
+    params: Mapping[str, Any]
+
+
+def non_base(
+    inputs: Sequence[torch.Tensor],
+    base_index: int | None,
+    per_input: Sequence[Mapping[str, Any]],
+) -> list[Operand]:
+    """Every input except the base, in recipe order."""
+    return [
+        Operand(i, x, per_input[i] if i < len(per_input) else {})
+        for i, x in enumerate(inputs)
+        if i != base_index
+    ]
+
+
+def param_float(params: Mapping[str, Any], name: str, default: float) -> float:
+    """``params[name]`` as a float, or ``default`` when it is absent or None.
+
+    The planner fills in defaults, but merge functions are also called directly (tests, the
+    in-memory API), so each one states its MergeKit default once more here.
+    """
+    value = params.get(name)
+    return default if value is None else float(value)

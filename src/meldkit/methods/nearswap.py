@@ -1,0 +1,50 @@
+"""NearSwap: take the other model's value where it is close to the base, interpolate elsewhere.
+
+With base ``b``, the other model ``x`` and distance scale ``t``, element-wise::
+
+    ω   = clamp(t / max(|b - x|, 1e-6), 0, 1)
+    out = ω · x + (1 - ω) · b
+
+Entries closer than ``t`` are swapped in completely; farther ones move toward ``x`` by
+``t / distance``. Planning rule (MergeKit's optional-tensor policy): a tensor present in only
+one input is copied only when that input is the base.
+
+```yaml
+merge_method: nearswap
+base_model: ./base
+models: [{model: ./base}, {model: ./tuned}]
+parameters: {t: 0.0001}
+```
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from meldkit.methods.registry import MergeContext
+
+MIN_DISTANCE = 1e-6
+
+
+def merge(
+    inputs: Sequence[torch.Tensor],
+    base_index: int | None,
+    shared: Mapping[str, Any],
+    per_input: Sequence[Mapping[str, Any]],
+    ctx: MergeContext,
+) -> torch.Tensor:
+    """Merge one tensor: the base and exactly one other model."""
+    if len(inputs) == 1:
+        return inputs[0]  # a lone optional tensor: the planner's passthrough policy
+    assert base_index is not None and len(inputs) == 2, "nearswap needs the base and one model"
+    t = float(shared["t"])
+    base = inputs[base_index]
+    other = inputs[1 - base_index]
+    distance = (base - other).abs_().clamp_min_(MIN_DISTANCE)
+    omega = (t / distance).clamp_(0.0, 1.0)
+    del distance
+    out = other * omega
+    return out.add_(base * (1 - omega))

@@ -1,0 +1,89 @@
+"""SCE (FuseChat): Select by variance, Calculate weights from energy, Erase minority signs.
+
+With task vectors ``δ_i = x_i - b``::
+
+    if select_topk < 1:   keep, for every model, the top floor(count_nonzero(var) * select_topk)
+                          positions by var = population variance of δ across models
+    m_i  = [sign(δ_i) == sign(Σ_j δ_j)]      (TIES "sum" election: 0 -> +, zeros never agree)
+    ω_i  = mean(δ_i²) / Σ_j mean(δ_j²)        (uniform 1/N when that sum is < 1e-6)
+    out  = b + Σ_i ω_i m_i δ_i / max(Σ_i ω_i m_i, 1e-6)
+
+There are no user weights; ``int8_mask`` is accepted and has no effect on the values.
+
+```yaml
+merge_method: sce
+base_model: ./base
+models: [{model: ./a}, {model: ./b}, {model: ./c}]
+parameters: {select_topk: 0.5}
+```
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from meldkit.methods.inputs import non_base, param_float
+from meldkit.methods.registry import MergeContext
+from meldkit.methods.sparsify import top_k_mask
+from meldkit.methods.task_vectors import agreement
+
+
+def _variance(deltas: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Population variance across models, by Welford's update (exactly 0 where all agree)."""
+    mean = torch.zeros_like(deltas[0])
+    m2 = torch.zeros_like(deltas[0])
+    for k, d in enumerate(deltas, start=1):
+        diff = d - mean
+        mean.add_(diff, alpha=1.0 / k)
+        m2.addcmul_(diff, d - mean)
+    return m2.div_(len(deltas))
+
+
+def merge(
+    inputs: Sequence[torch.Tensor],
+    base_index: int | None,
+    shared: Mapping[str, Any],
+    per_input: Sequence[Mapping[str, Any]],
+    ctx: MergeContext,
+) -> torch.Tensor:
+    """Merge one tensor: the base and any number of other models."""
+    assert base_index is not None, "sce needs a base model"
+    base = inputs[base_index]
+    others = non_base(inputs, base_index, per_input)
+    if not others:
+        return base
+    deltas = [o.tensor - base for o in others]
+    topk = param_float(shared, "select_topk", 1.0)
+    if topk < 1:
+        if topk <= 0:
+            keep = torch.zeros_like(base, dtype=torch.bool)
+        else:
+            var = _variance(deltas)
+            k = int(int(torch.count_nonzero(var)) * topk)
+            keep = top_k_mask(var, k)
+            del var
+        for d in deltas:
+            d.mul_(keep)
+
+    energies = torch.stack([(d * d).mean() for d in deltas])  # (n_models,)
+    total = float(energies.sum())
+    if abs(total) < 1e-6:
+        omega = torch.full_like(energies, 1.0 / len(deltas))
+    else:
+        omega = energies / total
+
+    total_delta = deltas[0].clone()
+    for d in deltas[1:]:
+        total_delta.add_(d)
+    positive = total_delta >= 0
+    del total_delta
+    mixed = torch.zeros_like(base)
+    divisor = torch.zeros_like(base)
+    for i, d in enumerate(deltas):
+        weight = agreement(d, positive) * omega[i]  # ω_i m_i
+        mixed.addcmul_(d, weight)
+        divisor.add_(weight)
+    return base + mixed.div_(divisor.clamp_min_(1e-6))

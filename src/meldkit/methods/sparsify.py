@@ -1,0 +1,249 @@
+"""Sparsifiers for task vectors (the first step of the task-vector family).
+
+Each takes a delta ``δ = x - base`` and returns a tensor of the same shape where dropped
+elements are zero:
+
+* ``magnitude`` (TIES): keep exactly ``k = max(1, floor(density*N))`` elements of largest
+  ``|δ|``; ``density >= 1`` returns ``δ`` unchanged, ``density <= 0`` gives zeros.
+* ``bernoulli`` (DARE, the "random" method): keep each element with probability ``density``.
+* ``magnitude_outliers`` (Model Breadcrumbs): with ``target = floor(density*N)``,
+  ``n_top = floor(gamma*N)`` and ``n_bot = max(0, N - target - n_top)``, keep the elements of
+  ascending ``|δ|`` rank ``[n_bot, n_bot + target)``: the smallest ``n_bot`` and the largest
+  remainder are dropped.
+* ``della_magprune`` (DELLA): per row (a 1-D tensor is one row), rank ``|δ|`` ascending from
+  0 to ``n-1`` and keep each element with probability
+  ``p = density - epsilon + 2*epsilon*rank/(n-1)``.
+
+With ``rescale`` the kept elements are multiplied by ``||δ||_1 / ||kept||_1`` over the whole
+tensor (skipped when either norm is below 1e-7), as MergeKit does; this equals DARE's ``1/p``
+only in expectation.
+
+Selections find the cut-off value with ``torch.kthvalue`` (O(N); ``topk`` on CUDA) instead of
+a full sort; elements tied at a cut-off
+are resolved in index order so the kept count is exactly MergeKit's (MergeKit's unstable
+argsort resolves such ties arbitrarily, so which of several equal ``|δ|`` survives is
+unspecified there too). Random draws come only from the generator passed in, on the CPU, in
+fixed-size chunks, so a seed gives the same mask on any device and thread count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+__all__ = [
+    "kth_smallest",
+    "rank_window_mask",
+    "top_k_mask",
+    "l1_norm",
+    "rescale_l1",
+    "uniform_chunks",
+    "magnitude",
+    "bernoulli",
+    "magnitude_outliers",
+    "della_magprune",
+]
+
+# Elements drawn per call to torch.rand: bounds the CPU scratch memory of a random mask.
+DRAW_CHUNK = 1 << 22
+# Below torch's parallel grain size (32768) a reduction runs on one thread, so summing in
+# blocks of this many elements gives the same bits whatever the thread count.
+_SUM_BLOCK = 16384
+# MergeKit's threshold under which L1 rescaling is skipped.
+RESCALE_EPS = 1e-7
+
+
+def kth_smallest(flat: torch.Tensor, k: int) -> torch.Tensor:
+    """The ``k``-th smallest value (1-based) of a 1-D tensor, as a 0-dim tensor.
+
+    ``kthvalue`` is O(N) on the CPU but runs one thread block per slice on CUDA (about 1 s for
+    131M elements on an H100), where a multi-block ``topk`` of the smaller side takes ~3 ms.
+    """
+    if flat.device.type == "cpu":
+        return torch.kthvalue(flat, k).values
+    n = flat.numel()
+    if k <= n - k + 1:
+        return torch.topk(flat, k, largest=False, sorted=False).values.max()
+    return torch.topk(flat, n - k + 1, largest=True, sorted=False).values.min()
+
+
+def rank_window_mask(scores: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """Boolean mask (same shape as ``scores``) of the elements of ascending rank ``[lo, hi)``.
+
+    Exactly ``hi - lo`` elements are kept (after clipping to ``[0, N]``). Ties at either
+    cut-off are broken by flat index: the first tied elements are dropped at the low end and
+    the last ones at the high end.
+    """
+    flat = scores.reshape(-1)
+    n = flat.numel()
+    lo, hi = max(lo, 0), min(hi, n)
+    if hi <= lo:
+        return torch.zeros_like(scores, dtype=torch.bool)
+    keep = torch.ones(n, dtype=torch.bool, device=flat.device)
+    if lo > 0:
+        # The lo-th smallest value (1-based) is the largest one to drop.
+        cut = kth_smallest(flat, lo)
+        below = flat < cut
+        keep &= ~below
+        extra = lo - int(below.sum())
+        if extra > 0:
+            tied = torch.nonzero(flat == cut).reshape(-1)
+            keep[tied[:extra]] = False
+    if hi < n:
+        # The (hi+1)-th smallest value is the smallest one to drop.
+        cut = kth_smallest(flat, hi + 1)
+        above = flat > cut
+        keep &= ~above
+        extra = (n - hi) - int(above.sum())
+        if extra > 0:
+            tied = torch.nonzero(flat == cut).reshape(-1)
+            keep[tied[tied.numel() - extra :]] = False
+    return keep.reshape(scores.shape)
+
+
+def top_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Boolean mask of exactly ``k`` elements with the largest scores."""
+    n = scores.numel()
+    return rank_window_mask(scores, n - k, n)
+
+
+def _blocked_sum(values: torch.Tensor) -> torch.Tensor:
+    """Sum of a 1-D tensor in a fixed block order, independent of the thread count."""
+    v = values
+    while v.numel() > _SUM_BLOCK:
+        rows = v.numel() // _SUM_BLOCK
+        # (rows, _SUM_BLOCK): each row is reduced by one thread.
+        head = v[: rows * _SUM_BLOCK].reshape(rows, _SUM_BLOCK).sum(dim=1)
+        tail = v[rows * _SUM_BLOCK :].sum().reshape(1)
+        v = torch.cat([head, tail])
+    return v.sum()
+
+
+def l1_norm(x: torch.Tensor) -> torch.Tensor:
+    """``sum |x|`` over the whole tensor (0-dim tensor), reproducible across thread counts."""
+    return _blocked_sum(x.abs().reshape(-1))
+
+
+def rescale_l1(original: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+    """Scale ``masked`` in place so its L1 norm matches ``original``'s (MergeKit's rescale)."""
+    old = l1_norm(original)
+    new = l1_norm(masked)
+    if float(old) < RESCALE_EPS or float(new) < RESCALE_EPS:
+        return masked
+    return masked.mul_(old / new)
+
+
+def uniform_chunks(
+    numel: int, generator: torch.Generator, device: torch.device | str
+) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """Yield ``(start, end, u)`` with ``u ~ U[0, 1)`` (float32) for consecutive flat ranges.
+
+    Drawn on the CPU from ``generator`` in chunks of :data:`DRAW_CHUNK`, then moved to
+    ``device``: the stream depends only on the generator's seed and ``numel``.
+    """
+    for start in range(0, numel, DRAW_CHUNK):
+        end = min(numel, start + DRAW_CHUNK)
+        u = torch.rand(end - start, generator=generator, dtype=torch.float32)
+        yield start, end, u.to(device)
+
+
+def magnitude(delta: torch.Tensor, density: float, rescale: bool) -> torch.Tensor:
+    """Keep the ``max(1, floor(density*N))`` largest-magnitude elements (TIES)."""
+    if density >= 1:
+        return delta
+    if density <= 0:
+        return torch.zeros_like(delta)
+    n = delta.numel()
+    k = max(1, int(density * n))
+    masked = delta * top_k_mask(delta.abs(), k)
+    return rescale_l1(delta, masked) if rescale else masked
+
+
+def bernoulli(
+    delta: torch.Tensor, density: float, rescale: bool, generator: torch.Generator
+) -> torch.Tensor:
+    """Keep each element independently with probability ``density`` (DARE)."""
+    if density >= 1:
+        return delta
+    flat = delta.reshape(-1)
+    masked = torch.empty_like(flat)
+    for start, end, u in uniform_chunks(flat.numel(), generator, delta.device):
+        # P(u < density) = density for u ~ U[0, 1): a Bernoulli(density) draw.
+        masked[start:end] = flat[start:end] * (u < density)
+    masked = masked.reshape(delta.shape)
+    return rescale_l1(delta, masked) if rescale else masked
+
+
+def magnitude_outliers(
+    delta: torch.Tensor, density: float, gamma: float, rescale: bool
+) -> torch.Tensor:
+    """Model Breadcrumbs: drop the smallest and the largest magnitudes, keep a middle window."""
+    n = delta.numel()
+    target = int(density * n)
+    if target <= 0:
+        return torch.zeros_like(delta)
+    n_top = int(gamma * n)
+    n_bot = max(0, n - target - n_top)
+    if n_bot == 0 and target >= n:
+        return delta
+    masked = delta * rank_window_mask(delta.abs(), n_bot, n_bot + target)
+    return rescale_l1(delta, masked) if rescale else masked
+
+
+def _as_rows(x: torch.Tensor) -> torch.Tensor:
+    """A 2-D view ``(rows, n)`` whose rows are what DELLA ranks (MergeKit ranks along dim 1)."""
+    if x.dim() <= 1:
+        return x.reshape(1, -1)
+    if x.dim() == 2:
+        return x
+    # (d0, d1, d2, ...) -> (d0*d2*..., d1): rank along dim 1 as MergeKit's argsort(dim=1) does.
+    return x.movedim(1, -1).reshape(-1, x.shape[1])
+
+
+def _from_rows(rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    if like.dim() <= 2:
+        return rows.reshape(like.shape)
+    moved = like.movedim(1, -1).shape
+    return rows.reshape(moved).movedim(-1, 1)
+
+
+def della_magprune(
+    delta: torch.Tensor,
+    density: float,
+    epsilon: float,
+    rescale: bool,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """DELLA's MagPrune: keep probability grows linearly with the magnitude rank in each row.
+
+    The planner has checked ``0 < density - epsilon`` and ``density + epsilon < 1`` whenever
+    ``density < 1``. A one-element row has no rank spread (MergeKit divides 0 by 0 and gets
+    NaN); it is kept with probability ``density``, the midpoint of the range.
+    """
+    if density >= 1:
+        return delta
+    rows = _as_rows(delta)
+    n_rows, n_cols = rows.shape
+    out = torch.empty_like(rows)
+    if rows.numel() == 0:
+        return delta.clone()
+    block = max(1, DRAW_CHUNK // max(n_cols, 1))
+    for r0 in range(0, n_rows, block):
+        r1 = min(n_rows, r0 + block)
+        part = rows[r0:r1]  # (b, n_cols)
+        if n_cols > 1:
+            order = torch.argsort(part.abs(), dim=1)
+            ranks = torch.empty_like(part)
+            # ranks[r, order[r, j]] = j: the 0-based ascending rank of each element.
+            steps = torch.arange(n_cols, device=part.device, dtype=part.dtype)
+            ranks.scatter_(1, order, steps.expand_as(part).contiguous())
+            keep_p = (density - epsilon) + (ranks / (n_cols - 1)) * (2 * epsilon)
+        else:
+            keep_p = torch.full_like(part, density)
+        u = torch.rand(part.numel(), generator=generator, dtype=torch.float32)
+        keep = u.to(part.device).reshape(part.shape) < keep_p
+        out[r0:r1] = part * keep
+    masked = _from_rows(out, delta)
+    return rescale_l1(delta, masked) if rescale else masked
+

@@ -1,0 +1,68 @@
+"""Helpers for the method tests: call a method the way the planner and engine would."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from meldkit.methods import MergeContext, get_method, load_merge_function
+from meldkit.methods.registry import MethodSpec
+
+
+def resolve_params(
+    spec: MethodSpec,
+    n_inputs: int,
+    base_index: int | None,
+    shared: Mapping[str, Any] | None = None,
+    per_input: Sequence[Mapping[str, Any]] | Mapping[str, Any] | None = None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Fill defaults from the spec as the planner does; ``per_input`` may be one dict for all.
+
+    A per-non-base value is never given to the base, like the planner.
+    """
+    resolved_shared = {p.name: p.default for p in spec.params if p.scope == "shared"}
+    resolved_shared.update(shared or {})
+    if per_input is None or isinstance(per_input, Mapping):
+        per_input = [per_input or {}] * n_inputs
+    resolved: list[dict[str, Any]] = []
+    for i in range(n_inputs):
+        values: dict[str, Any] = {}
+        for p in spec.params:
+            in_scope = p.scope == "per_input" or (p.scope == "per_non_base" and i != base_index)
+            if not in_scope:
+                continue
+            if p.name in per_input[i]:
+                values[p.name] = per_input[i][p.name]
+            else:
+                values[p.name] = p.default
+        resolved.append(values)
+    return resolved_shared, resolved
+
+
+def run_method(
+    name: str,
+    inputs: Sequence[torch.Tensor],
+    base_index: int | None = None,
+    shared: Mapping[str, Any] | None = None,
+    per_input: Sequence[Mapping[str, Any]] | Mapping[str, Any] | None = None,
+    *,
+    tensor_name: str = "model.layers.0.mlp.up_proj.weight",
+    seed: int | None = 0,
+    check: bool = True,
+) -> torch.Tensor:
+    """Resolve parameters, run the spec's check, then the merge function."""
+    spec = get_method(name)
+    shared_values, per_values = resolve_params(spec, len(inputs), base_index, shared, per_input)
+    if check and spec.check is not None:
+        problems = spec.check(shared_values, per_values, base_index)
+        assert not problems, problems
+    fn = load_merge_function(spec)
+    ctx = MergeContext(name=tensor_name, seed=seed)
+    return fn(list(inputs), base_index, shared_values, per_values, ctx)
+
+
+def t(*values: float, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A small 1-D tensor."""
+    return torch.tensor(values, dtype=dtype)
