@@ -6,6 +6,7 @@ Nothing here may reach the network: every test runs with sockets disabled.
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +22,19 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
 @pytest.fixture(autouse=True)
-def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Any connection attempt fails the test."""
+def no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[Any, ...]]]:
+    """Any connection attempt fails, and fails the test even if the caller swallowed it."""
+    attempts: list[tuple[Any, ...]] = []
 
     def refuse(*args: Any, **kwargs: Any) -> None:
-        raise AssertionError("network access attempted")
+        attempts.append(args)
+        raise OSError("network access attempted in a test")
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    yield attempts
+    assert attempts == [], f"network access attempted: {attempts}"
 
 
 def make_cache(root: Path, repo: str, files: dict[str, str], ref: str = "main") -> Path:
@@ -59,7 +64,9 @@ def test_hub_id_shapes() -> None:
 
 
 def test_offline_cache_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    snapshot = make_cache(tmp_path / "cache", "org/tiny", {"config.json": "{}", "model.safetensors": "x"})
+    snapshot = make_cache(
+        tmp_path / "cache", "org/tiny", {"config.json": "{}", "model.safetensors": "x"}
+    )
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     folder = resolve_model_folder("org/tiny", None, cache_dir=str(tmp_path / "cache"))
     assert folder == snapshot
@@ -69,9 +76,15 @@ def test_offline_cache_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
 def test_offline_cache_revision_and_flag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     snapshot = make_cache(tmp_path / "c", "org/tiny", {"config.json": "{}"}, ref="v1.0")
-    assert resolve_model_folder("org/tiny", "v1.0", cache_dir=str(tmp_path / "c"), offline=True) == snapshot
+    assert (
+        resolve_model_folder("org/tiny", "v1.0", cache_dir=str(tmp_path / "c"), offline=True)
+        == snapshot
+    )
     # a commit hash resolves without refs
-    assert resolve_model_folder("org/tiny", COMMIT, cache_dir=str(tmp_path / "c"), offline=True) == snapshot
+    assert (
+        resolve_model_folder("org/tiny", COMMIT, cache_dir=str(tmp_path / "c"), offline=True)
+        == snapshot
+    )
 
 
 def test_not_cached_offline_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -111,10 +124,19 @@ def test_hub_not_installed(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 class FakeHub:
-    """Records snapshot_download calls and materialises the allowed files of a fake repo."""
+    """Records snapshot_download calls and materialises the allowed files of a fake repo;
+    ``model_info`` lists the same files, or fails like an unreachable hub."""
 
-    def __init__(self, root: Path, repo_files: list[str]) -> None:
-        self.root, self.repo_files, self.calls = root, repo_files, []  # type: ignore[var-annotated]
+    def __init__(self, root: Path, repo_files: list[str], listing: bool = True) -> None:
+        self.root, self.repo_files, self.listing = root, repo_files, listing
+        self.calls: list[dict[str, Any]] = []
+
+    def model_info(self, repo: str, revision: str | None = None) -> Any:
+        from types import SimpleNamespace
+
+        if not self.listing:
+            raise OSError("hub unreachable")
+        return SimpleNamespace(siblings=[SimpleNamespace(rfilename=f) for f in self.repo_files])
 
     def snapshot_download(self, repo: str, **kwargs: Any) -> str:
         import fnmatch
@@ -130,48 +152,90 @@ class FakeHub:
                 (folder / name).write_text("x")
         return str(folder)
 
+    def fetched(self, folder: Path) -> list[str]:
+        return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
 
 def _with_fake_hub(monkeypatch: pytest.MonkeyPatch, fake: FakeHub) -> None:
     import huggingface_hub
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake.snapshot_download)
+    monkeypatch.setattr(huggingface_hub, "model_info", fake.model_info)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
 
 
-def test_online_safetensors_allow_list(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    files = [
-        "config.json", "generation_config.json", "tokenizer.json", "tokenizer.model", "tokenizer_config.json",
-        "special_tokens_map.json", "merges.txt", "vocab.json", "vocab.txt", "chat_template.jinja",
-        "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "model.safetensors.index.json",
-        "pytorch_model.bin", "README.md", "onnx/model.safetensors", "original/consolidated.pth",
-    ]  # fmt: skip
-    fake = FakeHub(tmp_path / "dl", files)
+SAFETENSORS_REPO = [
+    "config.json", "generation_config.json", "tokenizer.json", "tokenizer.model", "tokenizer_config.json",
+    "special_tokens_map.json", "merges.txt", "vocab.json", "vocab.txt", "chat_template.jinja",
+    "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "model.safetensors.index.json",
+    "pytorch_model.bin", "README.md", "onnx/model.safetensors", "original/consolidated.pth",
+]  # fmt: skip
+NOT_FETCHED = {
+    "pytorch_model.bin",
+    "README.md",
+    "onnx/model.safetensors",
+    "original/consolidated.pth",
+}
+
+
+@pytest.mark.parametrize("listing", [True, False])
+def test_online_safetensors_allow_list(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, listing: bool
+) -> None:
+    fake = FakeHub(tmp_path / "dl", SAFETENSORS_REPO, listing=listing)
     _with_fake_hub(monkeypatch, fake)
     folder = resolve_model_folder("org/m", "main", cache_dir=str(tmp_path / "cache"))
-    got = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
-    assert got == sorted(f for f in files if f not in ("pytorch_model.bin", "README.md", "onnx/model.safetensors", "original/consolidated.pth"))
+    assert fake.fetched(folder) == sorted(set(SAFETENSORS_REPO) - NOT_FETCHED)
     assert len(fake.calls) == 1
     assert fake.calls[0]["revision"] == "main"
     assert fake.calls[0]["cache_dir"] == str(tmp_path / "cache")
     assert fake.calls[0]["local_files_only"] is False
 
 
-def test_online_bin_fallback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    files = ["config.json", "tokenizer.json", "pytorch_model-00001-of-00002.bin",
-             "pytorch_model-00002-of-00002.bin", "pytorch_model.bin.index.json", "training_args.bin"]  # fmt: skip
+def test_consolidated_duplicate_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    files = [
+        "config.json",
+        "consolidated.safetensors",
+        "model-00001-of-00001.safetensors",
+        "params.json",
+    ]
     fake = FakeHub(tmp_path / "dl", files)
     _with_fake_hub(monkeypatch, fake)
+    assert fake.fetched(resolve_model_folder("org/mistral")) == [
+        "config.json",
+        "model-00001-of-00001.safetensors",
+    ]
+    only = FakeHub(tmp_path / "dl2", ["config.json", "consolidated.safetensors"])
+    _with_fake_hub(monkeypatch, only)
+    assert only.fetched(resolve_model_folder("org/mistral")) == [
+        "config.json",
+        "consolidated.safetensors",
+    ]
+
+
+@pytest.mark.parametrize(("listing", "calls"), [(True, 1), (False, 2)])
+def test_online_bin_fallback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, listing: bool, calls: int
+) -> None:
+    files = ["config.json", "tokenizer.json", "pytorch_model-00001-of-00002.bin",
+             "pytorch_model-00002-of-00002.bin", "pytorch_model.bin.index.json", "training_args.bin"]  # fmt: skip
+    fake = FakeHub(tmp_path / "dl", files, listing=listing)
+    _with_fake_hub(monkeypatch, fake)
     folder = resolve_model_folder("org/m", None)
-    got = sorted(p.name for p in folder.iterdir())
-    assert got == sorted(f for f in files if f != "training_args.bin")
-    assert len(fake.calls) == 2
+    assert fake.fetched(folder) == sorted(f for f in files if f != "training_args.bin")
+    assert len(fake.calls) == calls
 
 
 def test_online_adapter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    fake = FakeHub(tmp_path / "dl", ["adapter_config.json", "adapter_model.safetensors", "README.md"])
+    fake = FakeHub(
+        tmp_path / "dl", ["adapter_config.json", "adapter_model.safetensors", "README.md"]
+    )
     _with_fake_hub(monkeypatch, fake)
     folder = resolve_model_folder("org/lora", None, kind="lora")
-    assert sorted(p.name for p in folder.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
 
 
 def test_hub_errors_become_input_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -189,6 +253,7 @@ def test_hub_errors_become_input_errors(tmp_path: Path, monkeypatch: pytest.Monk
         raise errors.RepositoryNotFoundError("404", response=response)
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", missing)
+    monkeypatch.setattr(huggingface_hub, "model_info", missing)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     with pytest.raises(InputError, match="neither a local folder nor a model"):
         resolve_model_folder("org/missing")
@@ -197,6 +262,7 @@ def test_hub_errors_become_input_errors(tmp_path: Path, monkeypatch: pytest.Monk
         raise errors.LocalEntryNotFoundError("no connection and not cached")
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", unreachable)
+    monkeypatch.setattr(huggingface_hub, "model_info", unreachable)
     with pytest.raises(InputError, match="hub cannot be reached"):
         resolve_model_folder("org/missing")
 
@@ -204,3 +270,22 @@ def test_hub_errors_become_input_errors(tmp_path: Path, monkeypatch: pytest.Monk
 def test_module_exports() -> None:
     assert "tokenizer.model" in hubmod.TOKENIZER_FILE_PATTERNS
     assert "merges.txt" in hubmod.TOKENIZER_FILE_PATTERNS
+
+
+def test_unreachable_hub_falls_back_to_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_network: list[tuple[Any, ...]]
+) -> None:
+    """Online mode with the network down (every connection refused): the cache answers."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    snapshot = make_cache(
+        tmp_path / "cache", "org/tiny", {"config.json": "{}", "model.safetensors": "x"}
+    )
+    assert (
+        resolve_model_folder("org/tiny", cache_dir=str(tmp_path / "cache"), offline=False)
+        == snapshot
+    )
+    with pytest.raises(InputError, match="hub cannot be reached"):
+        resolve_model_folder("org/absent", cache_dir=str(tmp_path / "cache"), offline=False)
+    # huggingface_hub may have read HF_HUB_OFFLINE=1 at import (an earlier test); otherwise the
+    # connections were refused here, so nothing left the machine either way.
+    no_network.clear()

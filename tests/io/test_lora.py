@@ -29,7 +29,13 @@ def _tiny_llama() -> Any:
 
 def _tiny_gpt2() -> Any:
     cfg = transformers.GPT2Config(
-        vocab_size=64, n_embd=16, n_layer=2, n_head=2, n_positions=32, bos_token_id=0, eos_token_id=0
+        vocab_size=64,
+        n_embd=16,
+        n_layer=2,
+        n_head=2,
+        n_positions=32,
+        bos_token_id=0,
+        eos_token_id=0,
     )
     return transformers.GPT2LMHeadModel(cfg)
 
@@ -38,11 +44,17 @@ def _randomise_adapter(model: Any) -> None:
     """PEFT initialises B (or the embedding A) to zero; make every adapter tensor non-zero."""
     with torch.no_grad():
         for name, param in model.named_parameters():
-            if "lora_" in name or "modules_to_save" in name or (".bias" in name and param.requires_grad):
+            if (
+                "lora_" in name
+                or "modules_to_save" in name
+                or (".bias" in name and param.requires_grad)
+            ):
                 param.copy_(torch.randn_like(param) * 0.2)
 
 
-def _merge_case(tmp_path: Path, make_model: Any, safe: bool = True, **lora_kwargs: Any) -> tuple[dict, dict, Path]:
+def _merge_case(
+    tmp_path: Path, make_model: Any, safe: bool = True, **lora_kwargs: Any
+) -> tuple[dict, dict, Path]:
     torch.manual_seed(0)
     model = make_model()
     base = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -102,7 +114,9 @@ def test_llama_rslora_bin(tmp_path: Path) -> None:
     assert (folder / "adapter_model.bin").is_file()
     _check_parity(base, merged, folder)
     adapter = LoraAdapter.open(folder)
-    assert adapter.modules["model.layers.0.self_attn.q_proj.weight"].scale == pytest.approx(8 / math.sqrt(4))
+    assert adapter.modules["model.layers.0.self_attn.q_proj.weight"].scale == pytest.approx(
+        8 / math.sqrt(4)
+    )
 
 
 def test_gpt2_fan_in_fan_out_and_biases(tmp_path: Path) -> None:
@@ -129,7 +143,9 @@ def test_bind_strips_missing_prefix(tmp_path: Path) -> None:
 
 
 def test_bf16_cast_back(tmp_path: Path) -> None:
-    base, merged, folder = _merge_case(tmp_path, _tiny_llama, r=4, lora_alpha=8, target_modules=["q_proj"])
+    base, merged, folder = _merge_case(
+        tmp_path, _tiny_llama, r=4, lora_alpha=8, target_modules=["q_proj"]
+    )
     name = "model.layers.0.self_attn.q_proj.weight"
     adapter = LoraAdapter.open(folder)
     out = adapter.apply(name, base[name].to(torch.bfloat16))
@@ -160,7 +176,10 @@ def test_hand_written_adapter_formula(tmp_path: Path) -> None:
     folder = _write_adapter(
         tmp_path / "a",
         {"peft_type": "LORA", "r": 2, "lora_alpha": 6},
-        {"base_model.model.x.proj.lora_A.default.weight": a, "base_model.model.x.proj.lora_B.default.weight": b},
+        {
+            "base_model.model.x.proj.lora_A.default.weight": a,
+            "base_model.model.x.proj.lora_B.default.weight": b,
+        },
     )
     adapter = LoraAdapter.open(folder)
     w = torch.randn(5, 3, dtype=torch.float64)
@@ -171,21 +190,28 @@ def test_hand_written_adapter_formula(tmp_path: Path) -> None:
 def test_errors(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="not a PEFT adapter"):
         LoraAdapter.open(tmp_path)
-    dora = _write_adapter(tmp_path / "d", {"peft_type": "LORA", "r": 2, "use_dora": True}, {"x": torch.zeros(1)})
+    dora = _write_adapter(
+        tmp_path / "d", {"peft_type": "LORA", "r": 2, "use_dora": True}, {"x": torch.zeros(1)}
+    )
     with pytest.raises(InputError, match="DoRA"):
         LoraAdapter.open(dora)
     other = _write_adapter(tmp_path / "o", {"peft_type": "IA3"}, {"x": torch.zeros(1)})
     with pytest.raises(InputError, match="IA3"):
         LoraAdapter.open(other)
     lonely = _write_adapter(
-        tmp_path / "l", {"r": 2, "lora_alpha": 2}, {"base_model.model.m.lora_A.weight": torch.zeros(2, 3)}
+        tmp_path / "l",
+        {"r": 2, "lora_alpha": 2},
+        {"base_model.model.m.lora_A.weight": torch.zeros(2, 3)},
     )
     with pytest.raises(InputError, match="no matching lora_B"):
         LoraAdapter.open(lonely)
     shape = _write_adapter(
         tmp_path / "s",
         {"r": 2, "lora_alpha": 2},
-        {"base_model.model.m.lora_A.weight": torch.zeros(2, 3), "base_model.model.m.lora_B.weight": torch.zeros(4, 2)},
+        {
+            "base_model.model.m.lora_A.weight": torch.zeros(2, 3),
+            "base_model.model.m.lora_B.weight": torch.zeros(4, 2),
+        },
     )
     with pytest.raises(InputError, match="different base model"):
         LoraAdapter.open(shape).apply("m.weight", torch.zeros(3, 4))
@@ -193,3 +219,20 @@ def test_errors(tmp_path: Path) -> None:
     (tmp_path / "empty" / "adapter_config.json").write_text("{}")
     with pytest.raises(InputError, match="no adapter_model"):
         LoraAdapter.open(tmp_path / "empty")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_apply_matches_cpu(tmp_path: Path) -> None:
+    base, merged, folder = _merge_case(
+        tmp_path,
+        _tiny_llama,
+        r=4,
+        lora_alpha=8,
+        target_modules=["q_proj", "embed_tokens"],
+        modules_to_save=["lm_head"],
+    )
+    adapter = LoraAdapter.open(folder)
+    for name, tensor in base.items():
+        out = adapter.apply(name, tensor.cuda())
+        assert out.device.type == "cuda"
+        torch.testing.assert_close(out.cpu(), merged[name], atol=1e-5, rtol=0, msg=name)

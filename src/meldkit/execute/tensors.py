@@ -39,7 +39,9 @@ class TensorLoader:
                 else:
                     from meldkit.io.lora import LoraAdapter
 
-                    self._adapters[model] = LoraAdapter.open(folder)
+                    adapter = LoraAdapter.open(folder)
+                    adapter.bind(self.plan.models[model].index.tensors)
+                    self._adapters[model] = adapter
             return self._adapters[model]
 
     def load(self, tensor: TensorPlan) -> list[torch.Tensor]:
@@ -69,6 +71,16 @@ def _fit_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
     return x if x.shape[0] == rows else x.narrow(0, 0, rows)
 
 
+def _reindex(tensor: TensorPlan, xs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Rebuild each model's vocabulary tensor in the output vocabulary (spec section 5)."""
+    from meldkit.tokenizer import reindex_vocab_tensor
+
+    vocab = tensor.vocabulary
+    by_model = {src.model: x for src, x in zip(tensor.sources, xs)}
+    out = reindex_vocab_tensor(vocab, by_model, axis=tensor.vocab_axis or 0, base_key=vocab.base_key, name=tensor.name)
+    return [out[src.model] for src in tensor.sources]
+
+
 def compute_tensor(
     tensor: TensorPlan,
     raw: Sequence[torch.Tensor],
@@ -96,9 +108,11 @@ def compute_tensor(
         if load is not None and x.dtype != load:
             x = x.to(load)  # MergeKit casts inputs to `dtype` when loading
         x = x.to(device=device, dtype=work)
-        if tensor.vocab_axis is not None and x.shape != tensor.shape:
+        if tensor.vocabulary is None and tensor.vocab_axis is not None and x.shape != tensor.shape:
             x = _fit_rows(x, tensor.shape[0])
         xs.append(x)
+    if tensor.vocabulary is not None:
+        xs = _reindex(tensor, xs)
     result = fn(xs, tensor.base_index, tensor.shared, tensor.per_input, ctx)
     del xs
     if tuple(result.shape) != tensor.shape:

@@ -1,8 +1,7 @@
-"""Writing the output tokenizer: copy the donor's files, or build a new vocabulary."""
+"""Writing the output tokenizer: the built vocabulary, or the donor's files copied."""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,15 +9,12 @@ from meldkit.plan.planner import MergePlan
 
 __all__ = ["write_tokenizer"]
 
-_TOKENIZER_FILES = (
-    "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json", "tokenizer.model",
-    "added_tokens.json", "merges.txt", "vocab.json", "vocab.txt", "chat_template.jinja",
-    "chat_template.json",
-)  # fmt: skip
-
 
 def write_tokenizer(plan: MergePlan, folder: Path, warn: Callable[[str], None]) -> None:
-    donor = plan.models[plan.donor].folder
-    for name in _TOKENIZER_FILES:
-        if (donor / name).is_file():
-            shutil.copyfile(donor / name, folder / name)
+    """Save the tokenizer the plan decided on, with its chat template."""
+    from meldkit.tokenizer import copy_tokenizer_files, save_tokenizer
+
+    if plan.vocabulary is not None:
+        save_tokenizer(plan.vocabulary, folder, plan.chat_template)
+    else:
+        copy_tokenizer_files(plan.models[plan.donor].folder, folder, plan.chat_template)

@@ -82,7 +82,9 @@ def _has_any(folder: Path, suffix: str) -> bool:
     return any(p.name.endswith(suffix) for p in folder.iterdir())
 
 
-def _download(hub: Any, repo: str, revision: str | None, patterns: list[str], **kwargs: Any) -> Path:
+def _download(
+    hub: Any, repo: str, revision: str | None, patterns: list[str], **kwargs: Any
+) -> Path:
     return Path(
         hub.snapshot_download(
             repo, revision=revision, allow_patterns=patterns, ignore_patterns=_IGNORE, **kwargs
@@ -90,8 +92,35 @@ def _download(hub: Any, repo: str, revision: str | None, patterns: list[str], **
     )
 
 
+def _list_files(hub: Any, repo: str, revision: str | None) -> list[str] | None:
+    """The repository's file names, or None when the listing fails (no network: the download
+    step then falls back to the cache and reports any real error).
+
+    ``model_info`` is one request, as snapshot_download makes; ``list_repo_files`` would retry
+    a dead connection with back-off for about 20 seconds.
+    """
+    try:
+        info = hub.model_info(repo, revision=revision)
+        return [str(s.rfilename) for s in info.siblings or []]
+    except Exception:  # any failure just means "plan without the listing"
+        return None
+
+
+def _weight_patterns(files: list[str]) -> list[str]:
+    """Which top-level weight files to fetch: safetensors when there are any, skipping
+    Mistral's ``consolidated*.safetensors`` duplicate when HF-style shards exist (it would
+    double the download); pickled ``pytorch_model*.bin`` only without safetensors."""
+    top = [f for f in files if "/" not in f]
+    safetensors = [f for f in top if f.endswith(".safetensors")]
+    if safetensors:
+        preferred = [f for f in safetensors if not f.startswith("consolidated")] or safetensors
+        return [*preferred, "*.safetensors.index.json"]
+    return list(PICKLE_PATTERNS)
+
+
 def _hub_error(exc: Exception, ref: str, offline: bool) -> InputError:
     from huggingface_hub import errors
+
     name = type(exc).__name__
     if isinstance(exc, getattr(errors, "GatedRepoError", ())):
         return InputError(
@@ -155,18 +184,23 @@ def resolve_model_folder(
             hint=HF_HINT + ", or download the model and give its folder",
         ) from None
     offline = is_offline() if offline is None else offline
+    kwargs: dict[str, Any] = {"cache_dir": cache_dir, "local_files_only": offline}
     if kind == "lora":
-        first, fallback = list(ADAPTER_PATTERNS), list(_ADAPTER_PICKLE)
+        files, weights, fallback = [], list(ADAPTER_PATTERNS), list(_ADAPTER_PICKLE)
         weight_suffix = "adapter_model.safetensors"
     else:
-        first = [*CONFIG_FILES, *TOKENIZER_FILE_PATTERNS, *SAFETENSORS_PATTERNS]
+        files, weights = [*CONFIG_FILES, *TOKENIZER_FILE_PATTERNS], list(SAFETENSORS_PATTERNS)
         fallback, weight_suffix = list(PICKLE_PATTERNS), ".safetensors"
-    kwargs: dict[str, Any] = {"cache_dir": cache_dir, "local_files_only": offline}
+    # Online, list the repository first so that one download fetches exactly the weight files
+    # needed; without a listing (offline, no network), try safetensors, then pickles.
+    listed = None if offline or kind == "lora" else _list_files(hub, path, revision)
     try:
-        folder = _download(hub, path, revision, first, **kwargs)
-        if not offline and not _has_any(folder, weight_suffix):
-            # No safetensors in the repository: fall back to pickled weights.
-            folder = _download(hub, path, revision, [*first, *fallback], **kwargs)
+        if listed is not None:
+            folder = _download(hub, path, revision, [*files, *_weight_patterns(listed)], **kwargs)
+        else:
+            folder = _download(hub, path, revision, [*files, *weights], **kwargs)
+            if not offline and not _has_any(folder, weight_suffix):
+                folder = _download(hub, path, revision, [*files, *weights, *fallback], **kwargs)
     except Exception as exc:  # huggingface_hub raises HTTP, OS and its own error types
         raise _hub_error(exc, ref, offline) from None
     if not folder.is_dir():

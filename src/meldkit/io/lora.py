@@ -31,9 +31,13 @@ __all__ = ["LoraAdapter", "LoraModule", "pattern_value"]
 
 _PREFIX = "base_model.model."
 # <module>.lora_A.weight, <module>.lora_A.<adapter>.weight, <module>.lora_B.bias
-_LINEAR_KEY = re.compile(r"^(?P<module>.+)\.(?P<part>lora_A|lora_B)(?:\.[^.]+)?\.(?P<param>weight|bias)$")
+_LINEAR_KEY = re.compile(
+    r"^(?P<module>.+)\.(?P<part>lora_A|lora_B)(?:\.[^.]+)?\.(?P<param>weight|bias)$"
+)
 # <module>.lora_embedding_A (PEFT saves these parameters without a .weight suffix)
-_EMBED_KEY = re.compile(r"^(?P<module>.+)\.(?P<part>lora_embedding_A|lora_embedding_B)(?:\.[^.]+)?$")
+_EMBED_KEY = re.compile(
+    r"^(?P<module>.+)\.(?P<part>lora_embedding_A|lora_embedding_B)(?:\.[^.]+)?$"
+)
 # <module>.modules_to_save.<adapter>.<param> (older PEFT files keep the wrapper in the name)
 _SAVED_KEY = re.compile(r"^(?P<module>.+)\.modules_to_save\.[^.]+\.(?P<param>.+)$")
 _UNSUPPORTED_PARTS = ("lora_magnitude_vector", "trainable_tokens", "lora_E", "lora_ranknum")
@@ -104,14 +108,18 @@ class LoraAdapter:
             try:
                 handle = safe_open(str(st_path), framework="pt")
             except Exception as exc:  # safetensors raises its own error types
-                raise InputError(f"cannot read {st_path}: {exc}", hint="the file is corrupt") from None
+                raise InputError(
+                    f"cannot read {st_path}: {exc}", hint="the file is corrupt"
+                ) from None
             keys = list(handle.keys())
             return cls(folder, config, keys, handle.get_tensor)
         if bin_path.is_file():
             try:
                 state = torch.load(str(bin_path), map_location="cpu", weights_only=True)
             except Exception as exc:  # torch raises many types for a bad archive
-                raise InputError(f"cannot read {bin_path}: {exc}", hint="the file is corrupt") from None
+                raise InputError(
+                    f"cannot read {bin_path}: {exc}", hint="the file is corrupt"
+                ) from None
             if not isinstance(state, dict):
                 raise InputError(f"{bin_path}: expected a dict of tensors")
             return cls(folder, config, list(state), state.__getitem__)
@@ -123,7 +131,9 @@ class LoraAdapter:
     def _scale(self, module: str) -> tuple[int, float, float]:
         cfg = self.config
         rank = int(pattern_value(cfg.get("rank_pattern") or {}, module, cfg.get("r", 8)))
-        alpha = float(pattern_value(cfg.get("alpha_pattern") or {}, module, cfg.get("lora_alpha", 8)))
+        alpha = float(
+            pattern_value(cfg.get("alpha_pattern") or {}, module, cfg.get("lora_alpha", 8))
+        )
         scale = alpha / math.sqrt(rank) if cfg.get("use_rslora") else alpha / rank
         return rank, alpha, scale
 
@@ -161,7 +171,9 @@ class LoraAdapter:
                 raise InputError(f"{self.folder}: '{key}' has no matching lora_{other} tensor")
             rank, alpha, scale = self._scale(module)
             kind: Literal["linear", "embedding"] = "linear" if part == "A" else "embedding"
-            self.modules[f"{module}.weight"] = LoraModule(f"{module}.weight", key, b_key, kind, rank, alpha, scale)
+            self.modules[f"{module}.weight"] = LoraModule(
+                f"{module}.weight", key, b_key, kind, rank, alpha, scale
+            )
 
     # -- queries -----------------------------------------------------------------------------
     @property
@@ -202,13 +214,16 @@ class LoraAdapter:
         return {n for n in names if self._target(n) in targets}
 
     # -- application -------------------------------------------------------------------------
-    def delta(self, weight_name: str) -> torch.Tensor | None:
-        """``scale * B @ A`` for ``weight_name`` in float32, shaped like the base weight."""
+    def delta(
+        self, weight_name: str, device: torch.device | str | None = None
+    ) -> torch.Tensor | None:
+        """``scale * B @ A`` for ``weight_name`` in float32, shaped like the base weight, on
+        ``device`` (default: CPU, where the adapter is read)."""
         module = self.modules.get(self._target(weight_name))
         if module is None:
             return None
-        a = self._get(module.a_key).to(torch.float32)
-        b = self._get(module.b_key).to(torch.float32)
+        a = self._get(module.a_key).to(device=device, dtype=torch.float32)
+        b = self._get(module.b_key).to(device=device, dtype=torch.float32)
         if a.dim() != 2 or b.dim() != 2:
             raise InputError(
                 f"{self.folder}: LoRA for '{weight_name}' is not a linear or embedding layer "
@@ -231,7 +246,7 @@ class LoraAdapter:
         target = self._target(weight_name)
         base = tensor
         if target in self.replacements:
-            base = self._get(self.replacements[target])
+            base = self._get(self.replacements[target]).to(tensor.device)
             if base.shape != tensor.shape:
                 raise InputError(
                     f"{self.folder}: saved tensor for '{weight_name}' has shape "
@@ -240,9 +255,9 @@ class LoraAdapter:
                 )
         if target in self.bias_deltas:
             key, scale = self.bias_deltas[target]
-            bias = self._get(key).to(torch.float32)
+            bias = self._get(key).to(device=tensor.device, dtype=torch.float32)
             return (base.to(torch.float32) + bias * scale).to(tensor.dtype)
-        delta = self.delta(weight_name)
+        delta = self.delta(weight_name, tensor.device)
         if delta is None:
             return base if base is tensor else base.to(tensor.dtype)
         if delta.shape != tensor.shape:

@@ -49,10 +49,13 @@ def _resolve_folder(path: ModelPath, cache_dir: str | None) -> Path:
     return resolve_model_folder(path.path, path.revision, cache_dir=cache_dir)
 
 
-def open_models(refs: list[ModelRef], *, cache_dir: str | None = None) -> tuple[dict[str, InputModelInfo], list[str]]:
+def open_models(
+    refs: list[ModelRef], *, cache_dir: str | None = None, errors: list[InputError] | None = None
+) -> tuple[dict[str, InputModelInfo], list[str]]:
     """Open every referenced model; returns the models by key and the problems found.
 
-    All models are tried so that every missing or broken input is reported at once.
+    All models are tried so that every missing or broken input is reported at once. With
+    ``errors``, the errors themselves (message and hint apart) are appended there too.
     """
     models: dict[str, InputModelInfo] = {}
     problems: list[str] = []
@@ -68,6 +71,8 @@ def open_models(refs: list[ModelRef], *, cache_dir: str | None = None) -> tuple[
                 raise InputError(f"LoRA folder '{ref.lora}' has no adapter_config.json")
         except InputError as exc:
             problems.append(exc.message + (f" ({exc.hint})" if exc.hint else ""))
+            if errors is not None:
+                errors.append(exc)
             continue
         layout = infer_layout(index.tensors, index.config)
         models[key] = InputModelInfo(key, ref, folder, index, layout, lora_folder)

@@ -9,6 +9,7 @@ the source model's own tensor name.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,9 @@ from meldkit.errors import did_you_mean
 from meldkit.methods.registry import MethodSpec, ParamSpec
 
 __all__ = ["ProblemLog", "resolve_tensor_parameters", "unknown_parameter_warnings"]
+
+# How method checks refer to an input (its index in per_input); replaced by the model's label.
+_INPUT_REF = re.compile(r"\binput (\d+)\b")
 
 
 @dataclass
@@ -76,7 +80,8 @@ def _resolve_one(
     t: float,
     who: str,
     log: ProblemLog,
-) -> Any:
+) -> tuple[Any, bool]:
+    """The parameter's value for one tensor, and whether it is usable (present and valid)."""
     value = resolve_parameter(spec.name, scopes, tensor_name, t)
     if value is None:
         if spec.required:
@@ -84,11 +89,13 @@ def _resolve_one(
                 ("missing", spec.name, who),
                 f"missing required parameter '{spec.name}' for {who} (first needed by tensor {tensor_name})",
             )
-        return spec.default
+            return spec.default, False
+        return spec.default, True
     coerced, error = _coerce(spec, value)
     if error:
         log.problem(("invalid", spec.name, who, str(value)), f"parameter '{spec.name}' for {who}: {error}")
-    return coerced
+        return coerced, False
+    return coerced, True
 
 
 def resolve_tensor_parameters(
@@ -104,20 +111,30 @@ def resolve_tensor_parameters(
     log: ProblemLog,
 ) -> tuple[dict[str, Any], tuple[dict[str, Any], ...]]:
     """Resolve every parameter of ``method`` for one output tensor."""
+    usable = True
     shared: dict[str, Any] = {}
     for spec in method.params:
         if spec.scope == "shared":
-            shared[spec.name] = _resolve_one(spec, shared_scopes, out_name, t, "the merge", log)
+            shared[spec.name], ok = _resolve_one(spec, shared_scopes, out_name, t, "the merge", log)
+            usable &= ok
     per_input: list[dict[str, Any]] = []
     for i, (src_name, own) in enumerate(zip(source_names, source_scopes)):
         values: dict[str, Any] = {}
         for spec in method.params:
             if spec.scope == "per_input" or (spec.scope == "per_non_base" and i != base_index):
                 scopes = [own, *shared_scopes]
-                values[spec.name] = _resolve_one(spec, scopes, src_name, t, source_labels[i], log)
+                values[spec.name], ok = _resolve_one(spec, scopes, src_name, t, source_labels[i], log)
+                usable &= ok
         per_input.append(values)
-    if method.check is not None:
+    # Cross-parameter checks assume valid values (a weight of "abc" would crash them); the
+    # invalid ones are already reported above.
+    if method.check is not None and usable:
         for message in method.check(shared, per_input, base_index):
+            # Checks say "input N"; the user knows the inputs by their model names.
+            message = _INPUT_REF.sub(
+                lambda m: source_labels[int(m.group(1))] if int(m.group(1)) < len(source_labels) else m.group(0),
+                message,
+            )
             log.problem(("check", message), f"{message} (tensor {out_name})")
     return shared, tuple(per_input)
 

@@ -16,7 +16,7 @@ from meldkit.config.load import load_config
 from meldkit.config.modelref import ModelRef
 from meldkit.config.params import layer_depth
 from meldkit.config.schema import MergeConfig, Parameters
-from meldkit.errors import PlanError
+from meldkit.errors import InputError, PlanError
 from meldkit.io.dtypes import parse_dtype_name, promote
 from meldkit.io.header import DTYPE_SIZES, TensorInfo
 from meldkit.io.writer import OutputTensorSpec, ShardLayout, plan_shards
@@ -29,6 +29,12 @@ from meldkit.plan.parameters import (
     unknown_parameter_warnings,
 )
 from meldkit.plan.slices import PlannedSlice, SliceSource, normalise_slices
+from meldkit.plan.vocabulary import (
+    check_lora_targets,
+    plan_chat_template,
+    plan_vocabulary,
+    update_vocab_size,
+)
 
 __all__ = ["PlanOptions", "TensorSource", "TensorPlan", "MergePlan", "plan_merge"]
 
@@ -70,6 +76,7 @@ class TensorPlan:
     copy: bool = False  # a byte copy of sources[0]: no cast, no math
     vocab_axis: int | None = None
     integer: bool = False  # non-float tensor: copied when identical across inputs
+    vocabulary: Any = None  # the OutputVocabulary that re-indexes this tensor's rows
 
     @property
     def out_nbytes(self) -> int:
@@ -93,6 +100,8 @@ class MergePlan:
     options: PlanOptions
     output_layers: int
     warnings: list[str] = field(default_factory=list)
+    vocabulary: Any = None  # OutputVocabulary when the recipe sets a tokenizer
+    chat_template: str | None = None
 
     @property
     def bytes_to_read(self) -> int:
@@ -137,7 +146,11 @@ def plan_merge(recipe: Any, options: PlanOptions | None = None, **kwargs: Any) -
     options = options or PlanOptions(**kwargs)
     config = load_config(recipe, strict=options.strict)
     method = get_method(config.merge_method)
-    models, problems = open_models(config.referenced_models(), cache_dir=options.cache_dir)
+    errors: list[InputError] = []
+    models, problems = open_models(config.referenced_models(), cache_dir=options.cache_dir, errors=errors)
+    if len(errors) == 1:
+        # One broken input: its own hint ("the file is corrupt...") says more than a generic one.
+        raise PlanError([errors[0].message], hint=errors[0].hint)
     if problems:
         raise PlanError(problems, hint="fix the model paths in the recipe")
     log = ProblemLog()
@@ -153,6 +166,9 @@ def plan_merge(recipe: Any, options: PlanOptions | None = None, **kwargs: Any) -
         builder.check_contract(sl)
     if not log.problems:
         builder.plan_all(slices)
+    vocabulary = plan_vocabulary(config, models, donor, builder.tensors, log) if not log.problems else None
+    chat_template = plan_chat_template(config, models, log)
+    check_lora_targets(models, log)
     if log.problems:
         raise PlanError(list(log.problems.values()))
     warnings = list(log.warnings.values())
@@ -163,9 +179,11 @@ def plan_merge(recipe: Any, options: PlanOptions | None = None, **kwargs: Any) -
     output_layers = sum(sl.length for sl in main)
     origins = [(sl.sources[sl.base_index or 0].model, sl.sources[sl.base_index or 0].start + j) for sl in main for j in range(sl.length)]
     out_config = _output_config(config, models, models[donor], origins, builder.tensors)
+    update_vocab_size(out_config, vocabulary)
     specs = [OutputTensorSpec(t.name, t.out_dtype, t.shape) for t in builder.tensors]
     shards = plan_shards(specs, options.out_shard_size)
-    return MergePlan(config, method, models, builder.tensors, donor, out_config, shards, options, output_layers, warnings)
+    return MergePlan(config, method, models, builder.tensors, donor, out_config, shards, options, output_layers,
+                     warnings, vocabulary, chat_template)
 
 
 def _warn_unknown_parameters(config: MergeConfig, method: MethodSpec, slices: list[PlannedSlice], log: ProblemLog) -> None:
