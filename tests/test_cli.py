@@ -107,3 +107,15 @@ def test_subcommand_help_mentions_compat(argv, capsys):
     assert "usage: meldkit" in text
     if argv[0] == "merge":
         assert "--allow-crimes" in text and "no effect" in text
+
+
+def test_demo_makes_models_and_merges(tmp_path, capsys):
+    assert main(["demo", str(tmp_path / "demo")]) == 0
+    out = capsys.readouterr().out
+    assert "method: ties" in out and "merged model written to" in out
+    merged = tmp_path / "demo" / "merged"
+    tensors = read_model(merged)
+    base = read_model(tmp_path / "demo" / "models" / "base")
+    assert set(tensors) == set(base)
+    assert (merged / "model.safetensors.index.json").exists()
+    assert json.loads((merged / "config.json").read_text())["torch_dtype"] == "bfloat16"
