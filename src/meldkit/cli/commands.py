@@ -14,6 +14,10 @@ def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
+def _note(message: str) -> None:
+    print(f"note: {message}", file=sys.stderr)
+
+
 def _plan_options(args: argparse.Namespace) -> Any:
     from meldkit.io.sizes import parse_size
     from meldkit.plan import PlanOptions
@@ -80,7 +84,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         resume=args.resume,
     )
-    out = execute_plan(plan, args.out, run, _warn)
+    out = execute_plan(plan, args.out, run, _warn, None if args.quiet else _note)
     if not args.quiet:
         print(f"wrote {len(plan.tensors)} tensors in {len(plan.shards)} shard(s) to {out}")
     return 0
@@ -104,13 +108,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from meldkit.verify import verify_folder
+    from meldkit.verify import verify_report
 
-    problems = verify_folder(args.folder)
-    if problems:
-        for p in problems:
+    report = verify_report(args.folder)
+    for note in report.notes:
+        _note(note)
+    if report.problems:
+        for p in report.problems:
             print(f"problem: {p}", file=sys.stderr)
-        print(f"verify: {len(problems)} problem(s) in {args.folder}", file=sys.stderr)
+        print(f"verify: {len(report.problems)} problem(s) in {args.folder}", file=sys.stderr)
         return 1
-    print(f"verify: {args.folder} is a complete, readable model")
+    print(f"verify: {args.folder} is a complete, readable model "
+          f"({report.tensors} tensors in {report.files} file(s))")
     return 0

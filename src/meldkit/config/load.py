@@ -292,7 +292,10 @@ def parse_config(data: Any, *, strict: bool = False, source_text: str | None = N
     modules: dict[str, ModuleConfig] | None = None
     if present[0] == "modules":
         modules = {}
-        for name, mod in _expect_dict(data["modules"], "modules").items():
+        raw_modules = _expect_dict(data["modules"], "modules")
+        if not raw_modules:
+            raise RecipeError("modules: the mapping is empty", hint="give each module its `models:` or `slices:`")
+        for name, mod in raw_modules.items():
             mw = f"modules.{name}"
             md = _expect_dict(mod, mw)
             _check_keys(md, MODULE_KEYS, mw, warn)
@@ -365,6 +368,15 @@ def load_config(source: Any, *, strict: bool = False) -> MergeConfig:
         docs = list(yaml.safe_load_all(text))
     except yaml.YAMLError as exc:
         raise _yaml_error(exc, origin) from None
+    # PyYAML's constructors raise plain exceptions for some malformed values (`2001-13-45:`
+    # is ValueError, `!!int x` too, `!!timestamp` alone AttributeError), and deep nesting
+    # RecursionError: a recipe is user input, so every one of them is a recipe error.
+    except Exception as exc:
+        detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise RecipeError(
+            f"{origin}: invalid YAML: a value cannot be read ({detail})",
+            hint="check the values and any `!!` tags in the recipe",
+        ) from None
     docs = [d for d in docs if d is not None]
     if not docs:
         raise RecipeError(f"{origin}: the recipe is empty", hint="a recipe needs merge_method and models or slices")

@@ -103,6 +103,24 @@ def _index_safetensors(files: list[Path]) -> dict[str, TensorInfo]:
     return tensors
 
 
+def pickle_refusal(path: Path, exc: BaseException) -> InputError:
+    """The error for a ``.bin`` file that ``torch.load(weights_only=True)`` refused.
+
+    torch's message opens with a paragraph about its defaults; the line that says what the file
+    tried (``unsupported GLOBAL posix.system``, ``Unsupported operand``) is the useful one.
+    """
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    reason = next((ln for ln in lines if "nsupported" in ln), None)
+    if reason is None:
+        boiler = ("Weights only load failed", "Please file an issue", "Check the documentation")
+        reason = next((ln for ln in lines if not ln.startswith(boiler)), type(exc).__name__)
+    return InputError(
+        f"{path}: refused to load pickled weights: not a plain tensor file ({reason[:200]})",
+        hint="meldkit reads .bin files only with torch.load(weights_only=True), which never runs "
+        "code from the file; convert the model to safetensors if you trust it",
+    )
+
+
 def _index_pickle(files: list[Path]) -> dict[str, TensorInfo]:
     import torch
 
@@ -115,12 +133,7 @@ def _index_pickle(files: list[Path]) -> dict[str, TensorInfo]:
         # Any exception: a corrupt or hostile pickle makes torch.load raise almost anything
         # (UnpicklingError, RuntimeError, KeyError, UnicodeDecodeError, ...).
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise InputError(
-                f"{f}: refused to load pickled weights ({first[:200]})",
-                hint="meldkit reads .bin files only with torch.load(weights_only=True); "
-                "convert the model to safetensors if you trust it",
-            ) from None
+            raise pickle_refusal(f, exc) from None
         # Training checkpoints often nest the weights one level down.
         for key in ("state_dict", "model", "module"):
             if isinstance(state, dict) and isinstance(state.get(key), dict) and not any(
@@ -154,6 +167,9 @@ def open_index(folder: str | os.PathLike[str]) -> CheckpointIndex:
             hint="give a local model folder (or a hub id when huggingface_hub is installed)",
         )
     config = _load_json(path / "config.json") if (path / "config.json").is_file() else None
+    if config is not None and not isinstance(config, dict):
+        # Everything downstream reads keys from it; a list or a number is a broken download.
+        raise InputError(f"{path / 'config.json'} is not a JSON object", hint="the file is corrupt; replace it")
     st_indexes = sorted(path.glob("*.safetensors.index.json"))
     st_files = sorted(path.glob("*.safetensors"))
     if st_indexes:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from meldkit.errors import InputError
 from meldkit.io.dtypes import itemsize, torch_dtype
 from meldkit.io.header import TensorInfo
-from meldkit.io.index import PickleTensorInfo
+from meldkit.io.index import PickleTensorInfo, pickle_refusal
 
 if TYPE_CHECKING:
     import torch
@@ -193,8 +193,6 @@ def _pread_into(fd: int, chunk: memoryview, offset: int) -> int:
 
 
 def _load_pickle(path: Path) -> dict[str, Any]:
-    import pickle
-
     import torch
 
     try:
@@ -205,12 +203,9 @@ def _load_pickle(path: Path) -> dict[str, Any]:
             if "mmap" not in str(exc):
                 raise
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise InputError(
-            f"{path}: cannot load pickled weights ({first[:200]})",
-            hint="meldkit reads .bin files only with torch.load(weights_only=True)",
-        ) from None
+    # Any exception: a corrupt or hostile pickle makes torch.load raise almost anything.
+    except Exception as exc:
+        raise pickle_refusal(path, exc) from None
     if not isinstance(state, dict):
         raise InputError(f"{path}: expected a dict of tensors, found {type(state).__name__}")
     return state
