@@ -150,9 +150,9 @@ class _CountingLoads:
         self.names: list[str] = []
         real = tensors.TensorLoader.load
 
-        def load(loader: tensors.TensorLoader, tensor: object) -> object:
+        def load(loader: tensors.TensorLoader, tensor: object, rows: object = None) -> object:
             self.names.append(tensor.name)  # type: ignore[attr-defined]
-            return real(loader, tensor)  # type: ignore[arg-type]
+            return real(loader, tensor, rows)  # type: ignore[arg-type]
 
         monkeypatch.setattr(tensors.TensorLoader, "load", load)
 

@@ -48,10 +48,10 @@ from meldkit.execute.output import (
     prepare_partial,
     publish,
 )
-from meldkit.execute.tensors import TensorLoader, compute_tensor
+from meldkit.execute.tensors import Piece, TensorLoader, compute_tensor, split_pieces
 from meldkit.io.writer import ShardedWriter
 from meldkit.methods.registry import MergeContext, load_merge_function
-from meldkit.plan.planner import MergePlan, TensorPlan
+from meldkit.plan.planner import MergePlan
 
 __all__ = ["RunOptions", "MergeInterrupted", "execute_plan", "partial_path", "SLOW_WRITE_ENV"]
 
@@ -191,8 +191,23 @@ def execute_plan(
     info = on_info or _ignore
     check_output_folder(out, _input_folders(plan), options.overwrite)
     device = resolve_device(options.device)
-    if options.threads:
-        torch.set_num_threads(options.threads)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(options.threads or default_math_threads())
+    try:
+        return _execute(plan, out, options, device, warn, info)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def default_math_threads() -> int:
+    """Intra-op threads for the math: one core is left to the reader and writer threads,
+    which keep the disk busy; on small machines more math threads only contend (on a 2-core
+    machine torch's element-wise ops ran twice as slow with 2 threads as with 1)."""
+    return max(1, min((os.cpu_count() or 2) - 1, 8))
+
+
+def _execute(plan: MergePlan, out: Path, options: RunOptions, device: str,
+             warn: Callable[[str], None], info: Callable[[str], None]) -> Path:
     fingerprint = plan_fingerprint(plan, device, options.seed)
     partial: PartialFolder | None = None
     journal: Journal | None = None
@@ -337,6 +352,10 @@ def _slow_write_delay() -> float:
         return 0.0
 
 
+# Input bytes the loader may read ahead of the computation.
+READ_AHEAD_BYTES = 256 * 1024 * 1024
+
+
 def _write_tensors(
     plan: MergePlan,
     tmp: Path,
@@ -352,6 +371,7 @@ def _write_tensors(
     skip = {e.spec.name for s in plan.shards if s.filename in done for e in s.entries}
     todo = [t for t in plan.tensors if t.name not in skip]
     fn = load_merge_function(plan.method)
+    # return_freed_memory()
     loader = TensorLoader(plan, device, warn)
     reads = ThreadPoolExecutor(1, thread_name_prefix="meldkit-read")
     writes = ThreadPoolExecutor(1, thread_name_prefix="meldkit-write")
@@ -361,7 +381,7 @@ def _write_tensors(
     hash_jobs: list[Future[None]] = []
     writer: ShardedWriter | None = None
     bar = _progress(len(todo), options.quiet)
-    window: deque[tuple[TensorPlan, Future[list[torch.Tensor]]]] = deque()
+    window: deque[tuple[Piece, Future[list[torch.Tensor]]]] = deque()
     in_flight: deque[Future[None]] = deque()
     delay = _slow_write_delay()
     try:
@@ -371,34 +391,44 @@ def _write_tensors(
             on_shard_complete=lambda name: hash_jobs.append(hashes.submit(journal.record, name)),
             completed=done,
         )
-        write: Callable[[str, torch.Tensor], None] = writer.write
+        write: Callable[..., None] = writer.write
         if delay:
-            def write(name: str, tensor: torch.Tensor, _write: Callable[..., None] = writer.write) -> None:
+            def write(name: str, tensor: torch.Tensor, row_start: int | None = None,
+                      _write: Callable[..., None] = writer.write) -> None:
                 time.sleep(delay)
-                _write(name, tensor)
+                _write(name, tensor, row_start)
 
-        upcoming = iter(todo)
+        lora_models = {k for k, m in plan.models.items() if m.lora_folder is not None}
+        upcoming = split_pieces(todo, plan.method, lora_models)
 
         def refill() -> None:
+            # Read ahead up to `prefetch` pieces, but no more than READ_AHEAD_BYTES of input
+            # (always at least one piece), so huge tensors do not pile up in memory.
             while len(window) <= options.prefetch:
+                queued = sum(p.input_bytes for p, _ in window)
+                if window and queued >= READ_AHEAD_BYTES:
+                    return
                 nxt = next(upcoming, None)
                 if nxt is None:
                     return
-                window.append((nxt, reads.submit(loader.load, nxt)))
+                window.append((nxt, reads.submit(loader.load, nxt.tensor, nxt.rows)))
 
         refill()
         while window:
-            tensor, future = window.popleft()
+            piece, future = window.popleft()
             raw = future.result()
             refill()
+            tensor = piece.tensor
             ctx = MergeContext(tensor.name, options.seed, device)
-            result = compute_tensor(tensor, raw, fn, ctx, device)
+            result = compute_tensor(tensor, raw, fn, ctx, device, piece.rows, plan.method.native_inputs)
             del raw
-            in_flight.append(writes.submit(write, tensor.name, result))
+            loader.check_result(tensor, piece.rows, result)
+            in_flight.append(writes.submit(write, tensor.name, result, piece.rows[0] if piece.rows else None))
             del result
             while len(in_flight) > 1 or (in_flight and in_flight[0].done()):
                 in_flight.popleft().result()
-            bar.update(1)
+            if piece.last:
+                bar.update(1)
         while in_flight:
             in_flight.popleft().result()
         writer.finish()

@@ -3,19 +3,77 @@ compute the output (cast to the work dtype, re-index vocabularies, run the metho
 
 from __future__ import annotations
 
+import math
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
 from meldkit.errors import MergeRuntimeError
 from meldkit.io.dtypes import torch_dtype
+from meldkit.io.header import TensorInfo
 from meldkit.io.reader import TensorReader
-from meldkit.methods.registry import MergeContext, MergeFunction
+from meldkit.methods.registry import MergeContext, MergeFunction, MethodSpec
 from meldkit.plan.planner import MergePlan, TensorPlan
 
-__all__ = ["TensorLoader", "compute_tensor"]
+__all__ = ["TensorLoader", "compute_tensor", "Piece", "split_pieces", "CHUNK_ELEMENTS"]
+
+# Large tensors of element-wise methods are computed in blocks of about this many elements
+# per input (16 MB in float32), so memory stays bounded by the block, not by the tensor.
+CHUNK_ELEMENTS = 4 * 1024 * 1024
+
+Rows = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A unit of work: a whole tensor (``rows`` None) or a block of its rows."""
+
+    tensor: TensorPlan
+    rows: Rows | None
+    last: bool  # the tensor's final piece
+
+    @property
+    def input_bytes(self) -> int:
+        total = sum(s.info.nbytes for s in self.tensor.sources)
+        if self.rows is None or not self.tensor.shape or not self.tensor.shape[0]:
+            return total
+        return total * (self.rows[1] - self.rows[0]) // self.tensor.shape[0]
+
+
+def _chunkable(tensor: TensorPlan, method: MethodSpec, lora_models: set[str]) -> bool:
+    return (
+        (method.elementwise or tensor.copy)
+        and not tensor.integer
+        and tensor.vocabulary is None
+        and len(tensor.shape) >= 1
+        and all(type(s.info) is TensorInfo and s.info.shape == tensor.shape for s in tensor.sources)
+        and not any(s.model in lora_models for s in tensor.sources)  # LoRA needs whole weights
+    )
+
+
+def split_pieces(tensors: Iterable[TensorPlan], method: MethodSpec, lora_models: set[str],
+                 max_elements: int | None = None) -> Iterator[Piece]:
+    """The work items for ``tensors``, in order: big element-wise tensors in row blocks."""
+    max_elements = max_elements or CHUNK_ELEMENTS
+    for t in tensors:
+        numel = math.prod(t.shape)
+        if numel <= max_elements or not _chunkable(t, method, lora_models):
+            yield Piece(t, None, True)
+            continue
+        row = max(1, numel // t.shape[0])
+        step = max(1, max_elements // row)
+        for r0 in range(0, t.shape[0], step):
+            r1 = min(t.shape[0], r0 + step)
+            yield Piece(t, (r0, r1), r1 == t.shape[0])
+
+
+def _rows_of(info: TensorInfo, rows: Rows) -> TensorInfo:
+    row_bytes = info.nbytes // info.shape[0]
+    return replace(info, shape=(rows[1] - rows[0], *info.shape[1:]),
+                   start=info.start + rows[0] * row_bytes, end=info.start + rows[1] * row_bytes)
 
 
 class TensorLoader:
@@ -44,26 +102,55 @@ class TensorLoader:
                     self._adapters[model] = adapter
             return self._adapters[model]
 
-    def load(self, tensor: TensorPlan) -> list[torch.Tensor]:
+    def load(self, tensor: TensorPlan, rows: Rows | None = None) -> list[torch.Tensor]:
+        """The inputs of ``tensor`` (only ``rows`` of them when given), in source order."""
         out = []
         # On a GPU the copy to the device happens here, in the loader thread, from pinned
         # memory, so it overlaps the math on the previous tensor. Byte copies stay on the CPU.
         device = "cpu" if (tensor.copy or tensor.integer) else self.device
         for src in tensor.sources:
-            x = self.reader.read(src.info, device=device, pin_memory=device != "cpu")
+            info = src.info if rows is None else _rows_of(src.info, rows)
+            x = self.reader.read(info, device=device, pin_memory=device != "cpu")
             adapter = self._adapter(src.model)
             if adapter is not None:
                 x = adapter.apply(src.name, x)
-            if not tensor.integer and not tensor.copy and not bool(torch.isfinite(x).all()):
-                key = f"{src.model}:{src.name}"
-                if key not in self._warned:
-                    self._warned.add(key)
-                    self.warn(f"tensor {src.name} of {src.model} contains NaN or Inf values")
             out.append(x)
         return out
 
+    def check_result(self, tensor: TensorPlan, rows: Rows | None, result: torch.Tensor) -> None:
+        """Warn about NaN/Inf. Scanning every input costs more than the merge itself, so the
+        (n times smaller) result is checked, and only a non-finite result has its inputs read
+        again to name the culprits: a NaN or Inf in an input reaches the result through every
+        method's sums, so none is missed that matters."""
+        if tensor.integer or not result.is_floating_point() or _all_finite(result):
+            return
+        culprits = []
+        for src, x in zip(tensor.sources, self.load(tensor, rows)):
+            if not _all_finite(x):
+                culprits.append(src)
+        for src in culprits:
+            self._warn_once(f"{src.model}:{src.name}", f"tensor {src.name} of {src.model} contains NaN or Inf values")
+        if not culprits:
+            self._warn_once(f"out:{tensor.name}", f"the merged tensor {tensor.name} contains NaN or Inf values "
+                            "although its inputs are finite (check the weights and parameters)")
+
+    def _warn_once(self, key: str, message: str) -> None:
+        with self._lock:
+            if key in self._warned:
+                return
+            self._warned.add(key)
+        self.warn(message)
+
     def close(self) -> None:
         self.reader.close()
+
+
+def _all_finite(x: torch.Tensor) -> bool:
+    # One reduction pass without a temporary mask; a non-finite sum (NaN, Inf, or an overflow
+    # of huge values) triggers the exact check.
+    if not x.is_floating_point() or x.numel() == 0:
+        return True
+    return bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all())
 
 
 def _fit_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
@@ -83,15 +170,19 @@ def _reindex(tensor: TensorPlan, xs: list[torch.Tensor]) -> list[torch.Tensor]:
 
 def compute_tensor(
     tensor: TensorPlan,
-    raw: Sequence[torch.Tensor],
+    raw: list[torch.Tensor],
     fn: MergeFunction,
     ctx: MergeContext,
     device: str,
+    rows: Rows | None = None,
+    native: bool = False,
 ) -> torch.Tensor:
-    """The output tensor for ``tensor`` from its loaded inputs, on the CPU, in the output dtype."""
+    """The output tensor for ``tensor`` (or its block ``rows``) from its loaded inputs, on the
+    CPU, in the output dtype. ``raw`` is consumed: each input is released once converted."""
     out_dtype = torch_dtype(tensor.out_dtype)
+    shape = tensor.shape if rows is None else (rows[1] - rows[0], *tensor.shape[1:])
     if tensor.copy:
-        return raw[0].reshape(tensor.shape)
+        return raw[0].reshape(shape)
     if tensor.integer:
         first = raw[0]
         for other in raw[1:]:
@@ -104,19 +195,22 @@ def compute_tensor(
     work = torch_dtype(tensor.work_dtype)
     load = torch_dtype(tensor.load_dtype) if tensor.load_dtype else None
     xs = []
-    for x in raw:
+    raw.reverse()
+    while raw:
+        x = raw.pop()  # drop the raw bytes as soon as they are converted
         if load is not None and x.dtype != load:
             x = x.to(load)  # MergeKit casts inputs to `dtype` when loading
-        x = x.to(device=device, dtype=work)
-        if tensor.vocabulary is None and tensor.vocab_axis is not None and x.shape != tensor.shape:
-            x = _fit_rows(x, tensor.shape[0])
+        # A method with native inputs upcasts itself (fused into its first pass).
+        x = x.to(device=device) if native and tensor.vocabulary is None else x.to(device=device, dtype=work)
+        if tensor.vocabulary is None and tensor.vocab_axis is not None and tuple(x.shape) != shape:
+            x = _fit_rows(x, shape[0])
         xs.append(x)
     if tensor.vocabulary is not None:
         xs = _reindex(tensor, xs)
     result = fn(xs, tensor.base_index, tensor.shared, tensor.per_input, ctx)
     del xs
-    if tuple(result.shape) != tensor.shape:
+    if tuple(result.shape) != shape:
         raise MergeRuntimeError(
-            f"the merge method produced shape {tuple(result.shape)} for {tensor.name}, expected {tensor.shape}"
+            f"the merge method produced shape {tuple(result.shape)} for {tensor.name}, expected {shape}"
         )
     return result.to(dtype=out_dtype).to("cpu").contiguous()

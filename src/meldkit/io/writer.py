@@ -247,6 +247,7 @@ class ShardedWriter:
         self._done = [False] * len(self.layouts)
         self._claimed: set[str] = set()
         self._written: set[str] = set()
+        self._partial: dict[str, int] = {}  # bytes landed of tensors written in row blocks
         self._fds: dict[int, int] = {}
         self._inflight = 0
         self._state = "open"
@@ -323,8 +324,13 @@ class ShardedWriter:
 
     # -- writing ---------------------------------------------------------------------------
 
-    def write(self, name: str, tensor: torch.Tensor) -> None:
-        """Write one output tensor at its planned offset; each name exactly once."""
+    def write(self, name: str, tensor: torch.Tensor, row_start: int | None = None) -> None:
+        """Write one output tensor at its planned offset; each name exactly once.
+
+        With ``row_start``, ``tensor`` is a block of rows ``[row_start, row_start + len)`` of
+        the output tensor (large tensors are computed in row chunks); the tensor counts as
+        written once all its rows have landed.
+        """
         from meldkit.io.dtypes import code_of
 
         found = self._where.get(name)
@@ -333,38 +339,58 @@ class ShardedWriter:
         i, entry = found
         spec = entry.spec
         code = code_of(tensor.dtype)
-        if code != spec.dtype or tuple(tensor.shape) != spec.shape:
+        shape = tuple(tensor.shape)
+        if row_start is None:
+            fits = shape == spec.shape
+            offset, nbytes = 0, spec.nbytes
+        else:
+            fits = (len(shape) == len(spec.shape) >= 1 and shape[1:] == spec.shape[1:]
+                    and 0 <= row_start and row_start + shape[0] <= spec.shape[0])
+            row_bytes = spec.nbytes // spec.shape[0] if fits and spec.shape[0] else 0
+            offset, nbytes = row_start * row_bytes, shape[0] * row_bytes if fits else 0
+        if code != spec.dtype or not fits:
+            where = "" if row_start is None else f" (rows from {row_start})"
             raise MergeRuntimeError(
-                f"internal error: tensor '{name}' is {code} {list(tensor.shape)} but the plan "
+                f"internal error: tensor '{name}'{where} is {code} {list(shape)} but the plan "
                 f"says {spec.dtype} {list(spec.shape)}"
             )
         path = self.folder / self.layouts[i].filename
         with self._cond:
             self._require_open()
-            if name in self._claimed:
-                raise MergeRuntimeError(f"internal error: tensor '{name}' written twice")
+            if row_start is None or name not in self._partial:
+                if name in self._claimed:
+                    raise MergeRuntimeError(f"internal error: tensor '{name}' written twice")
+                self._claimed.add(name)
+                if row_start is not None:
+                    self._partial[name] = 0
             fd = self._fds.get(i)
             if fd is None:
                 fd = self._fds[i] = self._open_shard(i)
-            self._claimed.add(name)
             self._inflight += 1
+        last = False
         try:
             view, owner = _tensor_view(tensor)
             try:
-                _pwrite_all(fd, view, self.layouts[i].data_start + entry.begin)
+                _pwrite_all(fd, view, self.layouts[i].data_start + entry.begin + offset)
             except OSError as exc:
                 raise _os_error(exc, path) from None
             del view, owner
             with self._cond:
-                self._written.add(name)
-                self._remaining[i] -= 1
-                last = self._remaining[i] == 0
-                if last:
-                    # No other thread touches this shard any more: all its tensors are claimed.
-                    del self._fds[i]
+                done = True
+                if row_start is not None:
+                    self._partial[name] += nbytes
+                    done = self._partial[name] >= spec.nbytes
+                if done:
+                    self._written.add(name)
+                    self._remaining[i] -= 1
+                    last = self._remaining[i] == 0
+                    if last:
+                        # No other thread touches this shard any more: all its tensors are claimed.
+                        del self._fds[i]
         except BaseException:
             with self._cond:
-                self._claimed.discard(name)
+                if row_start is None:
+                    self._claimed.discard(name)
                 self._inflight -= 1
                 self._cond.notify_all()
             raise

@@ -93,6 +93,8 @@ def _check_della(
 register(
     MethodSpec(
         name="linear",
+        elementwise=True,
+        native_inputs=True,
         pretty_name="Linear",
         impl="meldkit.methods.linear:merge",
         params=(
@@ -111,6 +113,7 @@ register(
 register(
     MethodSpec(
         name="passthrough",
+        elementwise=True,
         pretty_name="Passthrough",
         impl="meldkit.methods.passthrough:merge",
         params=(
@@ -288,6 +291,8 @@ for _name, _variant in TASK_VECTOR_FAMILY.items():
             min_inputs=1,
             reference_url=_variant.reference_url,
             randomized=_variant.sparsifier in ("random", "della_magprune"),
+            # Without sparsifier or sign election every element is independent.
+            elementwise=_variant.sparsifier is None and not _variant.consensus,
             summary=_variant.summary,
             check=_check_della if _variant.sparsifier == "della_magprune" else None,
         )
@@ -317,6 +322,7 @@ register(
 register(
     MethodSpec(
         name="ram",
+        elementwise=True,
         pretty_name="Reinforced Agent Merging",
         impl="meldkit.methods.ram:merge",
         params=(
@@ -382,6 +388,7 @@ register(
 register(
     MethodSpec(
         name="nearswap",
+        elementwise=True,
         pretty_name="NearSwap",
         impl="meldkit.methods.nearswap:merge",
         params=(

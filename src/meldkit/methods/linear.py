@@ -26,7 +26,10 @@ def merge(
     ctx: MergeContext,
 ) -> torch.Tensor:
     weights = [float(p["weight"]) for p in per_input]
-    out = torch.zeros_like(inputs[0])
+    # Inputs may arrive in their stored dtype (the spec sets native_inputs); adding them into a
+    # float32 accumulator converts each element exactly on the fly, saving an upcast pass.
+    work = torch.float64 if any(x.dtype == torch.float64 for x in inputs) else torch.float32
+    out = torch.zeros(inputs[0].shape, dtype=work, device=inputs[0].device)
     for w, x in zip(weights, inputs):
         out.add_(x, alpha=w)
     if shared.get("normalize", True):

@@ -82,6 +82,13 @@ class MethodSpec:
     optional_policy: OptionalPolicy = "merge_available"
     reference_url: str = ""
     randomized: bool = False
+    # Each output element depends only on the same element of the inputs (and per-tensor
+    # parameters), so the engine may compute a large tensor in blocks of rows.
+    elementwise: bool = False
+    # The merge function accepts inputs in their stored floating dtype (bf16, fp16) and does
+    # its math in float32 (float64) itself, e.g. with `out_f32.add_(x_bf16, alpha=w)`; the
+    # engine then skips the separate upcast pass.
+    native_inputs: bool = False
     summary: str = ""
     check: Callable[[Mapping[str, Any], Sequence[Mapping[str, Any]], int | None], list[str]] | None = field(
         default=None, compare=False

@@ -1,0 +1,44 @@
+"""Large tensors of element-wise methods are computed in row blocks, with identical bytes."""
+
+from __future__ import annotations
+
+import pytest
+
+from meldkit.api import run_merge
+from meldkit.execute import tensors as tensor_module
+from meldkit.methods.registry import get_method
+from meldkit.plan import plan_merge
+
+
+def _linear(a, b):
+    return f"merge_method: linear\nmodels: [{{model: {a}, parameters: {{weight: 0.3}}}}, {{model: {b}, parameters: {{weight: 0.7}}}}]\n"
+
+
+def test_split_pieces_covers_every_row_once(llama_family):
+    base, (a, b) = llama_family
+    plan = plan_merge(_linear(a, b))
+    pieces = list(tensor_module.split_pieces(plan.tensors, plan.method, set(), max_elements=100))
+    by_tensor: dict[str, list] = {}
+    for p in pieces:
+        by_tensor.setdefault(p.tensor.name, []).append(p)
+    emb = by_tensor["model.embed_tokens.weight"]  # 64 x 16 = 1024 elements -> blocks of 6 rows
+    assert [p.rows for p in emb][:2] == [(0, 6), (6, 12)] and emb[-1].rows == (60, 64)
+    assert [p.last for p in emb].count(True) == 1 and emb[-1].last
+    norm = by_tensor["model.norm.weight"]  # 16 elements: whole
+    assert [(p.rows, p.last) for p in norm] == [(None, True)]
+    ties = get_method("ties")  # not element-wise: never split
+    assert all(p.rows is None for p in tensor_module.split_pieces(plan.tensors, ties, set(), max_elements=100))
+
+
+@pytest.mark.parametrize("recipe_kind", ["linear", "passthrough", "task_arithmetic"])
+def test_chunked_merge_equals_whole_tensor_merge(llama_family, tmp_path, monkeypatch, recipe_kind):
+    base, (a, b) = llama_family
+    recipe = {
+        "linear": _linear(a, b),
+        "passthrough": f"merge_method: passthrough\nslices:\n  - sources: [{{model: {a}, layer_range: [0, 4], parameters: {{scale: 0.5}}}}]\n",
+        "task_arithmetic": f"merge_method: task_arithmetic\nbase_model: {base}\nmodels: [{{model: {a}, parameters: {{weight: 0.5}}}}, {{model: {b}, parameters: {{weight: 0.8}}}}]\n",
+    }[recipe_kind]
+    run_merge(recipe, tmp_path / "whole", quiet=True)
+    monkeypatch.setattr(tensor_module, "CHUNK_ELEMENTS", 100)
+    run_merge(recipe, tmp_path / "chunked", quiet=True)
+    assert (tmp_path / "whole" / "model.safetensors").read_bytes() == (tmp_path / "chunked" / "model.safetensors").read_bytes()
