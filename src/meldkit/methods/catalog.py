@@ -293,6 +293,7 @@ for _name, _variant in TASK_VECTOR_FAMILY.items():
             randomized=_variant.sparsifier in ("random", "della_magprune"),
             # Without sparsifier or sign election every element is independent.
             elementwise=_variant.sparsifier is None and not _variant.consensus,
+            native_inputs=True,
             summary=_variant.summary,
             check=_check_della if _variant.sparsifier == "della_magprune" else None,
         )

@@ -61,11 +61,36 @@ def kth_smallest(flat: torch.Tensor, k: int) -> torch.Tensor:
     131M elements on an H100), where a multi-block ``topk`` of the smaller side takes ~3 ms.
     """
     if flat.device.type == "cpu":
+        if flat.dtype == torch.float32 and flat.numel() >= _RADIX_MIN:
+            bits = flat.view(torch.int32)
+            if not bool((bits < 0).any()):  # scores are magnitudes: no sign bit set
+                return _radix_kth(bits, k).view(torch.float32).reshape(())
         return torch.kthvalue(flat, k).values
     n = flat.numel()
     if k <= n - k + 1:
         return torch.topk(flat, k, largest=False, sorted=False).values.max()
     return torch.topk(flat, n - k + 1, largest=True, sorted=False).values.min()
+
+
+# Below this size kthvalue is as fast as the radix select.
+_RADIX_MIN = 1 << 16
+
+
+def _radix_kth(bits: torch.Tensor, k: int) -> torch.Tensor:
+    """The ``k``-th smallest (1-based) of non-negative int32 keys, as a 1-element int32 tensor.
+
+    Non-negative float32 values order exactly like their bit patterns, so two counting passes
+    over 16-bit digits find the exact k-th value: about twice as fast as ``kthvalue`` on CPU,
+    with no copy of the data.
+    """
+    high = bits >> 16  # (N,) top 15 bits (the sign bit is 0)
+    cum = torch.bincount(high, minlength=1 << 15).cumsum(0)
+    digit = int(torch.searchsorted(cum, torch.tensor(k)))
+    before = int(cum[digit - 1]) if digit else 0
+    low = bits[high == digit] & 0xFFFF  # keys sharing the k-th value's top digit
+    cum_low = torch.bincount(low, minlength=1 << 16).cumsum(0)
+    low_digit = int(torch.searchsorted(cum_low, torch.tensor(k - before)))
+    return torch.tensor([(digit << 16) | low_digit], dtype=torch.int32)
 
 
 def rank_window_mask(scores: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
@@ -80,6 +105,15 @@ def rank_window_mask(scores: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
     lo, hi = max(lo, 0), min(hi, n)
     if hi <= lo:
         return torch.zeros_like(scores, dtype=torch.bool)
+    if lo > 0 and hi == n:
+        # The common case (top-k): one comparison pass, then drop surplus ties at the cut.
+        cut = kth_smallest(flat, lo)
+        keep = flat >= cut
+        extra = int(keep.sum()) - (n - lo)
+        if extra > 0:
+            tied = torch.nonzero(flat == cut).reshape(-1)
+            keep[tied[:extra]] = False
+        return keep.reshape(scores.shape)
     keep = torch.ones(n, dtype=torch.bool, device=flat.device)
     if lo > 0:
         # The lo-th smallest value (1-based) is the largest one to drop.
@@ -148,16 +182,22 @@ def uniform_chunks(
         yield start, end, u.to(device)
 
 
-def magnitude(delta: torch.Tensor, density: float, rescale: bool) -> torch.Tensor:
-    """Keep the ``max(1, floor(density*N))`` largest-magnitude elements (TIES)."""
+def magnitude(delta: torch.Tensor, density: float, rescale: bool, *, inplace: bool = False) -> torch.Tensor:
+    """Keep the ``max(1, floor(density*N))`` largest-magnitude elements (TIES).
+
+    With ``inplace`` (the caller owns ``delta``), the dropped elements are zeroed in ``delta``
+    itself instead of in a copy."""
     if density >= 1:
         return delta
     if density <= 0:
         return torch.zeros_like(delta)
     n = delta.numel()
     k = max(1, int(density * n))
-    masked = delta * top_k_mask(delta.abs(), k)
-    return rescale_l1(delta, masked) if rescale else masked
+    mask = top_k_mask(delta.abs(), k)
+    if not rescale:
+        return delta.mul_(mask) if inplace else delta * mask
+    masked = delta * mask
+    return rescale_l1(delta, masked)
 
 
 def bernoulli(

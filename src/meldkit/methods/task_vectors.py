@@ -63,7 +63,7 @@ def sparsify_delta(
     if method is None:
         return delta
     if method == "magnitude":
-        return sparsify.magnitude(delta, density, rescale)
+        return sparsify.magnitude(delta, density, rescale, inplace=True)  # delta is ours
     if method == "magnitude_outliers":
         gamma = param_float(params, "gamma", 0.01)
         return sparsify.magnitude_outliers(delta, density, gamma, rescale)
@@ -92,50 +92,84 @@ def merge_task_vectors(
     """Merge one tensor with the task-vector family member ``method`` (e.g. ``"ties"``)."""
     variant = TASK_VECTOR_FAMILY[method]
     assert base_index is not None, f"{method} needs a base model"
-    base = inputs[base_index]
+    # Inputs may arrive in their stored dtype (the family sets native_inputs): `x - base` with a
+    # float32 base converts x exactly on the fly, so no upcast copy of every input is made.
+    work = torch.float64 if any(x.dtype == torch.float64 for x in inputs) else torch.float32
+    base = inputs[base_index].to(work)
     others = non_base(inputs, base_index, per_input)
     if not others:
         return base
     normalize = bool(shared.get("normalize", variant.normalize))
     rescale = bool(shared.get("rescale", variant.rescale))
     lam = param_float(shared, "lambda", 1.0)
+    consumable = isinstance(inputs, list)  # the engine hands over its list: release as we go
 
     weighted: list[torch.Tensor] = []  # v_i = w_i * sparsify(δ_i), one per model
     weights = [param_float(o.params, "weight", 1.0) for o in others]
-    for operand, w in zip(others, weights, strict=True):
+    for j in range(len(others)):
+        operand = others[j]
         delta = sparsify_delta(operand.tensor - base, variant, operand, rescale, ctx)
         # The sparsifiers return a fresh tensor except for density >= 1, where they hand back
         # `operand.tensor - base`, itself fresh: scaling in place never touches an input.
-        weighted.append(delta.mul_(w))
+        weighted.append(delta.mul_(weights[j]))
+        del delta
+        # Nothing reads this input again: drop our references so its memory can go.
+        others[j] = Operand(operand.index, base.new_empty(0), operand.params)
+        if consumable:
+            inputs[operand.index] = base.new_empty(0)  # type: ignore[index]
+        del operand
 
     # MergeKit keeps the weights as a tensor of the math dtype; so do we, so the divisor is
     # rounded exactly as there.
     w_tensor = torch.tensor(weights, dtype=base.dtype, device=base.device)
     if variant.consensus:
-        total = weighted[0].clone()
-        for v in weighted[1:]:
-            total.add_(v)
-        positive = total >= 0  # an exact 0 elects +
-        del total
-        mixed = torch.zeros_like(base)
-        divisor = torch.zeros_like(base)
-        for i in range(len(weighted)):
-            v = weighted[i]
-            agree = agreement(v, positive)
-            mixed.add_(v * agree)
-            divisor.add_(agree * w_tensor[i])
-            weighted[i] = v.new_empty(0)  # free this model's delta early
-        divisor.masked_fill_(divisor == 0, 1.0)
-    else:
-        mixed = weighted[0]  # ours (see above), so accumulate into it
-        for v in weighted[1:]:
-            mixed.add_(v)
-        weighted.clear()
-        divisor = w_tensor.sum()
-        if float(divisor.abs()) < 1e-8:
-            divisor = torch.ones_like(divisor)
+        return _elect_and_mix(base, weighted, w_tensor, normalize, lam)
+    mixed = weighted[0]  # ours (see above), so accumulate into it
+    for v in weighted[1:]:
+        mixed.add_(v)
+    weighted.clear()
+    divisor = w_tensor.sum()
+    if float(divisor.abs()) < 1e-8:
+        divisor = torch.ones_like(divisor)
     if normalize:
         mixed.div_(divisor)
     if lam != 1:
         mixed.mul_(lam)
-    return base + mixed
+    return mixed.add_(base)  # = base + mixed (addition commutes exactly)
+
+
+# Sign election and mixing are element-wise, so they run in blocks of this many elements:
+# the temporaries (sum, masks, mixed, divisor) stay small whatever the tensor size.
+_BLOCK = 1 << 22
+
+
+def _elect_and_mix(base: torch.Tensor, weighted: list[torch.Tensor], w_tensor: torch.Tensor,
+                   normalize: bool, lam: float) -> torch.Tensor:
+    out = torch.empty_like(base)
+    flat_out, flat_base = out.view(-1), base.reshape(-1)
+    flats = [v.reshape(-1) for v in weighted]
+    n = flat_base.numel()
+    for start in range(0, n, _BLOCK):
+        end = min(n, start + _BLOCK)
+        block = [v[start:end] for v in flats]  # (block,) per model
+        total = block[0].clone()
+        for v in block[1:]:
+            total.add_(v)
+        # sign = +1 where the sum is >= 0 (an exact 0 elects +), else -1
+        sign = torch.where(total >= 0, 1.0, -1.0).to(total.dtype)
+        del total
+        mixed = torch.zeros_like(block[0])
+        divisor = torch.zeros_like(block[0])
+        for i, v in enumerate(block):
+            # v*sign > 0 exactly where v agrees with the elected sign (zeros never agree);
+            # clamping the rest to 0 and multiplying back by sign gives v or 0, exactly.
+            agreeing = (v * sign).clamp_(min=0)
+            divisor.add_(agreeing > 0, alpha=float(w_tensor[i]))
+            mixed.addcmul_(agreeing, sign)
+        divisor.masked_fill_(divisor == 0, 1.0)
+        if normalize:
+            mixed.div_(divisor)
+        if lam != 1:
+            mixed.mul_(lam)
+        torch.add(flat_base[start:end], mixed, out=flat_out[start:end])
+    return out
