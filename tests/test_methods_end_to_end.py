@@ -43,4 +43,12 @@ def test_cuda_matches_cpu(method, llama_family, tmp_path):
     run_merge(recipe, tmp_path / "gpu", quiet=True, seed=3, device="cuda")
     cpu, gpu = read_model(tmp_path / "cpu"), read_model(tmp_path / "gpu")
     for name in cpu:
-        assert torch.allclose(cpu[name], gpu[name], rtol=1e-4, atol=1e-5), name
+        if method == "arcee_fusion":
+            # A hard threshold on a score computed with softmax/KL: GPU rounding may move an
+            # element sitting at the threshold to the other side. Allow a handful of them.
+            assert (cpu[name] != gpu[name]).float().mean() <= 0.005, name
+        elif method == "karcher":
+            # An iterative mean with acos/sin near 1: rounding differences grow a little.
+            assert torch.allclose(cpu[name], gpu[name], rtol=1e-3, atol=1e-4), name
+        else:
+            assert torch.allclose(cpu[name], gpu[name], rtol=1e-4, atol=1e-5), name

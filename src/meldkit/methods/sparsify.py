@@ -143,15 +143,20 @@ def top_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def _blocked_sum(values: torch.Tensor) -> torch.Tensor:
-    """Sum of a 1-D tensor in a fixed block order, independent of the thread count."""
+    """Sum of a 1-D tensor in a fixed block order, accumulated in float64.
+
+    The fixed blocks make it independent of the thread count; float64 accumulation makes the
+    order a GPU reduces in irrelevant once the result is rounded to float32, so CPU and GPU
+    runs rescale by the same factor.
+    """
     v = values
     while v.numel() > _SUM_BLOCK:
         rows = v.numel() // _SUM_BLOCK
         # (rows, _SUM_BLOCK): each row is reduced by one thread.
-        head = v[: rows * _SUM_BLOCK].reshape(rows, _SUM_BLOCK).sum(dim=1)
-        tail = v[rows * _SUM_BLOCK :].sum().reshape(1)
+        head = v[: rows * _SUM_BLOCK].reshape(rows, _SUM_BLOCK).sum(dim=1, dtype=torch.float64)
+        tail = v[rows * _SUM_BLOCK :].sum(dtype=torch.float64).reshape(1)
         v = torch.cat([head, tail])
-    return v.sum()
+    return v.sum(dtype=torch.float64)
 
 
 def l1_norm(x: torch.Tensor) -> torch.Tensor:
@@ -165,7 +170,7 @@ def rescale_l1(original: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
     new = l1_norm(masked)
     if float(old) < RESCALE_EPS or float(new) < RESCALE_EPS:
         return masked
-    return masked.mul_(old / new)
+    return masked.mul_(float(old / new))  # one float32-rounded factor on every device
 
 
 def uniform_chunks(
@@ -273,12 +278,16 @@ def della_magprune(
         r1 = min(n_rows, r0 + block)
         part = rows[r0:r1]  # (b, n_cols)
         if n_cols > 1:
-            order = torch.argsort(part.abs(), dim=1)
+            # stable: tied magnitudes get the same ranks on every device
+            order = torch.argsort(part.abs(), dim=1, stable=True)
             ranks = torch.empty_like(part)
             # ranks[r, order[r, j]] = j: the 0-based ascending rank of each element.
             steps = torch.arange(n_cols, device=part.device, dtype=part.dtype)
             ranks.scatter_(1, order, steps.expand_as(part).contiguous())
-            keep_p = (density - epsilon) + (ranks / (n_cols - 1)) * (2 * epsilon)
+            # One float32 multiplier instead of `ranks / (n-1) * 2ε`: CUDA divides by a scalar
+            # through its reciprocal, which can land one ulp away from the CPU's division and
+            # flip a draw; a multiply rounds the same on every device.
+            keep_p = ranks.mul_(2 * epsilon / (n_cols - 1)).add_(density - epsilon)
         else:
             keep_p = torch.full_like(part, density)
         u = torch.rand(part.numel(), generator=generator, dtype=torch.float32)
