@@ -26,6 +26,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from meldkit.io.writer import fsync_dir
+
 if TYPE_CHECKING:
     from meldkit.plan.planner import MergePlan
 
@@ -101,16 +103,6 @@ def plan_fingerprint(plan: MergePlan, device: str, seed: int | None) -> str:
     }
     text = json.dumps(doc, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def _fsync_dir(folder: Path) -> None:
-    if os.name != "posix":
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Journal:
@@ -210,7 +202,7 @@ class Journal:
             os.fsync(fh.fileno())
         # Atomic: after a crash the journal is the old one or the new one, never half of each.
         os.replace(tmp, self.path)
-        _fsync_dir(self.folder)
+        fsync_dir(self.folder)
 
     def completed(self) -> list[str]:
         with self._lock:

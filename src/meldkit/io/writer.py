@@ -433,7 +433,7 @@ class ShardedWriter:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            _fsync_dir(self.folder)
+            fsync_dir(self.folder)
         except OSError as exc:
             raise _os_error(exc, self.folder / filename) from None
         with self._cond:
@@ -487,13 +487,13 @@ class ShardedWriter:
                 os.fsync(fh.fileno())
             # Atomic: a reader never sees a half-written index.
             os.replace(tmp, path)
-            _fsync_dir(self.folder)
+            fsync_dir(self.folder)
         except OSError as exc:
             raise _os_error(exc, path) from None
         return path
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     """Make new directory entries durable (POSIX only; Windows cannot open directories)."""
     if os.name != "posix":
         return

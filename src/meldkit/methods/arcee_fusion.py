@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from meldkit.methods.inputs import base_and_other
 from meldkit.methods.registry import MergeContext
 
 SAMPLE_SIZE = 1_000_000
@@ -64,11 +65,10 @@ def merge(
     ctx: MergeContext,
 ) -> torch.Tensor:
     """Merge one tensor: the base and exactly one other model."""
-    if len(inputs) == 1:
+    pair = base_and_other(inputs, base_index, "arcee_fusion")
+    if pair is None:
         return inputs[0]  # a lone optional tensor: the planner's passthrough policy
-    assert base_index is not None and len(inputs) == 2, "arcee_fusion needs the base and one model"
-    base = inputs[base_index]
-    other = inputs[1 - base_index]
+    base, other = pair
     scores = importance(other, base)
     keep = scores >= outlier_threshold(scores, ctx.generator("arcee_fusion"))
     del scores

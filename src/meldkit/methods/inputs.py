@@ -48,3 +48,14 @@ def param_float(params: Mapping[str, Any], name: str, default: float) -> float:
     """
     value = params.get(name)
     return default if value is None else float(value)
+
+
+def base_and_other(
+    inputs: Sequence[torch.Tensor], base_index: int | None, method: str
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(base, other)`` for the methods that take the base and exactly one model, or None when
+    only one input has this tensor (the planner's passthrough policy: return it as it is)."""
+    if len(inputs) == 1:
+        return None
+    assert base_index is not None and len(inputs) == 2, f"{method} needs the base and one model"
+    return inputs[base_index], inputs[1 - base_index]

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from meldkit.methods.inputs import base_and_other
 from meldkit.methods.registry import MergeContext
 
 MIN_DISTANCE = 1e-6
@@ -37,12 +38,11 @@ def merge(
     ctx: MergeContext,
 ) -> torch.Tensor:
     """Merge one tensor: the base and exactly one other model."""
-    if len(inputs) == 1:
+    pair = base_and_other(inputs, base_index, "nearswap")
+    if pair is None:
         return inputs[0]  # a lone optional tensor: the planner's passthrough policy
-    assert base_index is not None and len(inputs) == 2, "nearswap needs the base and one model"
     t = float(shared["t"])
-    base = inputs[base_index]
-    other = inputs[1 - base_index]
+    base, other = pair
     distance = (base - other).abs_().clamp_min_(MIN_DISTANCE)
     omega = (t / distance).clamp_(0.0, 1.0)
     del distance

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from meldkit.methods.inputs import base_and_other
 from meldkit.methods.registry import MergeContext
 
 DOT_THRESHOLD = 0.9995
@@ -61,10 +62,9 @@ def merge(
     ctx: MergeContext,
 ) -> torch.Tensor:
     """Merge one tensor: base plus exactly one other input."""
-    if len(inputs) == 1:
+    pair = base_and_other(inputs, base_index, "slerp")
+    if pair is None:
         return inputs[0]  # a lone optional tensor: the planner's passthrough policy
-    assert base_index is not None and len(inputs) == 2, "slerp needs the base and one model"
     t = float(shared["t"])
-    base = inputs[base_index]
-    other = inputs[1 - base_index]
+    base, other = pair
     return slerp(t, base, other)
