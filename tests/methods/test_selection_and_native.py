@@ -27,13 +27,15 @@ def test_negative_scores_fall_back_to_kthvalue():
     assert sparsify.kth_smallest(x, 10) == torch.kthvalue(x, 10).values
 
 
-@pytest.mark.parametrize("method", ["ties", "dare_ties", "breadcrumbs_ties", "task_arithmetic", "linear"])
+@pytest.mark.parametrize("method", ["ties", "dare_ties", "breadcrumbs_ties", "task_arithmetic", "linear", "slerp"])
 def test_stored_dtype_inputs_give_the_same_bytes_as_upcasting_first(method, tmp_path):
     base, fts = make_model_family(tmp_path / "m", "llama", n=2, dtype="bfloat16")
     models = "".join(f"  - {{model: {m}, parameters: {{weight: {w}, density: 0.6}}}}\n" for m, w in zip(fts, (0.7, 0.5)))
     recipe = f"merge_method: {method}\nbase_model: {base}\nmodels:\n{models}"
     if method == "linear":
         recipe = recipe.replace(f"base_model: {base}\n", "")
+    if method == "slerp":
+        recipe = f"merge_method: slerp\nbase_model: {base}\nmodels: [{{model: {fts[0]}}}]\nparameters: {{t: 0.3}}\n"
     run_merge(recipe + "out_dtype: float32\n", tmp_path / "native", quiet=True, seed=1)
     run_merge(recipe + "dtype: float32\n", tmp_path / "upcast", quiet=True, seed=1)
     a, b = read_model(tmp_path / "native"), read_model(tmp_path / "upcast")

@@ -129,6 +129,7 @@ register(
 register(
     MethodSpec(
         name="slerp",
+        native_inputs=True,
         pretty_name="SLERP",
         impl="meldkit.methods.slerp:merge",
         params=(

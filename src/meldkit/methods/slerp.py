@@ -34,24 +34,51 @@ DOT_THRESHOLD = 0.9995
 NORM_EPS = 1e-8
 
 
+# Reductions and the output are computed in blocks of this many elements, so inputs may stay
+# in their stored dtype (bf16) and no float32 copy of a whole input is ever made.
+BLOCK = 1 << 22
+
+
+def _blocks(n: int) -> range:
+    return range(0, n, BLOCK)
+
+
 def slerp(t: float, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Spherical interpolation from ``a`` (t=0) to ``b`` (t=1), MergeKit's conventions."""
+    """Spherical interpolation from ``a`` (t=0) to ``b`` (t=1), MergeKit's conventions.
+
+    ``a`` and ``b`` may be bf16/fp16: every block is upcast exactly before any arithmetic, and
+    the result is float32 (float64 when an input is).
+    """
+    work = torch.float64 if torch.float64 in (a.dtype, b.dtype) else torch.float32
     af, bf = a.reshape(-1), b.reshape(-1)
-    na = float(torch.linalg.vector_norm(af))
-    nb = float(torch.linalg.vector_norm(bf))
+    n = af.numel()
+    # Norms and dot in float64 accumulators over float32 blocks.
+    sq_a = sq_b = dot = 0.0
+    for s in _blocks(n):
+        xa, xb = af[s : s + BLOCK].to(work), bf[s : s + BLOCK].to(work)
+        sq_a += float(torch.dot(xa, xa))
+        sq_b += float(torch.dot(xb, xb))
+        dot += float(torch.dot(xa, xb))
+    na, nb = math.sqrt(sq_a), math.sqrt(sq_b)
     # Dividing the dot product by the norms equals the dot of the normalised copies without
-    # materialising them (two tensor-sized temporaries saved).
+    # materialising them.
     na = na if na > NORM_EPS else 1.0
     nb = nb if nb > NORM_EPS else 1.0
-    d = float(torch.dot(af, bf)) / (na * nb)
-    d = min(1.0, max(-1.0, d))
+    d = min(1.0, max(-1.0, dot / (na * nb)))
     if abs(d) > DOT_THRESHOLD:
-        return (a * (1.0 - t)).add_(b * t)
-    theta = math.acos(d)
-    sin_theta = math.sin(theta)
-    s0 = math.sin((1.0 - t) * theta) / sin_theta
-    s1 = math.sin(t * theta) / sin_theta
-    return (a * s0).add_(b, alpha=s1)
+        s0, s1 = 1.0 - t, t
+    else:
+        theta = math.acos(d)
+        sin_theta = math.sin(theta)
+        s0 = math.sin((1.0 - t) * theta) / sin_theta
+        s1 = math.sin(t * theta) / sin_theta
+    out = torch.empty(a.shape, dtype=work, device=a.device)
+    flat = out.view(-1)
+    for s in _blocks(n):
+        block = flat[s : s + BLOCK]
+        torch.mul(af[s : s + BLOCK].to(work), s0, out=block)
+        block.add_(bf[s : s + BLOCK].to(work), alpha=s1)  # (1-t)a + t b, or s0 a + s1 b
+    return out
 
 
 def merge(
