@@ -49,7 +49,7 @@ def _chunkable(tensor: TensorPlan, method: MethodSpec, lora_models: set[str]) ->
         and not tensor.integer
         and tensor.vocabulary is None
         and len(tensor.shape) >= 1
-        and all(type(s.info) is TensorInfo and s.info.shape == tensor.shape for s in tensor.sources)
+        and all(type(s.info) is TensorInfo and s.info.shape == tensor.shape and not s.parts for s in tensor.sources)
         and not any(s.model in lora_models for s in tensor.sources)  # LoRA needs whole weights
     )
 
@@ -109,8 +109,13 @@ class TensorLoader:
         # memory, so it overlaps the math on the previous tensor. Byte copies stay on the CPU.
         device = "cpu" if (tensor.copy or tensor.integer) else self.device
         for src in tensor.sources:
-            info = src.info if rows is None else _rows_of(src.info, rows)
-            x = self.reader.read(info, device=device, pin_memory=device != "cpu")
+            if src.parts:
+                # Fused MoE experts: (experts, sum of part rows, ...) from the per-expert tensors.
+                x = torch.stack([torch.cat([self.reader.read(p) for p in group], dim=0) for group in src.parts])
+                x = x.to(device)
+            else:
+                info = src.info if rows is None else _rows_of(src.info, rows)
+                x = self.reader.read(info, device=device, pin_memory=device != "cpu")
             adapter = self._adapter(src.model)
             if adapter is not None:
                 x = adapter.apply(src.name, x)

@@ -23,6 +23,7 @@ from meldkit.io.writer import OutputTensorSpec, ShardLayout, plan_shards
 from meldkit.methods.registry import MethodSpec, get_method
 from meldkit.plan.architecture import ModelLayout, set_config_key, tied_head_name
 from meldkit.plan.models import InputModelInfo, open_models
+from meldkit.plan.moe import FusedExperts, fuse_expert_suffixes
 from meldkit.plan.parameters import (
     ProblemLog,
     resolve_tensor_parameters,
@@ -58,6 +59,9 @@ class TensorSource:
     model: str
     name: str
     info: TensorInfo
+    # Fused MoE experts: per expert, the tensors concatenated along dim 0, then stacked. `info`
+    # then describes the assembled tensor (shape, dtype) and is never read by offset.
+    parts: tuple[tuple[TensorInfo, ...], ...] = ()
 
 
 @dataclass
@@ -105,7 +109,11 @@ class MergePlan:
 
     @property
     def bytes_to_read(self) -> int:
-        seen = {(s.info.file, s.info.start): s.info.nbytes for t in self.tensors for s in t.sources}
+        seen: dict[tuple[Any, int], int] = {}
+        for t in self.tensors:
+            for s in t.sources:
+                for info in [p for group in s.parts for p in group] or [s.info]:
+                    seen[(info.file, info.start)] = info.nbytes
         return sum(seen.values())
 
     @property
@@ -249,9 +257,14 @@ class _TensorBuilder:
                 for j in range(sl.length):
                     t = layer_depth(j, sl.length)
                     ref_layer = sl.sources[sl.base_index or 0].start + j
-                    for suffix in ref.layer_suffixes.get(ref_layer, []):
-                        out_name = f"{ref.stack_prefix}{offset + j}.{suffix}"
-                        names = [sl.layouts[s.model].layer_tensor(s.start + j, suffix) for s in sl.sources]
+                    items, renames = fuse_expert_suffixes(ref.layer_suffixes.get(ref_layer, []))
+                    for item in items:
+                        if isinstance(item, FusedExperts):
+                            out_name = f"{ref.stack_prefix}{offset + j}.{item.suffix}"
+                            self._plan_tensor(out_name, sl, [], t, item, [s.start + j for s in sl.sources])
+                            continue
+                        out_name = f"{ref.stack_prefix}{offset + j}.{renames.get(item, item)}"
+                        names = [sl.layouts[s.model].layer_tensor(s.start + j, item) for s in sl.sources]
                         self._plan_tensor(out_name, sl, names, t)
                 offset += sl.length
             for name in self._non_layer_names(last, "post"):
@@ -278,11 +291,40 @@ class _TensorBuilder:
             return layout.input_embedding, model.index.tensors[layout.input_embedding]
         return None
 
-    def _plan_tensor(self, out_name: str, sl: PlannedSlice, names: list[str], t: float) -> None:
+    def _find_fused(self, src: SliceSource, layout: ModelLayout, layer: int, fused: FusedExperts
+                    ) -> tuple[str, TensorInfo, tuple[tuple[TensorInfo, ...], ...]] | None:
+        tensors = self.models[src.model].index.tensors
+        groups = []
+        for expert in fused.parts:
+            group = tuple(tensors.get(layout.layer_tensor(layer, part)) for part in expert)
+            if any(g is None for g in group):
+                return None
+            groups.append(tuple(g for g in group if g is not None))
+        first = groups[0][0]
+        rows = sum(g.shape[0] for g in groups[0])
+        shape = (len(groups), rows, *first.shape[1:])
+        numel = 1
+        for d in shape:
+            numel *= d
+        name = layout.layer_tensor(layer, fused.suffix)
+        info = TensorInfo(name, first.dtype, shape, first.file, 0, numel * DTYPE_SIZES[first.dtype])
+        return name, info, tuple(groups)
+
+    def _plan_tensor(self, out_name: str, sl: PlannedSlice, names: list[str], t: float,
+                     fused: FusedExperts | None = None, layers: list[int] | None = None) -> None:
         if out_name in self.seen:
             return
         self.seen.add(out_name)
-        found = [self._find(src, sl.layouts[src.model], n) for src, n in zip(sl.sources, names)]
+        parts: dict[int, tuple[tuple[TensorInfo, ...], ...]] = {}
+        if fused is not None and layers is not None:
+            found: list[tuple[str, TensorInfo] | None] = []
+            for i, (src, layer) in enumerate(zip(sl.sources, layers)):
+                hit = self._find_fused(src, sl.layouts[src.model], layer, fused)
+                found.append(hit[:2] if hit else None)
+                if hit:
+                    parts[i] = hit[2]
+        else:
+            found = [self._find(src, sl.layouts[src.model], n) for src, n in zip(sl.sources, names)]
         keep = [i for i, f in enumerate(found) if f is not None]
         if len(keep) < len(found):
             if not self._handle_missing(out_name, sl, found, keep):
@@ -325,7 +367,7 @@ class _TensorBuilder:
                 name=out_name,
                 shape=shape,
                 out_dtype=out_dtype,
-                sources=tuple(TensorSource(s.model, n, i) for s, n, i in zip(sources, src_names, infos)),
+                sources=tuple(TensorSource(s.model, n, i, parts.get(k, ())) for k, s, n, i in zip(keep, sources, src_names, infos)),
                 base_index=base_index,
                 shared=shared,
                 per_input=per_input,
