@@ -1,0 +1,117 @@
+"""Micro-benchmarks behind the hotspots in docs/performance.md (one process, no disk).
+
+    python benchmarks/micro.py [--numel 49152000] [--row 4096]
+
+Each line times one way of doing a step the engine or a method does per tensor, on a tensor of
+``--numel`` elements (default: med's largest, the 32000x1536 embedding) and, for DELLA's per-row
+ranks, rows of ``--row`` elements. Best of ``--repeat`` runs, seconds. Saves
+benchmarks/results/micro.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+
+def best(fn: Callable[[], object], repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def sampled_kth(d: torch.Tensor, k: int, sample: int = 1 << 18) -> torch.Tensor:
+    """Exact k-th smallest (1-based) of a flat tensor: bracket it with a random sample, count
+    what lies below the bracket, and select inside the (small) bracket only."""
+    n = d.numel()
+    g = torch.Generator().manual_seed(0)
+    s = d[torch.randint(0, n, (sample,), generator=g)].sort().values
+    q = int(k / n * sample)
+    margin = int(4 * sample**0.5) + 1
+    lo, hi = s[max(0, q - margin)], s[min(sample - 1, q + margin)]
+    below = int(torch.count_nonzero(d < lo))
+    band = d[(d >= lo) & (d <= hi)]
+    if not (0 < k - below <= band.numel()):  # the bracket missed (rare): exact fallback
+        return torch.kthvalue(d, k).values
+    return torch.kthvalue(band, k - below).values
+
+
+def counter_uniform(start: int, n: int, seed: int) -> torch.Tensor:
+    """U[0,1) from a hash of (seed, flat index): any chunking gives the same numbers."""
+    # splitmix64's finaliser; int64 products wrap, masks make the right shifts logical.
+    x = torch.arange(start, start + n, dtype=torch.int64)
+    x.add_(seed).mul_(-7046029254386353131)  # 0x9E3779B97F4A7C15 as a signed int64
+    x.bitwise_xor_((x >> 30) & ((1 << 34) - 1)).mul_(-4658895280553007687)  # 0xBF58476D1CE4E5B9
+    x.bitwise_xor_((x >> 27) & ((1 << 37) - 1))
+    return ((x >> 40) & 0xFFFFFF).to(torch.float32).mul_(2.0**-24)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--numel", type=int, default=32000 * 1536)
+    ap.add_argument("--row", type=int, default=4096)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "micro.json")
+    a = ap.parse_args()
+    n, r = a.numel, a.repeat
+    torch.manual_seed(0)
+    xb = (torch.randn(n) * 0.02).to(torch.bfloat16)
+    yb = (xb.float() + torch.randn(n) * 0.001).to(torch.bfloat16)
+    xf = xb.float()
+    out = torch.empty_like(xf)
+    d = (yb.float() - xf).abs_()
+    k = n // 2
+    rows = (torch.randn(max(1, n // a.row), a.row) * 0.001)
+    rows_abs = rows.abs()
+    results: dict[str, float] = {}
+
+    def row(name: str, fn: Callable[[], object], rep: int = r) -> None:
+        results[name] = best(fn, rep)
+        print(f"{results[name]:8.3f} s  {name}", flush=True)
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, numel {n:,}, row {a.row}")
+    print("-- reading: non-finite check on one bf16 input")
+    row("torch.isfinite(x).all()  (bf16, bool mask)", lambda: bool(torch.isfinite(xb).all()))
+    row("torch.isfinite(x.sum())  (bf16)", lambda: bool(torch.isfinite(xb.sum())))
+    row("torch.aminmax(x)         (bf16, NaN/Inf propagate)", lambda: torch.aminmax(xb))
+    row("preadv-equivalent memcpy (bf16 clone)", lambda: xb.clone())
+    print("-- casts and fresh allocations (first touch of new pages)")
+    row("x.float()                (new fp32 tensor)", lambda: xb.float())
+    row("out.copy_(x)             (into a reused fp32 buffer)", lambda: out.copy_(xb))
+    row("a - b                    (new tensor)", lambda: xf - xf)
+    row("torch.sub(a, b, out=)    (reused buffer)", lambda: torch.sub(xf, xf, out=out))
+    row("a * (a > 0)              (two new tensors)", lambda: xf * (xf > 0))
+    row("torch.where(p, v>0, v<0) (three new bool tensors)", lambda: torch.where(xf >= 0, xf > 0, xf < 0))
+    print("-- TIES/breadcrumbs: k-th largest |delta| (k = N/2)")
+    row("torch.kthvalue(|d|, k)", lambda: torch.kthvalue(d, k), 2)
+    row("sampled exact select (same value)", lambda: sampled_kth(d, k), 2)
+    assert float(sampled_kth(d, k)) == float(torch.kthvalue(d, k).values)
+    row("mask.sum()               (bool)", lambda: int((d > 0).sum()))
+    row("torch.count_nonzero(mask)", lambda: int(torch.count_nonzero(d > 0)))
+    print(f"-- DELLA: per-row magnitude ranks, rows of {a.row}")
+    row("argsort(|d|, dim=1) + scatter_ (current)", lambda: torch.empty_like(rows_abs).scatter_(
+        1, torch.argsort(rows_abs, dim=1), torch.arange(a.row, dtype=rows.dtype).expand_as(rows_abs).contiguous()), 2)
+    row("argsort(argsort(|d|))    (ranks, no scatter)", lambda: torch.argsort(torch.argsort(rows_abs, dim=1), dim=1), 2)
+    row("sort(|d|, dim=1)         (values only)", lambda: torch.sort(rows_abs, dim=1), 2)
+    row("sort(|d| as int32 keys)  (same order for |d| >= 0)", lambda: torch.sort(rows_abs.view(torch.int32), dim=1), 2)
+    print("-- random draws (DARE/DELLA), N uniforms")
+    g = torch.Generator().manual_seed(0)
+    row("torch.rand(N, generator=g)  (mt19937, 1 thread)", lambda: torch.rand(n, generator=g))
+    row("counter-based hash uniforms (threaded int64 ops)", lambda: counter_uniform(0, n, 1234))
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps({"numel": n, "row": a.row, "threads": torch.get_num_threads(),
+                                 "seconds": results}, indent=2) + "\n")
+    print(f"saved {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
