@@ -8,12 +8,10 @@ that has none.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Any
 
 from meldkit.config.load import load_config
-from meldkit.config.modelref import ModelRef
 from meldkit.config.params import layer_depth
 from meldkit.config.schema import MergeConfig, Parameters
 from meldkit.errors import InputError, PlanError
@@ -21,9 +19,10 @@ from meldkit.io.dtypes import parse_dtype_name, promote
 from meldkit.io.header import DTYPE_SIZES, TensorInfo
 from meldkit.io.writer import OutputTensorSpec, ShardLayout, plan_shards
 from meldkit.methods.registry import MethodSpec, get_method
-from meldkit.plan.architecture import ModelLayout, set_config_key, tied_head_name
+from meldkit.plan.architecture import ModelLayout, tied_head_name
 from meldkit.plan.models import InputModelInfo, open_models
 from meldkit.plan.moe import FusedExperts, fuse_expert_suffixes
+from meldkit.plan.output_config import output_config
 from meldkit.plan.parameters import (
     ProblemLog,
     resolve_tensor_parameters,
@@ -38,8 +37,6 @@ from meldkit.plan.vocabulary import (
 )
 
 __all__ = ["PlanOptions", "TensorSource", "TensorPlan", "MergePlan", "plan_merge"]
-
-_DTYPE_NAMES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64", "I64": "int64"}
 
 
 @dataclass(frozen=True)
@@ -186,7 +183,7 @@ def plan_merge(recipe: Any, options: PlanOptions | None = None, **kwargs: Any) -
     main = [sl for sl in slices if sl.layouts[sl.sources[sl.base_index or 0].model].config_layer_key is not None] or slices
     output_layers = sum(sl.length for sl in main)
     origins = [(sl.sources[sl.base_index or 0].model, sl.sources[sl.base_index or 0].start + j) for sl in main for j in range(sl.length)]
-    out_config = _output_config(config, models, models[donor], origins, builder.tensors)
+    out_config = output_config(config, models, models[donor], origins, builder.tensors)
     update_vocab_size(out_config, vocabulary)
     specs = [OutputTensorSpec(t.name, t.out_dtype, t.shape) for t in builder.tensors]
     shards = plan_shards(specs, options.out_shard_size)
@@ -424,50 +421,3 @@ class _TensorBuilder:
             return None
         self.log.problem(("shape", out_name), f"tensor {out_name} has different shapes: {desc}")
         return None
-
-
-def _remap_layer_lists(node: dict[str, Any], donor_layers: int,
-                       origins: list[tuple[str, int]], models: dict[str, InputModelInfo], sub: str | None) -> None:
-    """Per-layer config lists (``layer_types``, per-layer window sizes...) follow the layers:
-    output layer i takes the entry of the layer it was copied from, in that layer's model."""
-    for key, value in list(node.items()):
-        if not isinstance(value, list) or len(value) != donor_layers or not donor_layers:
-            continue
-        remapped = []
-        for model, index in origins:
-            cfg = models[model].config or {}
-            src = cfg.get(sub, {}) if sub else cfg
-            column = src.get(key) if isinstance(src, dict) else None
-            remapped.append(column[index] if isinstance(column, list) and index < len(column) else value[index % len(value)])
-        node[key] = remapped
-
-
-def _output_config(config: MergeConfig, models: dict[str, InputModelInfo], donor: InputModelInfo,
-                   origins: list[tuple[str, int]], tensors: list[TensorPlan]) -> dict[str, Any] | None:
-    if donor.config is None:
-        return None
-    out = copy.deepcopy(donor.config)
-    key = donor.layout.config_layer_key
-    layers = len(origins)
-    if key is not None and donor.layout.config_layers is not None and layers:
-        set_config_key(out, key, layers)
-        donor_layers = donor.layout.config_layers
-        _remap_layer_lists(out, donor_layers, origins, models, None)
-        if isinstance(out.get("text_config"), dict) and key.startswith("text_config."):
-            _remap_layer_lists(out["text_config"], donor_layers, origins, models, "text_config")
-    dtype = config.out_dtype or config.dtype
-    if dtype:
-        name = _DTYPE_NAMES.get(parse_dtype_name(dtype), dtype)
-        out["torch_dtype"] = name
-        if "dtype" in out:
-            out["dtype"] = name
-    names = {t.name for t in tensors}
-    head = tied_head_name(donor.layout)
-    if out.get("tie_word_embeddings") and head in names:
-        # The output carries its own head; a tied config would make transformers ignore it.
-        out["tie_word_embeddings"] = False
-    return out
-
-
-def model_key(ref: ModelRef) -> str:
-    return str(ref)
