@@ -44,24 +44,18 @@ def sampled_kth(d: torch.Tensor, k: int, sample: int = 1 << 18) -> torch.Tensor:
     return torch.kthvalue(band, k - below).values
 
 
-def counter_uniform(start: int, n: int, seed: int) -> torch.Tensor:
-    """U[0,1) from a hash of (seed, flat index): any chunking gives the same numbers."""
-    # splitmix64's finaliser; int64 products wrap, masks make the right shifts logical.
-    x = torch.arange(start, start + n, dtype=torch.int64)
-    x.add_(seed).mul_(-7046029254386353131)  # 0x9E3779B97F4A7C15 as a signed int64
-    x.bitwise_xor_((x >> 30) & ((1 << 34) - 1)).mul_(-4658895280553007687)  # 0xBF58476D1CE4E5B9
-    x.bitwise_xor_((x >> 27) & ((1 << 37) - 1))
-    return ((x >> 40) & 0xFFFFFF).to(torch.float32).mul_(2.0**-24)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--numel", type=int, default=32000 * 1536)
     ap.add_argument("--row", type=int, default=4096)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (meldkit uses one per spare core: 1 on a 2-core machine)")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "micro.json")
     a = ap.parse_args()
     n, r = a.numel, a.repeat
+    if a.threads:
+        torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     xb = (torch.randn(n) * 0.02).to(torch.bfloat16)
     yb = (xb.float() + torch.randn(n) * 0.001).to(torch.bfloat16)
@@ -94,18 +88,29 @@ def main() -> int:
     row("torch.kthvalue(|d|, k)", lambda: torch.kthvalue(d, k), 2)
     row("sampled exact select (same value)", lambda: sampled_kth(d, k), 2)
     assert float(sampled_kth(d, k)) == float(torch.kthvalue(d, k).values)
-    row("mask.sum()               (bool)", lambda: int((d > 0).sum()))
-    row("torch.count_nonzero(mask)", lambda: int(torch.count_nonzero(d > 0)))
+    mask = d > 0
+    row("int(mask.sum())          (bool -> int64 reduction)", lambda: int(mask.sum()))
+    row("torch.count_nonzero(mask)", lambda: int(torch.count_nonzero(mask)))
+    print("-- DARE/DELLA rescale: L1 norm of one delta")
+    blocks = n // 16384
+    head = d[: blocks * 16384].reshape(blocks, 16384)
+    row("abs + (rows,16384).sum(dim=1, dtype=f64) (current _blocked_sum)",
+        lambda: xf.abs()[: blocks * 16384].reshape(blocks, 16384).sum(dim=1, dtype=torch.float64).sum())
+    row("vector_norm(rows, 1, dim=1, dtype=f64)   (same fp64 accumulation, no abs copy)",
+        lambda: torch.linalg.vector_norm(head, 1, dim=1, dtype=torch.float64).sum())
+    row("vector_norm(rows, 1, dim=1) fp32, rows summed in f64",
+        lambda: torch.linalg.vector_norm(head, 1, dim=1).double().sum())
     print(f"-- DELLA: per-row magnitude ranks, rows of {a.row}")
     row("argsort(|d|, dim=1) + scatter_ (current)", lambda: torch.empty_like(rows_abs).scatter_(
         1, torch.argsort(rows_abs, dim=1), torch.arange(a.row, dtype=rows.dtype).expand_as(rows_abs).contiguous()), 2)
     row("argsort(argsort(|d|))    (ranks, no scatter)", lambda: torch.argsort(torch.argsort(rows_abs, dim=1), dim=1), 2)
     row("sort(|d|, dim=1)         (values only)", lambda: torch.sort(rows_abs, dim=1), 2)
-    row("sort(|d| as int32 keys)  (same order for |d| >= 0)", lambda: torch.sort(rows_abs.view(torch.int32), dim=1), 2)
+    row("argsort(|d|, dim=1, stable=True)", lambda: torch.argsort(rows_abs, dim=1, stable=True), 2)
+    row("sort(|d| as int32 keys, stable=True) (same order for |d| >= 0)",
+        lambda: torch.sort(rows_abs.view(torch.int32), dim=1, stable=True), 2)
     print("-- random draws (DARE/DELLA), N uniforms")
     g = torch.Generator().manual_seed(0)
     row("torch.rand(N, generator=g)  (mt19937, 1 thread)", lambda: torch.rand(n, generator=g))
-    row("counter-based hash uniforms (threaded int64 ops)", lambda: counter_uniform(0, n, 1234))
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps({"numel": n, "row": a.row, "threads": torch.get_num_threads(),
                                  "seconds": results}, indent=2) + "\n")
