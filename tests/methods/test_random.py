@@ -32,8 +32,8 @@ def restore_threads() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
-def gen(name: str = "w", salt: str = "1", seed: int = 0) -> torch.Generator:
-    return MergeContext(name=name, seed=seed).generator(salt)
+def gen(name: str = "w", salt: str = "1", seed: int = 0) -> int:
+    return MergeContext(name=name, seed=seed).stream_key(salt)
 
 
 @pytest.mark.parametrize("density", [0.1, 0.5, 0.9])

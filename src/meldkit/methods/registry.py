@@ -114,14 +114,21 @@ class MergeContext:
     name: str
     seed: int | None = None
     device: str = "cpu"
+    # The safetensors dtype code the engine stores the result in ("BF16", "F32"...). A method may return that
+    # dtype directly (rounding once, as the engine would) to spare a float32 copy; None: unknown.
+    out_dtype: str | None = None
+
+    def stream_key(self, salt: str = "") -> int:
+        """A 63-bit key derived from (seed, tensor name, salt), for counter-based streams
+        (:func:`meldkit.methods.sparsify.uniform`)."""
+        key = f"{self.seed if self.seed is not None else 0}\x00{self.name}\x00{salt}".encode()
+        return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") & ((1 << 63) - 1)
 
     def generator(self, salt: str = "") -> torch.Generator:
         """A CPU generator seeded from (seed, tensor name, salt). Draw on CPU, then move."""
         import torch
 
-        key = f"{self.seed if self.seed is not None else 0}\x00{self.name}\x00{salt}".encode()
-        derived = int.from_bytes(hashlib.sha256(key).digest()[:8], "little") & ((1 << 63) - 1)
-        return torch.Generator(device="cpu").manual_seed(derived)
+        return torch.Generator(device="cpu").manual_seed(self.stream_key(salt))
 
 
 class MergeFunction(Protocol):

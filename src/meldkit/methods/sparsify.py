@@ -22,8 +22,9 @@ Selections find the cut-off value with ``torch.kthvalue`` (O(N); ``topk`` on CUD
 a full sort; elements tied at a cut-off
 are resolved in index order so the kept count is exactly MergeKit's (MergeKit's unstable
 argsort resolves such ties arbitrarily, so which of several equal ``|δ|`` survives is
-unspecified there too). Random draws come only from the generator passed in, on the CPU, in
-fixed-size chunks, so a seed gives the same mask on any device and thread count.
+unspecified there too). Random draws come from a counter-based stream (:func:`uniform`): the
+draw for an element depends only on the stream's key and the element's index, so a seed gives
+the same mask on any device and thread count, and any slice can be drawn on its own.
 """
 
 from __future__ import annotations
@@ -173,18 +174,45 @@ def rescale_l1(original: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
     return masked.mul_(float(old / new))  # one float32-rounded factor on every device
 
 
-def uniform_chunks(
-    numel: int, generator: torch.Generator, device: torch.device | str
-) -> Iterator[tuple[int, int, torch.Tensor]]:
-    """Yield ``(start, end, u)`` with ``u ~ U[0, 1)`` (float32) for consecutive flat ranges.
+# A counter-based generator: element i of a stream is a pure function of (key, i), so any
+# slice can be computed on its own, in parallel, on any device, with the same bits; the fused
+# CPU kernels compute the same function. Each round is Chris Wellons' "lowbias32" integer
+# hash (xor-shift-multiply); two rounds, the second keyed by the high half of the key and of
+# the index, decorrelate the streams of different keys. 32-bit products vectorize on CPUs.
+_MUL1 = 0x7FEB352D
+_MUL2 = 0x846CA68B
+_MASK32 = 0xFFFFFFFF
 
-    Drawn on the CPU from ``generator`` in chunks of :data:`DRAW_CHUNK`, then moved to
-    ``device``: the stream depends only on the generator's seed and ``numel``.
-    """
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """lowbias32 on int64 tensors holding 32-bit values."""
+    x = x ^ (x >> 16)
+    x = (x * _MUL1) & _MASK32
+    x = x ^ (x >> 15)
+    x = (x * _MUL2) & _MASK32
+    return x ^ (x >> 16)
+
+
+def uniform(key: int, start: int, end: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``u_i ~ U[0, 1)`` (float32, 24 random bits) for ``start <= i < end`` of stream ``key``.
+
+    ``h = mix32(mix32((i mod 2**32) ^ k0) ^ k1 ^ (i >> 32))`` with ``k0``/``k1`` the low and
+    high 32 bits of ``key``, and ``u_i = (h >> 8) / 2**24``."""
+    i = torch.arange(start, end, dtype=torch.int64, device=device)
+    k0, k1 = key & _MASK32, (key >> 32) & _MASK32
+    h = _mix32((i & _MASK32) ^ k0)
+    h = _mix32(h ^ ((i >> 32) ^ k1))
+    return (h >> 8).to(torch.float32).mul_(2.0**-24)
+
+
+def uniform_chunks(
+    numel: int, key: int, device: torch.device | str
+) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """Yield ``(start, end, u)``: :func:`uniform` over consecutive ranges of at most
+    :data:`DRAW_CHUNK` elements (bounding the scratch memory)."""
     for start in range(0, numel, DRAW_CHUNK):
         end = min(numel, start + DRAW_CHUNK)
-        u = torch.rand(end - start, generator=generator, dtype=torch.float32)
-        yield start, end, u.to(device)
+        yield start, end, uniform(key, start, end, device)
 
 
 def magnitude(delta: torch.Tensor, density: float, rescale: bool, *, inplace: bool = False) -> torch.Tensor:
@@ -205,15 +233,14 @@ def magnitude(delta: torch.Tensor, density: float, rescale: bool, *, inplace: bo
     return rescale_l1(delta, masked)
 
 
-def bernoulli(
-    delta: torch.Tensor, density: float, rescale: bool, generator: torch.Generator
-) -> torch.Tensor:
-    """Keep each element independently with probability ``density`` (DARE)."""
+def bernoulli(delta: torch.Tensor, density: float, rescale: bool, key: int) -> torch.Tensor:
+    """Keep each element independently with probability ``density`` (DARE); element ``i``
+    (flat index) is kept where ``uniform(key)[i] < density``."""
     if density >= 1:
         return delta
     flat = delta.reshape(-1)
     masked = torch.empty_like(flat)
-    for start, end, u in uniform_chunks(flat.numel(), generator, delta.device):
+    for start, end, u in uniform_chunks(flat.numel(), key, delta.device):
         # P(u < density) = density for u ~ U[0, 1): a Bernoulli(density) draw.
         masked[start:end] = flat[start:end] * (u < density)
     masked = masked.reshape(delta.shape)
@@ -258,9 +285,12 @@ def della_magprune(
     density: float,
     epsilon: float,
     rescale: bool,
-    generator: torch.Generator,
+    key: int,
 ) -> torch.Tensor:
     """DELLA's MagPrune: keep probability grows linearly with the magnitude rank in each row.
+
+    The element at row ``r``, column ``c`` of the row layout is kept where
+    ``uniform(key)[r * n + c] < p``.
 
     The planner has checked ``0 < density - epsilon`` and ``density + epsilon < 1`` whenever
     ``density < 1``. A one-element row has no rank spread (MergeKit divides 0 by 0 and gets
@@ -290,8 +320,8 @@ def della_magprune(
             keep_p = ranks.mul_(2 * epsilon / (n_cols - 1)).add_(density - epsilon)
         else:
             keep_p = torch.full_like(part, density)
-        u = torch.rand(part.numel(), generator=generator, dtype=torch.float32)
-        keep = u.to(part.device).reshape(part.shape) < keep_p
+        u = uniform(key, r0 * n_cols, r1 * n_cols, part.device)
+        keep = u.reshape(part.shape) < keep_p
         out[r0:r1] = part * keep
     masked = _from_rows(out, delta)
     return rescale_l1(delta, masked) if rescale else masked
