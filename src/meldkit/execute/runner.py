@@ -354,8 +354,10 @@ def _slow_write_delay() -> float:
         return 0.0
 
 
-# Input bytes the loader may read ahead of the computation.
+# Input bytes the loader may read ahead of the computation. Methods with whole-tensor
+# statistics already hold one whole tensor's inputs while they compute, so they read less ahead.
 READ_AHEAD_BYTES = 256 * 1024 * 1024
+READ_AHEAD_WHOLE_TENSOR_BYTES = 128 * 1024 * 1024
 
 
 def _write_tensors(
@@ -403,12 +405,14 @@ def _write_tensors(
         lora_models = {k for k, m in plan.models.items() if m.lora_folder is not None}
         upcoming = split_pieces(todo, plan.method, lora_models)
 
+        read_ahead = READ_AHEAD_BYTES if plan.method.elementwise else READ_AHEAD_WHOLE_TENSOR_BYTES
+
         def refill() -> None:
-            # Read ahead up to `prefetch` pieces, but no more than READ_AHEAD_BYTES of input
+            # Read ahead up to `prefetch` pieces, but no more than `read_ahead` bytes of input
             # (always at least one piece), so huge tensors do not pile up in memory.
             while len(window) <= options.prefetch:
                 queued = sum(p.input_bytes for p, _ in window)
-                if window and queued >= READ_AHEAD_BYTES:
+                if window and queued >= read_ahead:
                     return
                 nxt = next(upcoming, None)
                 if nxt is None:
@@ -421,7 +425,7 @@ def _write_tensors(
             raw = future.result()
             refill()
             tensor = piece.tensor
-            ctx = MergeContext(tensor.name, options.seed, device)
+            ctx = MergeContext(tensor.name, options.seed, device, tensor.out_dtype)
             result = compute_tensor(tensor, raw, fn, ctx, device, piece.rows, plan.method.native_inputs)
             del raw
             loader.check_result(tensor, piece.rows, result)
@@ -434,6 +438,9 @@ def _write_tensors(
         while in_flight:
             in_flight.popleft().result()
         writer.finish()
+        # Every tensor is written and the folder is about to be published: hashing the last
+        # shards for a resume that can no longer be needed would only delay it.
+        journal.stop_recording()
     finally:
         # Order matters: no thread may still touch a descriptor when the writer and the reader
         # close theirs (the OS could hand the number to another file), nor write into a folder

@@ -41,7 +41,7 @@ from typing import Any
 
 import torch
 
-from meldkit.methods import sparsify
+from meldkit.methods import sparsify, task_vectors_fused
 from meldkit.methods.catalog import TASK_VECTOR_FAMILY, TaskVectorVariant
 from meldkit.methods.inputs import Operand, non_base, param_float
 from meldkit.methods.registry import MergeContext
@@ -68,11 +68,11 @@ def sparsify_delta(
         gamma = param_float(params, "gamma", 0.01)
         return sparsify.magnitude_outliers(delta, density, gamma, rescale)
     # Random sparsifiers: one stream per input, keyed by its position in the recipe.
-    generator = ctx.generator(str(operand.index))
+    key = ctx.stream_key(str(operand.index))
     if method == "random":
-        return sparsify.bernoulli(delta, density, rescale, generator)
+        return sparsify.bernoulli(delta, density, rescale, key)
     epsilon = param_float(params, "epsilon", 0.15)
-    return sparsify.della_magprune(delta, density, epsilon, rescale, generator)
+    return sparsify.della_magprune(delta, density, epsilon, rescale, key)
 
 
 def agreement(values: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
@@ -92,6 +92,9 @@ def merge_task_vectors(
     """Merge one tensor with the task-vector family member ``method`` (e.g. ``"ties"``)."""
     variant = TASK_VECTOR_FAMILY[method]
     assert base_index is not None, f"{method} needs a base model"
+    if len(inputs) > 1 and task_vectors_fused.supports(variant, inputs, ctx):
+        others = non_base(inputs, base_index, per_input)
+        return task_vectors_fused.merge_task_vectors_fused(inputs[base_index], others, variant, shared, ctx)
     # Inputs may arrive in their stored dtype (the family sets native_inputs): `x - base` with a
     # float32 base converts x exactly on the fly, so no upcast copy of every input is made.
     work = torch.float64 if any(x.dtype == torch.float64 for x in inputs) else torch.float32

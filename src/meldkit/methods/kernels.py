@@ -1,0 +1,410 @@
+"""Fused CPU kernels (numba) for the task-vector family: one pass per statistic, no temporaries.
+
+Eager torch makes one trip through memory per operation: TIES on three models is about fifteen
+full-size passes and as many full-size temporaries. These kernels compute ``δ = x - b`` on the
+fly from the stored inputs (bfloat16 as raw ``uint16`` bits, or float32) and do everything
+else per element, in registers:
+
+* :func:`hist_high` / :func:`hist_low`: the two 16-bit digit histograms of ``|δ|``'s float32
+  bits that locate an exact rank (the radix select of :mod:`meldkit.methods.sparsify`);
+* :func:`tie_counts`: per fixed-size chunk, how many ``|δ|`` equal a cut-off, so that ties are
+  resolved in flat index order even when chunks run in parallel;
+* :func:`della_bits`: DELLA's random keep masks, packed 8 per byte (DARE's draws are made
+  inline); both use the counter-based stream of :func:`meldkit.methods.sparsify.uniform`;
+* :func:`l1_sums`: per-chunk float64 sums of ``|δ|`` and of the kept ``|δ|`` (rescaling);
+* :func:`mix`: sparsify, rescale, weight, elect signs and mix, writing the output directly.
+
+The arithmetic is the eager path's, operation for operation, in float32 without fast-math
+(no reassociation, no fused multiply-add), so both paths give the same bits; the test suite
+compares them. Kernels release the GIL and take a range of work items; the caller runs ranges
+on several threads. Chunks have a fixed size, independent of the thread count, so sums and
+tie resolution do not depend on how many threads run.
+
+Import this module only through :func:`meldkit.methods.task_vectors_fused.kernels`, which
+returns None when numba is not installed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, types
+from numba.extending import overload
+
+# Elements per chunk: the unit of parallel work, of float64 partial sums and of tie counting.
+CHUNK = 1 << 14
+
+# Sparsification modes (per model).
+KEEP_ALL = 0  # δ
+ZERO = 1  # a literal +0 (a density <= 0 gives zeros_like, not δ * 0)
+WINDOW = 2  # keep |δ| ranks in a window given by up to two cut-offs (TIES, Breadcrumbs)
+BITS = 3  # keep where the packed mask has a 1 (DELLA)
+BERNOULLI = 4  # keep where the element's uniform draw is below the density (DARE)
+
+
+def _load(a, i):  # pragma: no cover - replaced by the overload below inside kernels
+    raise NotImplementedError
+
+
+@overload(_load, inline="always")
+def _load_impl(a, i):
+    # An unsigned index: numba then skips the negative-index wrap-around, which otherwise
+    # keeps LLVM from vectorizing the loops.
+    if a.dtype == types.uint16:  # bfloat16 bits: the float32 with the same top 16 bits
+
+        def impl(a, i):
+            return np.uint32(np.uint32(a[np.uint64(i)]) << np.uint32(16)).view(np.float32)
+
+        return impl
+
+    def impl_f32(a, i):
+        return np.float32(a[np.uint64(i)])
+
+    return impl_f32
+
+
+@njit(inline="always")
+def _abs_bits(d):
+    # |d| as float32 bits: non-negative floats order like their bit patterns.
+    return np.float32(d).view(np.uint32) & np.uint32(0x7FFFFFFF)
+
+
+_BLOCK = 2048  # elements whose |δ| bits are computed (vectorized) before they are counted
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def hist_high(xs, base, s, e, hist):
+    """``hist[j, h] += #{s <= i < e : high 16 bits of |x_j[i] - b[i]| == h}``.
+
+    Two interleaved sub-histograms: runs of equal digits (common) would otherwise make each
+    increment wait for the previous one."""
+    buf = np.empty(_BLOCK, dtype=np.uint32)
+    pair = np.zeros((2, hist.shape[1]), dtype=np.int64)
+    for j in range(len(xs)):
+        x = xs[j]
+        pair[:] = 0
+        for b0 in range(s, e, _BLOCK):
+            size = min(_BLOCK, e - b0)
+            for k in range(size):
+                buf[k] = _abs_bits(_load(x, b0 + k) - _load(base, b0 + k)) >> np.uint32(16)
+            for k in range(0, size - 1, 2):
+                pair[0, buf[k]] += 1
+                pair[1, buf[k + 1]] += 1
+            if size % 2:
+                pair[0, buf[size - 1]] += 1
+        for h in range(hist.shape[1]):
+            hist[j, h] += pair[0, h] + pair[1, h]
+    return hist
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def hist_low(xs, base, s, e, digits, hist):
+    """``hist[j, c, l] += #{s <= i < e : |δ_j[i]| has high digit digits[j, c], low digit l}``.
+
+    ``digits[j, c] < 0`` skips that (model, cut-off)."""
+    buf = np.empty(_BLOCK, dtype=np.uint32)
+    for j in range(len(xs)):
+        x = xs[j]
+        d0, d1 = digits[j, 0], digits[j, 1]
+        if d0 < 0 and d1 < 0:
+            continue
+        for b0 in range(s, e, _BLOCK):
+            size = min(_BLOCK, e - b0)
+            for k in range(size):
+                buf[k] = _abs_bits(_load(x, b0 + k) - _load(base, b0 + k))
+            for k in range(size):  # few elements match: a well-predicted branch
+                a = buf[k]
+                hi = np.int64(a >> np.uint32(16))
+                if hi == d0:
+                    hist[j, 0, a & np.uint32(0xFFFF)] += 1
+                if hi == d1:
+                    hist[j, 1, a & np.uint32(0xFFFF)] += 1
+    return hist
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def tie_counts(xs, base, c0, c1, cuts, active, counts):
+    """``counts[c, j, k]`` = how many ``|δ_j|`` in chunk ``c`` (``c0 <= c < c1``) equal
+    ``cuts[j, k]`` (if active)."""
+    n_models = counts.shape[1]
+    n = base.shape[0]
+    for c in range(c0, c1):
+        s, e = c * CHUNK, min(n, (c + 1) * CHUNK)
+        for j in range(n_models):
+            x = xs[j]
+            for k in range(2):
+                if not active[j, k]:
+                    continue
+                cut = cuts[j, k]
+                m = 0
+                for i in range(s, e):
+                    if _abs_bits(_load(x, i) - _load(base, i)) == cut:
+                        m += 1
+                counts[c, j, k] = m
+    return counts
+
+
+@njit(inline="always")
+def _mix32(x):
+    # lowbias32 on uint64 holding 32-bit values (the masks let LLVM use 32-bit products).
+    x = x ^ (x >> np.uint64(16))
+    x = (x * np.uint64(0x7FEB352D)) & np.uint64(0xFFFFFFFF)
+    x = x ^ (x >> np.uint64(15))
+    x = (x * np.uint64(0x846CA68B)) & np.uint64(0xFFFFFFFF)
+    return x ^ (x >> np.uint64(16))
+
+
+@njit(inline="always")
+def _uniform(k0, k1, i):
+    """Element ``i`` of the stream with key halves ``k0``/``k1``: sparsify.uniform, bit for bit."""
+    i = np.uint64(i)
+    h = _mix32((i & np.uint64(0xFFFFFFFF)) ^ k0)
+    h = _mix32(h ^ (i >> np.uint64(32)) ^ k1)
+    return np.float32(h >> np.uint64(8)) * np.float32(2.0**-24)
+
+
+@njit(cache=True)
+def uniform_range(k0, k1, start, out):
+    """``out[i] = uniform(key)[start + i]``: the kernels' stream, for checking it against
+    :func:`meldkit.methods.sparsify.uniform`."""
+    for i in range(out.shape[0]):
+        out[i] = _uniform(k0, k1, start + i)
+    return out
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def della_bits(x, base, g0, g1, k0, k1, n_cols, density_minus_eps, step, bits):
+    """DELLA's keep mask over rows of ``n_cols`` elements: in each row rank ``|δ|`` ascending
+    (stable: ties keep index order, as torch's stable argsort) and keep where
+    ``uniform(key)[i] < rank * step + (density - epsilon)`` in float32, as the eager path does.
+
+    ``bits`` must start zeroed. Rows are handled in groups of 8 (``g0 <= group < g1``), which
+    span whole bytes of the mask whatever the row length, so parallel groups never share one."""
+    n_rows = base.shape[0] // n_cols
+    keys = np.empty(n_cols, dtype=np.uint32)
+    order = np.empty(n_cols, dtype=np.int64)
+    spare = np.empty(n_cols, dtype=np.int64)
+    count = np.empty(_RADIX, dtype=np.int64)
+    for g in range(g0, g1):
+        for row in range(g * 8, min(n_rows, g * 8 + 8)):
+            off = row * n_cols
+            for c in range(n_cols):
+                keys[c] = _abs_bits(_load(x, off + c) - _load(base, off + c))
+            _stable_argsort(keys, order, spare, count)
+            for rank in range(n_cols):
+                i = off + order[rank]
+                p = np.float32(np.float32(rank) * step) + density_minus_eps
+                if _uniform(k0, k1, i) < p:
+                    bits[i >> 3] |= np.uint8(1 << (i & 7))
+    return bits
+
+
+_RADIX = 1 << 11  # three 11-bit digits cover the 31 bits of a magnitude
+
+
+@njit(cache=True)
+def _stable_argsort(keys, order, spare, count):
+    """``order`` = the indices that sort ``keys`` ascending, equal keys in index order: an LSD
+    radix sort (each pass is stable), several times faster than a comparison sort here.
+    Magnitudes' float32 bits order like the floats, NaN last as in torch's sort."""
+    n = keys.shape[0]
+    for i in range(n):
+        order[i] = i
+    for shift in range(0, 33, 11):
+        count[:] = 0
+        for i in range(n):
+            count[(keys[i] >> np.uint32(shift)) & np.uint32(_RADIX - 1)] += 1
+        if count.max() == n:
+            continue  # every key has the same digit here: this pass would not move anything
+        total = 0
+        for d in range(_RADIX):
+            c = count[d]
+            count[d] = total
+            total += c
+        for i in range(n):
+            k = order[i]
+            d = (keys[k] >> np.uint32(shift)) & np.uint32(_RADIX - 1)
+            spare[count[d]] = k
+            count[d] += 1
+        order[:] = spare
+
+
+@njit(cache=True, error_model="numpy")
+def _sparsify_chunk(x, base, s, e, mode, cuts, thr, rule, partial, ties, bits, rand, dest):
+    """``dest[i - s] = sparsify(δ)[i]`` for ``s <= i < e``: δ, δ * 1.0 / δ * 0.0, or +0.
+
+    WINDOW keeps ``|δ|`` bits ``a`` with ``thr[0] <= a <= thr[1]`` when no cut-off has a
+    partial tie (unused cut-offs are neutral: 0 and all ones); otherwise ties are resolved in
+    flat order: ``ties`` holds, per cut-off, the ordinal of the chunk's first tie and the
+    chunk's number of ties. Most chunks' ties are all kept or all dropped, which only moves
+    the bound; the one chunk per cut-off where the budget runs out counts ties one by one
+    (elements equal to each cut seen so far): at the low cut the first ``rule[0]`` ties are
+    dropped, at the high cut only the first ``rule[1]`` are kept (the eager path's rule)."""
+    if mode == ZERO:
+        for i in range(s, e):
+            dest[i - s] = np.float32(0.0)
+    elif mode == KEEP_ALL:
+        for i in range(s, e):
+            dest[i - s] = _load(x, i) - _load(base, i)
+    elif mode == BITS:
+        for i in range(s, e):
+            d = _load(x, i) - _load(base, i)
+            keep = (bits[i >> 3] >> (i & 7)) & 1
+            dest[i - s] = d * np.float32(keep)
+    elif mode == BERNOULLI:
+        k0, k1, density = np.uint64(rand[0]), np.uint64(rand[1]), np.float32(rand[2])
+        for i in range(s, e):
+            d = _load(x, i) - _load(base, i)
+            dest[i - s] = d * np.float32(_uniform(k0, k1, i) < density)
+    else:
+        lo, hi = thr[0], thr[1]
+        t_lo, t_hi = ties[0, 0], ties[1, 0]
+        cut_lo, cut_hi = np.int64(cuts[0]), np.int64(cuts[1])
+        drop_lo, keep_hi = rule[0], rule[1]
+        by_ordinal = False
+        if partial[0]:
+            if t_lo + ties[0, 1] <= drop_lo:
+                lo = cut_lo + 1  # every tie here is among the first drop_lo: dropped
+            elif t_lo >= drop_lo:
+                lo = cut_lo
+            else:
+                by_ordinal = True
+        if partial[1]:
+            if t_hi + ties[1, 1] <= keep_hi:
+                hi = cut_hi  # every tie here is among the first keep_hi: kept
+            elif t_hi >= keep_hi:
+                hi = cut_hi - 1
+            else:
+                by_ordinal = True
+        if not by_ordinal:
+            for i in range(s, e):
+                d = _load(x, i) - _load(base, i)
+                a = np.int64(_abs_bits(d))
+                dest[i - s] = d * np.float32((a >= lo) & (a <= hi))
+        else:
+            for i in range(s, e):
+                d = _load(x, i) - _load(base, i)
+                a = np.int64(_abs_bits(d))
+                eq_lo = partial[0] and a == cut_lo
+                eq_hi = partial[1] and a == cut_hi
+                ok_lo = (t_lo >= drop_lo) if eq_lo else a >= lo
+                ok_hi = (t_hi < keep_hi) if eq_hi else a <= hi
+                t_lo += np.int64(eq_lo)
+                t_hi += np.int64(eq_hi)
+                dest[i - s] = d * np.float32(ok_lo and ok_hi)
+
+
+@njit(inline="always")
+def _abs_sum(values, n):
+    """``Σ |values[k]|`` for ``k < n`` in float64, with four interleaved accumulators: a fixed
+    pattern (the sum does not depend on threads) whose additions do not wait on each other."""
+    a0 = a1 = a2 = a3 = 0.0
+    k = 0
+    while k + 4 <= n:
+        a0 += abs(np.float64(values[k]))
+        a1 += abs(np.float64(values[k + 1]))
+        a2 += abs(np.float64(values[k + 2]))
+        a3 += abs(np.float64(values[k + 3]))
+        k += 4
+    while k < n:
+        a0 += abs(np.float64(values[k]))
+        k += 1
+    return (a0 + a1) + (a2 + a3)
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def l1_sums(xs, base, c0, c1, modes, cuts, thr, rule, partial, ties, bits, rand, sums):
+    """``sums[c, j, 0] = Σ|δ_j|`` and ``sums[c, j, 1] = Σ|kept δ_j|`` over chunk ``c``
+    (``c0 <= c < c1``), in float64 (rescaling compares the two)."""
+    n_models = sums.shape[1]
+    n = base.shape[0]
+    for c in range(c0, c1):
+        s, e = c * CHUNK, min(n, (c + 1) * CHUNK)
+        delta = np.empty(e - s, dtype=np.float32)
+        kept = np.empty(e - s, dtype=np.float32)
+        for j in range(n_models):
+            x = xs[j]
+            _sparsify_chunk(x, base, s, e, KEEP_ALL, cuts[j], thr[j], rule[j], partial[j],
+                            ties[c, j], bits[j], rand[j], delta)
+            _sparsify_chunk(x, base, s, e, modes[j], cuts[j], thr[j], rule[j], partial[j],
+                            ties[c, j], bits[j], rand[j], kept)
+            sums[c, j, 0] = _abs_sum(delta, e - s)
+            sums[c, j, 1] = _abs_sum(kept, e - s)
+    return sums
+
+
+@njit(inline="always")
+def _to_bf16_bits(v):
+    # Round to nearest even, as torch converts float32 to bfloat16.
+    u = np.float32(v).view(np.uint32)
+    bias = ((u >> np.uint32(16)) & np.uint32(1)) + np.uint32(0x7FFF)
+    return np.uint16(0x7FC0) if v != v else np.uint16((u + bias) >> np.uint32(16))
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def mix(xs, base, c0, c1, out, out_bf16, modes, cuts, thr, rule, partial, ties, bits, rand, scale,
+        has_scale, weights, consensus, normalize, divisor, lam, apply_lam):
+    """The merged values ``b + lambda * mix(w_j * sparsify(δ_j))`` (see task_vectors).
+
+    Chunks ``c0 <= c < c1``. ``out`` is float32, or bfloat16 bits when ``out_bf16`` (rounded to
+    nearest even). Each chunk is computed in cache-resident buffers, one loop per step and
+    model, written so the compiler can vectorize them (selects, no branches)."""
+    n_models = modes.shape[0]
+    n = base.shape[0]
+    for c in range(c0, c1):
+        s, e = c * CHUNK, min(n, (c + 1) * CHUNK)
+        size = e - s
+        v = np.empty((n_models, size), dtype=np.float32)
+        for j in range(n_models):
+            vj = v[j]
+            _sparsify_chunk(xs[j], base, s, e, modes[j], cuts[j], thr[j], rule[j], partial[j],
+                            ties[c, j], bits[j], rand[j], vj)
+            w = weights[j]
+            if has_scale[j]:
+                f = scale[j]
+                for k in range(size):
+                    vj[k] = (vj[k] * f) * w
+            else:
+                for k in range(size):
+                    vj[k] = vj[k] * w
+        mixed = np.empty(size, dtype=np.float32)
+        if consensus:
+            total = v[0].copy()
+            for j in range(1, n_models):
+                vj = v[j]
+                for k in range(size):
+                    total[k] = total[k] + vj[k]
+            sign = total  # reused: +1 where the sum is >= 0 (an exact 0 elects +), else -1
+            for k in range(size):
+                sign[k] = np.float32(1.0) if total[k] >= 0 else np.float32(-1.0)
+            div = np.zeros(size, dtype=np.float32)
+            mixed[:] = 0
+            for j in range(n_models):
+                vj = v[j]
+                w = weights[j]
+                for k in range(size):
+                    agree = vj[k] * sign[k]
+                    agree = np.float32(0.0) if agree < 0 else agree  # clamp(min=0); NaN stays
+                    div[k] = div[k] + (w if agree > 0 else np.float32(0.0))
+                    mixed[k] = mixed[k] + agree * sign[k]
+            for k in range(size):
+                d = np.float32(1.0) if div[k] == 0 else div[k]
+                mixed[k] = mixed[k] / d if normalize else mixed[k]
+        else:
+            mixed[:] = v[0]
+            for j in range(1, n_models):
+                vj = v[j]
+                for k in range(size):
+                    mixed[k] = mixed[k] + vj[k]
+            if normalize:
+                for k in range(size):
+                    mixed[k] = mixed[k] / divisor
+        if apply_lam:
+            for k in range(size):
+                mixed[k] = mixed[k] * lam
+        if out_bf16:
+            for k in range(size):
+                out[s + k] = _to_bf16_bits(np.float32(_load(base, s + k) + mixed[k]))
+        else:
+            for k in range(size):
+                out[s + k] = np.float32(_load(base, s + k) + mixed[k])
+    return out
