@@ -227,7 +227,7 @@ def test_plain_run_discards_a_crashed_run_and_resume_rejects_a_changed_recipe(
     partial.mkdir()
     (partial / "model-00001-of-00009.safetensors").write_bytes(b"half")
     journal = Journal(partial, "0" * 64)
-    journal.shards["model-00001-of-00009.safetensors"] = {"size": 4, "sha256": "x"}
+    journal.shards["model-00001-of-00009.safetensors"] = {"size": 4, "crc32": "x"}
     journal.save()
     r = run_cli(capsys, "merge", recipe, out, "--out-shard-size", SHARD, "--seed", "3", "--resume")
     assert r.code == 0, r.err
@@ -244,7 +244,7 @@ def test_plain_run_discards_a_crashed_run_and_resume_rejects_a_changed_recipe(
     leftover = Journal(partial_path(out2), plan_fingerprint(plan, "cpu", 3))
     partial_path(out2).mkdir()
     (partial_path(out2) / "junk").write_text("x")
-    leftover.shards["model-00001-of-00009.safetensors"] = {"size": 1, "sha256": "y"}
+    leftover.shards["model-00001-of-00009.safetensors"] = {"size": 1, "crc32": "y"}
     leftover.save()
     r = run_cli(capsys, "merge", recipe, out2, "--out-shard-size", SHARD, "--seed", "3")
     assert r.code == 0, r.err

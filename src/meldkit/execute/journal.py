@@ -5,13 +5,14 @@ keeps ``.meldkit-journal.json``::
 
     {"format": "meldkit-journal", "version": 1,
      "fingerprint": "<sha256 of everything that decides the output bytes>",
-     "shards": {"model-00001-of-00004.safetensors": {"size": 123, "sha256": "..."}}}
+     "shards": {"model-00001-of-00004.safetensors": {"size": 123, "crc32": "..."}}}
 
 A shard is entered only after the writer has fsynced and closed it, and the journal itself is
 replaced atomically, so after any interruption (Ctrl-C, SIGKILL, a power cut) every entry names a
 shard that was complete. ``--resume`` reuses a temporary folder only when its fingerprint equals
-the new run's, and each shard only when its size and SHA-256 still match: anything else is
-rewritten. The journal is deleted before the folder is published, so outputs never contain it.
+the new run's, and each shard only when its size and CRC-32 still match: anything else is
+rewritten. (CRC-32 detects damage, which is all a journal needs to catch, at twice the speed
+of SHA-256; hashing runs on its own thread while the merge goes on.) The journal is deleted before the folder is published, so outputs never contain it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import json
 import os
 import shutil
 import threading
+import zlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,24 +33,26 @@ from meldkit.io.writer import fsync_dir
 if TYPE_CHECKING:
     from meldkit.plan.planner import MergePlan
 
-__all__ = ["JOURNAL_NAME", "Journal", "plan_fingerprint", "sha256_file"]
+__all__ = ["JOURNAL_NAME", "Journal", "plan_fingerprint", "crc32_file"]
 
 JOURNAL_NAME = ".meldkit-journal.json"
 _FORMAT = "meldkit-journal"
-_VERSION = 1
+_VERSION = 2  # 2: shards carry a CRC-32 instead of a SHA-256
 _CHUNK = 8 << 20  # hashing reads 8 MiB at a time: bounded memory whatever the shard size
 
 
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file, read in bounded chunks."""
-    h = hashlib.sha256()
+def crc32_file(path: Path, stop: threading.Event | None = None) -> str | None:
+    """Hex CRC-32 of a file, read in bounded chunks; None if ``stop`` is set meanwhile."""
+    crc = 0
     with open(path, "rb") as fh:
         while True:
+            if stop is not None and stop.is_set():
+                return None
             block = fh.read(_CHUNK)
             if not block:
                 break
-            h.update(block)
-    return h.hexdigest()
+            crc = zlib.crc32(block, crc)
+    return f"{crc:08x}"
 
 
 def _folder_stats(folder: Path) -> list[tuple[str, int, int]]:
@@ -114,6 +118,7 @@ class Journal:
         self.fingerprint = fingerprint
         self.shards: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
+        self._stop = threading.Event()
 
     # -- reading an earlier run's journal ---------------------------------------------------
 
@@ -144,7 +149,7 @@ class Journal:
         """Keep the shards of ``previous`` (same fingerprint) that still verify; return them.
 
         ``expected_sizes`` maps each shard of the current plan to its size. A shard whose file
-        is missing, has another size or another SHA-256 is reported to ``on_bad(filename,
+        is missing, has another size or another CRC-32 is reported to ``on_bad(filename,
         why)`` and left out, so it will be written again.
         """
         kept: list[str] = []
@@ -152,7 +157,7 @@ class Journal:
             if filename not in expected_sizes or not isinstance(entry, dict):
                 continue
             path = self.folder / filename
-            size, digest = entry.get("size"), entry.get("sha256")
+            size, digest = entry.get("size"), entry.get("crc32")
             try:
                 actual = path.stat().st_size
             except OSError:
@@ -162,26 +167,36 @@ class Journal:
                 on_bad(filename, f"it has {actual} bytes instead of {expected_sizes[filename]}")
                 continue
             try:
-                ok = sha256_file(path) == digest
+                ok = crc32_file(path) == digest
             except OSError as exc:
                 on_bad(filename, f"it cannot be read ({exc.strerror or exc})")
                 continue
             if not ok:
                 on_bad(filename, "its checksum does not match the journal")
                 continue
-            self.shards[filename] = {"size": size, "sha256": digest}
+            self.shards[filename] = {"size": size, "crc32": digest}
             kept.append(filename)
         return kept
 
     # -- writing ---------------------------------------------------------------------------
 
     def record(self, filename: str) -> None:
-        """Hash the finished shard ``filename`` and add it to the journal (atomically)."""
+        """Hash the finished shard ``filename`` and add it to the journal (atomically).
+
+        After :meth:`stop_recording` a shard still being hashed is left out: the merge is
+        about to be published, and a crash before that only means writing it once more."""
         path = self.folder / filename
-        entry = {"size": path.stat().st_size, "sha256": sha256_file(path)}
+        digest = crc32_file(path, self._stop)
+        if digest is None:
+            return
+        entry = {"size": path.stat().st_size, "crc32": digest}
         with self._lock:
             self.shards[filename] = entry
             self._save()
+
+    def stop_recording(self) -> None:
+        """Make :meth:`record` calls in progress or to come return without recording."""
+        self._stop.set()
 
     def save(self) -> None:
         """Write the journal as it stands (used when a run starts)."""
