@@ -175,3 +175,4 @@ def test_without_numba_the_eager_path_runs(monkeypatch: pytest.MonkeyPatch) -> N
     assert not task_vectors_fused.available()
     assert not task_vectors_fused.supports(TASK_VECTOR_FAMILY["ties"], inputs, ctx)
     assert torch.equal(merge_task_vectors(list(inputs), 0, shared_v, per_v, ctx, method="ties"), fused)
+

@@ -150,6 +150,7 @@ register(
         name="nuslerp",
         pretty_name="NuSLERP",
         impl="meldkit.methods.nuslerp:merge",
+        native_inputs=True,  # blocked Gram + combination passes read the stored dtype
         params=(
             ParamSpec("weight", "per_non_base", required=True,
                       doc="relative weight; t = w2 / (w1 + w2)"),
@@ -174,6 +175,7 @@ register(
         name="multislerp",
         pretty_name="Multi-SLERP",
         impl="meldkit.methods.multislerp:merge",
+        native_inputs=True,  # blocked Gram + combination passes read the stored dtype
         params=(
             ParamSpec("weight", "per_non_base", required=True, doc="weight of each model"),
             ParamSpec("normalize_weights", "shared", kind="bool", default=True,
@@ -195,6 +197,7 @@ register(
         name="karcher",
         pretty_name="Karcher Mean",
         impl="meldkit.methods.karcher:merge",
+        native_inputs=True,  # blocked Gram + combination passes read the stored dtype
         params=(
             ParamSpec("max_iter", "shared", kind="int", default=10,
                       doc="maximum number of iterations"),
@@ -359,6 +362,7 @@ register(
         name="model_stock",
         pretty_name="Model Stock",
         impl="meldkit.methods.model_stock:merge",
+        native_inputs=True,  # blocked Gram + combination passes read the stored dtype
         params=(
             ParamSpec("filter_wise", "shared", kind="bool", default=False,
                       doc="compute the interpolation ratio per row instead of per tensor"),

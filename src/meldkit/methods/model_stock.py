@@ -25,15 +25,9 @@ from typing import Any
 
 import torch
 
+from meldkit.methods import combination
 from meldkit.methods.inputs import non_base
 from meldkit.methods.registry import MergeContext
-
-
-def _rows(x: torch.Tensor, filter_wise: bool) -> torch.Tensor:
-    """(rows, length) view: one row per interpolation ratio."""
-    if not filter_wise or x.dim() <= 1:
-        return x.reshape(1, -1)
-    return x.reshape(x.shape[0], -1)
 
 
 def merge(
@@ -43,37 +37,35 @@ def merge(
     per_input: Sequence[Mapping[str, Any]],
     ctx: MergeContext,
 ) -> torch.Tensor:
-    """Merge one tensor: the base and at least two other models."""
+    """Merge one tensor: the base and at least two other models.
+
+    The cosines come from the offsets' Gram matrix (one blocked pass, float64, per row with
+    ``filter_wise``); the output ``t·mean + (1-t)·base`` is written in a second pass."""
     assert base_index is not None, "model_stock needs a base model"
-    base = inputs[base_index]
-    others = [o.tensor for o in non_base(inputs, base_index, per_input)]
+    others = non_base(inputs, base_index, per_input)
     n = len(others)
     if n == 0:
-        return base
+        return inputs[base_index]
     filter_wise = bool(shared.get("filter_wise", False))
+    base = inputs[base_index]
+    rows = base.shape[0] if filter_wise and base.dim() > 1 else 1
 
-    # The pairwise cosines need every offset at once; keep them as (rows, length) views.
-    offsets = [_rows(x - base, filter_wise) for x in others]
-    norms = [torch.linalg.vector_norm(d, dim=-1) for d in offsets]  # (rows,) each
-    cos_sum = torch.zeros_like(norms[0])
+    mix = combination.differences(len(inputs), [(o.index, base_index) for o in others])
+    g = combination.gram(inputs, mix, rows)  # (rows, n, n): <x_i - b, x_j - b>
+    norms = g.diagonal(dim1=1, dim2=2).clamp_min(0).sqrt()  # (rows, n)
+    cos_sum = torch.zeros(rows, dtype=torch.float64)
     pairs = 0
     for i in range(n):
         for j in range(i + 1, n):
-            dot = (offsets[i] * offsets[j]).sum(dim=-1)
-            cos_sum += (dot / (norms[i] * norms[j]).clamp_min(1e-6)).clamp(-1.0, 1.0)
+            cos_sum += (g[:, i, j] / (norms[:, i] * norms[:, j]).clamp_min(1e-6)).clamp(-1.0, 1.0)
             pairs += 1
-    del offsets
-    cos = cos_sum / max(pairs, 1)  # (rows,)
+    cos = cos_sum / max(pairs, 1)
     denom = 1 + (n - 1) * cos
     singular = denom.abs() < 1e-6
     t = torch.where(singular, torch.zeros_like(cos), n * cos / torch.where(singular, 1.0, denom))
 
-    mean = others[0].clone()
-    for x in others[1:]:
-        mean.add_(x)
-    mean.div_(n)
-    # (rows, 1) ratios broadcast over each row of the (rows, length) view.
-    t_rows = t.reshape(-1, 1)
-    out = _rows(mean, filter_wise).mul_(t_rows)
-    out.add_(_rows(base, filter_wise) * (1 - t_rows))
-    return out.reshape(base.shape)
+    coeffs = torch.zeros(rows, len(inputs), dtype=torch.float64)  # t·mean + (1-t)·base
+    for o in others:
+        coeffs[:, o.index] = t / n
+    coeffs[:, base_index] = 1 - t
+    return combination.combine(inputs, coeffs, combination.output_dtype(inputs, ctx.out_dtype))

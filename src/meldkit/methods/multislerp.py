@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 
+from meldkit.methods import combination
 from meldkit.methods.inputs import non_base, param_float
 from meldkit.methods.registry import MergeContext
 
@@ -48,54 +49,42 @@ def merge(
     per_input: Sequence[Mapping[str, Any]],
     ctx: MergeContext,
 ) -> torch.Tensor:
-    """Merge one tensor: one or more non-base inputs, base optional."""
+    """Merge one tensor: one or more non-base inputs, base optional.
+
+    Every step works in the span of the task vectors ``v_i``: one blocked pass computes their
+    Gram matrix ``G`` (float64), the formula runs on coefficients (``<a, b> = aᵀ G b``), and a
+    second pass writes ``base + Σ c_i v_i`` (:mod:`meldkit.methods.combination`)."""
     others = non_base(inputs, base_index, per_input)
     if len(others) == 1:
         return others[0].tensor
-    base = inputs[base_index] if base_index is not None else None
     eps = param_float(shared, "eps", 1e-8)
-    first = others[0].tensor
-    # Weights, norms and their sums live in the math dtype as in MergeKit, so that e.g. an
-    # antipodal pair cancels to exactly zero (norm + eps rounds to the norm in float32).
-    weights = torch.tensor(
-        [param_float(o.params, "weight", 1.0) for o in others], dtype=first.dtype, device=first.device
-    )
+    weights = torch.tensor([param_float(o.params, "weight", 1.0) for o in others], dtype=torch.float64)
     if shared.get("normalize_weights", True):
         total = weights.sum()
         # The planner refuses a zero sum; keep the raw weights rather than divide by zero.
         if float(total.abs()) >= 1e-12:
             weights = weights / total
+    pairs = [(o.index, base_index) for o in others]
+    mix = combination.differences(len(inputs), pairs)  # v_i = x_i - base (or x_i)
+    g = combination.gram(inputs, mix)[0]  # (K, K)
+    norms = g.diagonal().clamp_min(0).sqrt()
 
-    def vector(x: torch.Tensor) -> torch.Tensor:
-        return (x - base if base is not None else x).reshape(-1)
+    def norm(c: torch.Tensor) -> float:
+        return math.sqrt(max(0.0, float(c @ g @ c)))
 
-    # First pass: m = Σ w_i u_i, one task vector alive at a time.
-    norms = []
-    mean = torch.zeros_like(first).reshape(-1)
-    for i, o in enumerate(others):
-        v = vector(o.tensor)
-        norm = torch.linalg.vector_norm(v)
-        norms.append(norm)
-        mean.add_(v / (norm + eps), alpha=float(weights[i]))
-    norms_t = torch.stack(norms)  # (n_models,)
-    mean_norm = torch.linalg.vector_norm(mean)
-    if float(mean_norm) < eps:
-        out = torch.zeros_like(mean)
-        for i, o in enumerate(others):
-            out.add_(vector(o.tensor), alpha=float(weights[i]))
+    a = weights / (norms + eps)  # m = Σ w_i u_i with u_i = v_i / (|v_i| + eps)
+    mean_norm = norm(a)
+    if mean_norm < eps:
+        coeffs = weights  # antipodal inputs: the weighted sum of task vectors
     else:
-        direction = mean.div_(mean_norm)  # m̂
-        # τ = Σ w_i u_i - (Σ w_i <u_i, m̂>) m̂; second pass for the dot products.
-        proj = torch.zeros((), dtype=first.dtype, device=first.device)
-        tangent = torch.zeros_like(direction)
-        for i, o in enumerate(others):
-            u = vector(o.tensor) / (norms_t[i] + eps)
-            tangent.add_(u, alpha=float(weights[i]))
-            proj += weights[i] * torch.dot(u, direction)
-        tangent.sub_(direction * proj)
-        tn = float(torch.linalg.vector_norm(tangent))
+        direction = a / mean_norm  # m̂
+        # τ = Σ w_i u_i - (Σ w_i <u_i, m̂>) m̂
+        proj = float((weights / (norms + eps)) @ (g @ direction))
+        tangent = a - proj * direction
+        tn = norm(tangent)
         sinc = math.sin(tn) / tn if tn > 0 else 1.0
-        out = direction.mul_(math.cos(tn)).add_(tangent, alpha=sinc)
-        out.mul_((norms_t * weights).sum())
-    out = out.reshape(first.shape)
-    return out.add_(base) if base is not None else out
+        coeffs = (math.cos(tn) * direction + sinc * tangent) * float((norms * weights).sum())
+    in_coeffs = coeffs @ mix  # over the inputs: Σ c_i (x_i - base) ...
+    if base_index is not None:
+        in_coeffs[base_index] += 1.0  # ... + base
+    return combination.combine(inputs, in_coeffs, combination.output_dtype(inputs, ctx.out_dtype))

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from meldkit.methods import combination
 from meldkit.methods.inputs import non_base, param_float
 from meldkit.methods.registry import MergeContext
 
@@ -75,6 +76,21 @@ def spherical_interpolate(
     return _from_vectors(out, v0, flatten, row_wise)
 
 
+def _slerp_coefficients(g: torch.Tensor, t: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per vector pair, ``(c0, c1)`` with ``S = c0 v0 + c1 v1``, from the pairs' Gram matrices
+    ``g`` (rows, 2, 2): the formula of :func:`spherical_interpolate` on scalars."""
+    na = g[:, 0, 0].clamp_min(0).sqrt().clamp_min(NORM_CLAMP)
+    nb = g[:, 1, 1].clamp_min(0).sqrt().clamp_min(NORM_CLAMP)
+    cos = (g[:, 0, 1] / (na * nb)).clamp(-1.0, 1.0)
+    theta = torch.acos(cos)
+    sin_theta = torch.sin(theta)
+    colinear = (1 - cos * cos) <= COLINEAR_EPS**2
+    safe_sin = torch.where(colinear, torch.ones_like(sin_theta), sin_theta)
+    c0 = torch.where(colinear, torch.full_like(cos, 1.0 - t), torch.sin((1.0 - t) * theta) / safe_sin)
+    c1 = torch.where(colinear, torch.full_like(cos, t), torch.sin(t * theta) / safe_sin)
+    return c0, c1
+
+
 def merge(
     inputs: Sequence[torch.Tensor],
     base_index: int | None,
@@ -82,7 +98,11 @@ def merge(
     per_input: Sequence[Mapping[str, Any]],
     ctx: MergeContext,
 ) -> torch.Tensor:
-    """Merge one tensor: exactly two non-base inputs, base optional."""
+    """Merge one tensor: exactly two non-base inputs, base optional.
+
+    Whole-tensor and last-axis vectors go through :mod:`meldkit.methods.combination` (a Gram
+    pass and a combination pass over the inputs as stored); first-axis vectors
+    (``nuslerp_row_wise``) are interpolated on full float32 copies."""
     if len(inputs) == 1:
         return inputs[0]  # a lone optional tensor: the planner's passthrough policy
     first, second = non_base(inputs, base_index, per_input)
@@ -91,10 +111,18 @@ def merge(
     t = 0.5 if abs(w1 + w2) < 1e-6 else w2 / (w1 + w2)
     flatten = bool(shared.get("nuslerp_flatten", True))
     row_wise = bool(shared.get("nuslerp_row_wise", False))
+    shape = inputs[0].shape
+    if flatten or len(shape) <= 1 or not row_wise:
+        rows = 1 if flatten or len(shape) <= 1 else inputs[0].numel() // shape[-1]
+        mix = combination.differences(len(inputs), [(first.index, base_index), (second.index, base_index)])
+        c0, c1 = _slerp_coefficients(combination.gram(inputs, mix, rows), t)
+        coeffs = torch.stack([c0, c1], dim=1) @ mix  # (rows, inputs)
+        if base_index is not None:
+            coeffs[:, base_index] += 1.0
+        return combination.combine(inputs, coeffs, combination.output_dtype(inputs, ctx.out_dtype))
+    work = torch.float64 if any(x.dtype == torch.float64 for x in inputs) else torch.float32
+    a, b = first.tensor.to(work), second.tensor.to(work)
     if base_index is None:
-        return spherical_interpolate(t, first.tensor, second.tensor, flatten=flatten, row_wise=row_wise)
-    base = inputs[base_index]
-    moved = spherical_interpolate(
-        t, first.tensor - base, second.tensor - base, flatten=flatten, row_wise=row_wise
-    )
-    return moved.add_(base)
+        return spherical_interpolate(t, a, b, flatten=flatten, row_wise=row_wise)
+    base = inputs[base_index].to(work)
+    return spherical_interpolate(t, a - base, b - base, flatten=flatten, row_wise=row_wise).add_(base)
