@@ -345,6 +345,7 @@ register(
         name="ramplus_tl",
         pretty_name="RAM+ (tensor-local)",
         impl="meldkit.methods.ramplus_tl:merge",
+        native_inputs=True,  # two blocked passes read the stored dtype
         params=(
             ParamSpec("epsilon", "shared", default=1e-5,
                       doc="task-vector entries with |delta| <= epsilon count as inactive"),

@@ -22,9 +22,17 @@ from typing import Any
 
 import torch
 
+from meldkit.io.dtypes import torch_dtype
 from meldkit.methods.inputs import non_base, param_float
-from meldkit.methods.ram import active_count
 from meldkit.methods.registry import MergeContext
+
+
+# Elements per block: each pass holds a few float32 blocks per model, not whole tensors.
+BLOCK_ELEMENTS = 1 << 20
+
+
+def _blocks(n: int) -> list[tuple[int, int]]:
+    return [(s, min(n, s + BLOCK_ELEMENTS)) for s in range(0, n, BLOCK_ELEMENTS)] or [(0, 0)]
 
 
 def merge(
@@ -34,27 +42,51 @@ def merge(
     per_input: Sequence[Mapping[str, Any]],
     ctx: MergeContext,
 ) -> torch.Tensor:
-    """Merge one tensor: the base and any number of other models."""
+    """Merge one tensor: the base and any number of other models.
+
+    Two passes over blocks of the inputs as stored: the overlap counts ``ρ_i`` (integers, so
+    block by block is exact), then the output, element-wise exactly as a whole-tensor pass."""
     assert base_index is not None, "ramplus_tl needs a base model"
-    base = inputs[base_index]
-    others = [o.tensor for o in non_base(inputs, base_index, per_input)]
-    if not others:
-        return base
+    base_t = inputs[base_index]
+    others_t = [o.tensor for o in non_base(inputs, base_index, per_input)]
+    if not others_t:
+        return base_t
     epsilon = param_float(shared, "epsilon", 1e-5)
     r = param_float(shared, "r", 0.1)
     alpha = param_float(shared, "alpha", 0.2)
-    count = active_count(base, others, epsilon)
-    unique_pos = count == 1
-    shared_pos = count > 1
-    unique = torch.zeros_like(base)
-    overlap = torch.zeros_like(base)
-    for x in others:
-        delta = x - base
-        active = delta.abs() > epsilon
-        mine = active & unique_pos
-        common = active & shared_pos
-        rho = int(common.sum()) / max(int(mine.sum()), epsilon)
-        lam = 1 + r * min(max(rho, 0.0), alpha)
-        unique.add_(delta * mine, alpha=lam)
-        overlap.add_(delta * common)
-    return base + unique + overlap.div_(count.clamp_min_(1))
+    work = torch.float64 if any(x.dtype == torch.float64 for x in inputs) else torch.float32
+    flat_base = base_t.reshape(-1)
+    flat_others = [x.reshape(-1) for x in others_t]
+
+    def load(s: int, e: int) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+        b = flat_base[s:e].to(work)
+        deltas = [x[s:e].to(work) - b for x in flat_others]
+        count = torch.zeros_like(b)
+        for d in deltas:
+            count.add_(d.abs() > epsilon)
+        return b, deltas, count
+
+    mine_total = [0] * len(flat_others)
+    common_total = [0] * len(flat_others)
+    blocks = _blocks(flat_base.numel())
+    for s, e in blocks:
+        _, deltas, count = load(s, e)
+        for i, d in enumerate(deltas):
+            active = d.abs() > epsilon
+            mine_total[i] += int((active & (count == 1)).sum())
+            common_total[i] += int((active & (count > 1)).sum())
+    lams = [1 + r * min(max(common / max(mine, epsilon), 0.0), alpha)
+            for mine, common in zip(mine_total, common_total)]
+
+    out_dtype = torch_dtype(ctx.out_dtype) if ctx.out_dtype else work
+    out = torch.empty(flat_base.numel(), dtype=out_dtype)
+    for s, e in blocks:
+        b, deltas, count = load(s, e)
+        unique = torch.zeros_like(b)
+        overlap = torch.zeros_like(b)
+        for d, lam in zip(deltas, lams):
+            active = d.abs() > epsilon
+            unique.add_(d * (active & (count == 1)), alpha=lam)
+            overlap.add_(d * (active & (count > 1)))
+        out[s:e] = (b + unique + overlap.div_(count.clamp_min_(1))).to(out_dtype)
+    return out.reshape(base_t.shape)
