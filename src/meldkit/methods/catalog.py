@@ -311,6 +311,7 @@ register(
         name="sce",
         pretty_name="SCE",
         impl="meldkit.methods.sce:merge",
+        native_inputs=True,  # blocked passes read the stored dtype
         params=(
             ParamSpec("int8_mask", "shared", kind="bool", default=False,
                       doc="accepted for compatibility; masks are boolean here anyway"),

@@ -26,7 +26,6 @@ from meldkit.io.dtypes import torch_dtype
 from meldkit.methods.inputs import non_base, param_float
 from meldkit.methods.registry import MergeContext
 
-
 # Elements per block: each pass holds a few float32 blocks per model, not whole tensors.
 BLOCK_ELEMENTS = 1 << 20
 

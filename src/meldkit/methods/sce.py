@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from meldkit.io.dtypes import torch_dtype
 from meldkit.methods.inputs import non_base, param_float
 from meldkit.methods.registry import MergeContext
 from meldkit.methods.sparsify import top_k_mask
@@ -42,6 +43,10 @@ def _variance(deltas: Sequence[torch.Tensor]) -> torch.Tensor:
     return m2.div_(len(deltas))
 
 
+# Elements per block of the blocked passes (float32 inputs).
+BLOCK_ELEMENTS = 1 << 20
+
+
 def merge(
     inputs: Sequence[torch.Tensor],
     base_index: int | None,
@@ -49,32 +54,101 @@ def merge(
     per_input: Sequence[Mapping[str, Any]],
     ctx: MergeContext,
 ) -> torch.Tensor:
-    """Merge one tensor: the base and any number of other models."""
+    """Merge one tensor: the base and any number of other models.
+
+    Blocked passes over the inputs as stored: the variance's top-k cut-off (two histogram
+    passes of a radix select; ties resolved in flat order as :func:`top_k_mask` does), the
+    energies, then the output. Only float64 inputs take the whole-tensor path."""
     assert base_index is not None, "sce needs a base model"
-    base = inputs[base_index]
     others = non_base(inputs, base_index, per_input)
     if not others:
-        return base
-    deltas = [o.tensor - base for o in others]
+        return inputs[base_index]
     topk = param_float(shared, "select_topk", 1.0)
-    if topk < 1:
-        if topk <= 0:
-            keep = torch.zeros_like(base, dtype=torch.bool)
-        else:
-            var = _variance(deltas)
-            k = int(int(torch.count_nonzero(var)) * topk)
-            keep = top_k_mask(var, k)
-            del var
-        for d in deltas:
-            d.mul_(keep)
+    if any(x.dtype == torch.float64 for x in inputs):
+        return _whole_tensor(inputs[base_index], [o.tensor for o in others], topk)
+    return _blocked(inputs[base_index], [o.tensor for o in others], topk, ctx.out_dtype)
 
-    energies = torch.stack([(d * d).mean() for d in deltas])  # (n_models,)
+
+def _blocked(base_t: torch.Tensor, others_t: list[torch.Tensor], topk: float,
+             out_dtype_code: str | None) -> torch.Tensor:
+    n = base_t.numel()
+    flat_base = base_t.reshape(-1)
+    flat_others = [x.reshape(-1) for x in others_t]
+    blocks = [(s, min(n, s + BLOCK_ELEMENTS)) for s in range(0, n, BLOCK_ELEMENTS)] or [(0, 0)]
+
+    def deltas(s: int, e: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        b = flat_base[s:e].float()
+        return b, [x[s:e].float() - b for x in flat_others]
+
+    def keys(ds: list[torch.Tensor]) -> torch.Tensor:
+        # |var| as int32 bits order like the values (var >= 0; abs folds -0.0 into 0).
+        return _variance(ds).abs_().view(torch.int32)
+
+    select = 0 < topk < 1
+    keep_all = topk >= 1
+    cut, drop_ties, k = 0, 0, 0
+    if select:
+        high = torch.zeros(1 << 15, dtype=torch.int64)
+        nonzero = 0
+        for s, e in blocks:
+            key = keys(deltas(s, e)[1])
+            nonzero += int(torch.count_nonzero(key))
+            high += torch.bincount(key >> 16, minlength=1 << 15)
+        k = int(nonzero * topk)
+        lo = n - k  # keep the k largest: the lo-th smallest is the cut-off
+        if k == n:
+            keep_all = True
+        elif k > 0:
+            cum_high = high.cumsum(0)
+            digit = int(torch.searchsorted(cum_high, torch.tensor(lo)))
+            before = int(cum_high[digit - 1]) if digit else 0
+            low = torch.zeros(1 << 16, dtype=torch.int64)
+            for s, e in blocks:
+                key = keys(deltas(s, e)[1])
+                low += torch.bincount(key[(key >> 16) == digit] & 0xFFFF, minlength=1 << 16)
+            cum_low = low.cumsum(0)
+            low_digit = int(torch.searchsorted(cum_low, torch.tensor(lo - before)))
+            below = before + (int(cum_low[low_digit - 1]) if low_digit else 0)
+            cut = (digit << 16) | low_digit
+            drop_ties = (n - below) - k  # keys >= cut number n - below; the first extra go
+
+    seen_ties = 0
+
+    def kept(s: int, e: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The block's base and masked deltas; call once per block, in order, per pass."""
+        nonlocal seen_ties
+        b, ds = deltas(s, e)
+        if keep_all:
+            return b, ds
+        if not select or k == 0:
+            return b, [d.zero_() for d in ds]
+        key = keys(ds)
+        tie = key == cut
+        ordinal = torch.cumsum(tie, 0) - 1 + seen_ties
+        seen_ties += int(tie.sum())
+        keep = (key > cut) | (tie & (ordinal >= drop_ties))
+        return b, [d.mul_(keep) for d in ds]
+
+    energy = [0.0] * len(flat_others)
+    for s, e in blocks:
+        _, ds = kept(s, e)
+        for i, d in enumerate(ds):
+            energy[i] += float(torch.dot(d.double(), d.double()))
+    energies = torch.tensor([v / max(n, 1) for v in energy], dtype=torch.float32)
     total = float(energies.sum())
-    if abs(total) < 1e-6:
-        omega = torch.full_like(energies, 1.0 / len(deltas))
-    else:
-        omega = energies / total
+    omega = torch.full_like(energies, 1.0 / len(energy)) if abs(total) < 1e-6 else energies / total
 
+    out_dtype = torch_dtype(out_dtype_code) if out_dtype_code else torch.float32
+    out = torch.empty(n, dtype=out_dtype)
+    seen_ties = 0
+    for s, e in blocks:
+        b, ds = kept(s, e)
+        out[s:e] = _mix(b, ds, omega).to(out_dtype)
+    return out.reshape(base_t.shape)
+
+
+def _mix(base: torch.Tensor, deltas: list[torch.Tensor], omega: torch.Tensor) -> torch.Tensor:
+    """``b + Σ ω_i m_i δ_i / max(Σ ω_i m_i, 1e-6)`` with the TIES sign election."""
     total_delta = deltas[0].clone()
     for d in deltas[1:]:
         total_delta.add_(d)
@@ -87,3 +161,25 @@ def merge(
         mixed.addcmul_(d, weight)
         divisor.add_(weight)
     return base + mixed.div_(divisor.clamp_min_(1e-6))
+
+
+def _whole_tensor(base: torch.Tensor, others: list[torch.Tensor], topk: float) -> torch.Tensor:
+    base = base.to(torch.float64)
+    deltas = [x.to(torch.float64) - base for x in others]
+    if topk < 1:
+        if topk <= 0:
+            keep = torch.zeros_like(base, dtype=torch.bool)
+        else:
+            var = _variance(deltas)
+            k = int(int(torch.count_nonzero(var)) * topk)
+            keep = top_k_mask(var, k)
+            del var
+        for d in deltas:
+            d.mul_(keep)
+    energies = torch.stack([(d * d).mean() for d in deltas])  # (n_models,)
+    total = float(energies.sum())
+    if abs(total) < 1e-6:
+        omega = torch.full_like(energies, 1.0 / len(deltas))
+    else:
+        omega = energies / total
+    return _mix(base, deltas, omega)
