@@ -50,3 +50,15 @@ def test_ramplus_tl_block_size_does_not_matter(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(ramplus_tl, "BLOCK_ELEMENTS", 999)
     blocked = run_method("ramplus_tl", inputs, 0, {"epsilon": 0.1, "r": 0.5, "alpha": 0.9})
     assert torch.equal(whole, blocked)
+
+
+@pytest.mark.parametrize("shape", [(1100, 1000), (300, 170), (5000,)])
+def test_arcee_fusion_block_size_does_not_matter(shape: tuple[int, ...], monkeypatch: pytest.MonkeyPatch) -> None:
+    from meldkit.methods import arcee_fusion
+
+    g = torch.Generator().manual_seed(1)
+    base = torch.randn(shape, generator=g)
+    other = base + 0.01 * torch.randn(shape, generator=g)  # (1100, 1000): the sampled path
+    whole = run_method("arcee_fusion", [base, other], 0, seed=3)
+    monkeypatch.setattr(arcee_fusion, "BLOCK_ELEMENTS", 50_000)
+    assert torch.equal(run_method("arcee_fusion", [base, other], 0, seed=3), whole)

@@ -383,6 +383,7 @@ register(
         name="arcee_fusion",
         pretty_name="Arcee Fusion",
         impl="meldkit.methods.arcee_fusion:merge",
+        native_inputs=True,  # blocked passes read the stored dtype
         params=(),
         base="required",
         min_inputs=2,
