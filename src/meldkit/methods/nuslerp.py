@@ -60,19 +60,11 @@ def spherical_interpolate(
     """``S(t, v0, v1)``: per-vector SLERP with a lerp fallback for (anti)colinear pairs."""
     a = _as_vectors(v0, flatten, row_wise)  # (n_vectors, length)
     b = _as_vectors(v1, flatten, row_wise)
-    na = torch.linalg.vector_norm(a, dim=-1, keepdim=True).clamp_min(NORM_CLAMP)  # (n, 1)
-    nb = torch.linalg.vector_norm(b, dim=-1, keepdim=True).clamp_min(NORM_CLAMP)
-    # <a/na, b/nb> computed as <a, b>/(na nb): no normalised copies needed.
-    cos = (a * b).sum(dim=-1, keepdim=True) / (na * nb)
-    cos = cos.clamp(-1.0, 1.0)
-    theta = torch.acos(cos)
-    sin_theta = torch.sin(theta)
-    colinear = (1 - cos * cos) <= COLINEAR_EPS**2
-    safe_sin = torch.where(colinear, torch.ones_like(sin_theta), sin_theta)
-    c0 = torch.where(colinear, torch.full_like(cos, 1.0 - t), torch.sin((1.0 - t) * theta) / safe_sin)
-    c1 = torch.where(colinear, torch.full_like(cos, t), torch.sin(t * theta) / safe_sin)
-    out = a * c0
-    out.addcmul_(b, c1)
+    aa, bb, ab = (a * a).sum(dim=-1), (b * b).sum(dim=-1), (a * b).sum(dim=-1)
+    g = torch.stack([torch.stack([aa, ab], dim=-1), torch.stack([ab, bb], dim=-1)], dim=-2)
+    c0, c1 = _slerp_coefficients(g, t)
+    out = a * c0.unsqueeze(-1)
+    out.addcmul_(b, c1.unsqueeze(-1))
     return _from_vectors(out, v0, flatten, row_wise)
 
 
