@@ -8,13 +8,15 @@ or delta. For a tensor of ``N`` elements and ``M`` models it makes, over the inp
 1. TIES / Breadcrumbs: two histogram passes that locate each model's exact cut-off(s) in
    ``|δ|`` (the radix select of :mod:`meldkit.methods.sparsify`), plus a counting pass per
    chunk when only some elements tied at a cut-off survive;
-   DARE / DELLA: the random keep masks, packed 8 per byte, from the generator's draws;
+   DELLA: the random keep masks from per-row ranks, packed 8 per byte (DARE draws inline, from
+   the same counter-based stream as the eager path);
 2. with ``rescale``: one pass of float64 L1 sums;
 3. one pass that sparsifies, rescales, weights, elects signs, mixes and writes the output in
    its final dtype.
 
-Memory is the stored inputs (which the engine holds anyway) plus the output, masks at one bit
-per element and per model, and histograms. :func:`available` says whether numba is installed;
+Memory is the stored inputs (which the engine holds anyway) plus the output, DELLA's masks at
+one bit per element and per model, and histograms. The work is split over torch's thread
+count in fixed chunks, so the bytes do not depend on it. :func:`available` says whether numba is installed;
 when it is not, or for inputs the kernels do not cover (float64, other devices, DELLA on
 tensors of more than two dimensions), the eager path runs instead. float16 inputs, and inputs
 of mixed dtypes, are widened to float32 first.
