@@ -374,7 +374,6 @@ def _write_tensors(
     skip = {e.spec.name for s in plan.shards if s.filename in done for e in s.entries}
     todo = [t for t in plan.tensors if t.name not in skip]
     fn = load_merge_function(plan.method)
-    # return_freed_memory()
     loader = TensorLoader(plan, device, warn)
     reads = ThreadPoolExecutor(1, thread_name_prefix="meldkit-read")
     writes = ThreadPoolExecutor(1, thread_name_prefix="meldkit-write")
