@@ -3,7 +3,7 @@
 A merge writes into a temporary folder (see :mod:`meldkit.execute.output`). Beside the shards it
 keeps ``.meldkit-journal.json``::
 
-    {"format": "meldkit-journal", "version": 1,
+    {"format": "meldkit-journal", "version": 2,
      "fingerprint": "<sha256 of everything that decides the output bytes>",
      "shards": {"model-00001-of-00004.safetensors": {"size": 123, "crc32": "..."}}}
 
@@ -12,7 +12,8 @@ replaced atomically, so after any interruption (Ctrl-C, SIGKILL, a power cut) ev
 shard that was complete. ``--resume`` reuses a temporary folder only when its fingerprint equals
 the new run's, and each shard only when its size and CRC-32 still match: anything else is
 rewritten. (CRC-32 detects damage, which is all a journal needs to catch, at twice the speed
-of SHA-256; hashing runs on its own thread while the merge goes on.) The journal is deleted before the folder is published, so outputs never contain it.
+of SHA-256; hashing runs on its own thread while the merge goes on.) The journal is deleted
+before the folder is published, so outputs never contain it.
 """
 
 from __future__ import annotations

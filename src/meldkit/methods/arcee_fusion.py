@@ -29,8 +29,7 @@ from typing import Any
 
 import torch
 
-from meldkit.io.dtypes import torch_dtype
-from meldkit.methods.inputs import base_and_other
+from meldkit.methods.inputs import base_and_other, output_dtype
 from meldkit.methods.registry import MergeContext
 
 SAMPLE_SIZE = 1_000_000
@@ -97,7 +96,7 @@ def merge(
     q1, median, q3 = torch.quantile(sample, levels)
     threshold = median + 1.5 * (q3 - q1)
 
-    out_dtype = torch_dtype(ctx.out_dtype) if ctx.out_dtype else work
+    out_dtype = output_dtype(inputs, ctx.out_dtype)
     out = torch.empty(rows, length, dtype=out_dtype)
     for r0, r1 in blocks:
         bb, xb, imp = scores(r0, r1)

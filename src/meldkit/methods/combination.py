@@ -23,9 +23,9 @@ from collections.abc import Sequence
 
 import torch
 
-from meldkit.io.dtypes import torch_dtype
+from meldkit.methods.inputs import output_dtype
 
-__all__ = ["BLOCK_ELEMENTS", "gram", "combine", "output_dtype", "differences"]
+__all__ = ["BLOCK_ELEMENTS", "gram", "combine", "differences"]
 
 # Elements per input and block: the blocks of all inputs stay in the CPU caches.
 BLOCK_ELEMENTS = 1 << 16
@@ -51,9 +51,6 @@ def _stack(inputs: Sequence[torch.Tensor], rows: int, block: tuple[int, int, int
     return torch.stack([_row_view(x, rows)[r0:r1, c0:c1].to(dtype) for x in inputs])
 
 
-def _math_dtype(inputs: Sequence[torch.Tensor]) -> torch.dtype:
-    return torch.float64 if any(x.dtype == torch.float64 for x in inputs) else torch.float32
-
 
 def differences(n_inputs: int, pairs: Sequence[tuple[int, int | None]]) -> torch.Tensor:
     """The ``A`` of :func:`gram` for vectors ``x_i - x_j`` (``j`` None: ``x_i`` itself)."""
@@ -69,7 +66,7 @@ def gram(inputs: Sequence[torch.Tensor], mix: torch.Tensor | None = None, rows: 
     """``(rows, K, K)`` float64 Gram matrices of the vectors ``mix @ inputs`` (``mix`` K x N,
     float64; None: the inputs themselves), each row of the ``(rows, -1)`` view separately."""
     n = len(inputs)
-    dtype = _math_dtype(inputs)
+    dtype = output_dtype(inputs, None)
     a = (mix if mix is not None else torch.eye(n, dtype=torch.float64)).to(dtype)
     length = inputs[0].numel() // rows
     out = torch.zeros(rows, a.shape[0], a.shape[0], dtype=torch.float64)
@@ -86,7 +83,7 @@ def combine(inputs: Sequence[torch.Tensor], coeffs: torch.Tensor, dtype: torch.d
     """``Σ_i coeffs[..., i] x_i`` in float64, cast once to ``dtype``; ``coeffs`` is ``(N,)`` or
     ``(rows, N)`` (one set per row of the ``(rows, -1)`` view)."""
     rows = 1 if coeffs.dim() == 1 else coeffs.shape[0]
-    math_dtype = _math_dtype(inputs)
+    math_dtype = output_dtype(inputs, None)
     c = coeffs.reshape(rows, -1).to(math_dtype)
     shape = inputs[0].shape
     length = inputs[0].numel() // rows
@@ -95,11 +92,3 @@ def combine(inputs: Sequence[torch.Tensor], coeffs: torch.Tensor, dtype: torch.d
         x = _stack(inputs, rows, (r0, r1, c0, c1), math_dtype)  # (N, r, c)
         out[r0:r1, c0:c1] = torch.einsum("rn,nrc->rc", c[r0:r1], x).to(dtype)
     return out.reshape(shape)
-
-
-def output_dtype(inputs: Sequence[torch.Tensor], out_dtype: str | None) -> torch.dtype:
-    """The dtype to return: the engine's output dtype when known (one rounding), else the
-    math dtype (float64 when an input is float64, float32 otherwise)."""
-    if out_dtype is not None:
-        return torch_dtype(out_dtype)
-    return torch.float64 if any(x.dtype == torch.float64 for x in inputs) else torch.float32

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["Operand", "non_base", "param_float"]
+__all__ = ["Operand", "non_base", "param_float", "base_and_other", "output_dtype"]
 
 
 @dataclass(frozen=True)
@@ -59,3 +59,16 @@ def base_and_other(
         return None
     assert base_index is not None and len(inputs) == 2, f"{method} needs the base and one model"
     return inputs[base_index], inputs[1 - base_index]
+
+
+def output_dtype(inputs: Sequence[torch.Tensor], out_dtype: str | None) -> torch.dtype:
+    """The dtype a method returns: the engine's output dtype when known (``ctx.out_dtype``, so
+    the result is rounded once), else the math dtype (float64 when an input is float64,
+    float32 otherwise)."""
+    import torch
+
+    from meldkit.io.dtypes import torch_dtype
+
+    if out_dtype is not None:
+        return torch_dtype(out_dtype)
+    return torch.float64 if any(x.dtype == torch.float64 for x in inputs) else torch.float32

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from meldkit.methods import combination
-from meldkit.methods.inputs import param_float
+from meldkit.methods.inputs import output_dtype, param_float
 from meldkit.methods.registry import MergeContext
 
 
@@ -96,7 +96,7 @@ def karcher_mean(tensors: Sequence[torch.Tensor], max_iter: int = 10, tol: float
     if len(tensors) == 1:
         return tensors[0]
     coeffs = karcher_coefficients(combination.gram(tensors)[0], max_iter, tol)
-    return combination.combine(tensors, coeffs, combination.output_dtype(tensors, out_dtype))
+    return combination.combine(tensors, coeffs, output_dtype(tensors, out_dtype))
 
 
 def merge(

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from meldkit.methods import combination
-from meldkit.methods.inputs import non_base
+from meldkit.methods.inputs import non_base, output_dtype
 from meldkit.methods.registry import MergeContext
 
 
@@ -68,4 +68,4 @@ def merge(
     for o in others:
         coeffs[:, o.index] = t / n
     coeffs[:, base_index] = 1 - t
-    return combination.combine(inputs, coeffs, combination.output_dtype(inputs, ctx.out_dtype))
+    return combination.combine(inputs, coeffs, output_dtype(inputs, ctx.out_dtype))

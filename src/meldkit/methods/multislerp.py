@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 from meldkit.methods import combination
-from meldkit.methods.inputs import non_base, param_float
+from meldkit.methods.inputs import non_base, output_dtype, param_float
 from meldkit.methods.registry import MergeContext
 
 
@@ -87,4 +87,4 @@ def merge(
     in_coeffs = coeffs @ mix  # over the inputs: Σ c_i (x_i - base) ...
     if base_index is not None:
         in_coeffs[base_index] += 1.0  # ... + base
-    return combination.combine(inputs, in_coeffs, combination.output_dtype(inputs, ctx.out_dtype))
+    return combination.combine(inputs, in_coeffs, output_dtype(inputs, ctx.out_dtype))

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from meldkit.methods import combination
-from meldkit.methods.inputs import non_base, param_float
+from meldkit.methods.inputs import non_base, output_dtype, param_float
 from meldkit.methods.registry import MergeContext
 
 NORM_CLAMP = 1e-7
@@ -111,7 +111,7 @@ def merge(
         coeffs = torch.stack([c0, c1], dim=1) @ mix  # (rows, inputs)
         if base_index is not None:
             coeffs[:, base_index] += 1.0
-        return combination.combine(inputs, coeffs, combination.output_dtype(inputs, ctx.out_dtype))
+        return combination.combine(inputs, coeffs, output_dtype(inputs, ctx.out_dtype))
     work = torch.float64 if any(x.dtype == torch.float64 for x in inputs) else torch.float32
     a, b = first.tensor.to(work), second.tensor.to(work)
     if base_index is None:

@@ -22,8 +22,7 @@ from typing import Any
 
 import torch
 
-from meldkit.io.dtypes import torch_dtype
-from meldkit.methods.inputs import non_base, param_float
+from meldkit.methods.inputs import non_base, output_dtype, param_float
 from meldkit.methods.registry import MergeContext
 
 # Elements per block: each pass holds a few float32 blocks per model, not whole tensors.
@@ -77,7 +76,7 @@ def merge(
     lams = [1 + r * min(max(common / max(mine, epsilon), 0.0), alpha)
             for mine, common in zip(mine_total, common_total)]
 
-    out_dtype = torch_dtype(ctx.out_dtype) if ctx.out_dtype else work
+    out_dtype = output_dtype(inputs, ctx.out_dtype)
     out = torch.empty(flat_base.numel(), dtype=out_dtype)
     for s, e in blocks:
         b, deltas, count = load(s, e)

@@ -25,8 +25,7 @@ from typing import Any
 
 import torch
 
-from meldkit.io.dtypes import torch_dtype
-from meldkit.methods.inputs import non_base, param_float
+from meldkit.methods.inputs import non_base, output_dtype, param_float
 from meldkit.methods.registry import MergeContext
 from meldkit.methods.sparsify import top_k_mask
 from meldkit.methods.task_vectors import agreement
@@ -66,11 +65,11 @@ def merge(
     topk = param_float(shared, "select_topk", 1.0)
     if any(x.dtype == torch.float64 for x in inputs):
         return _whole_tensor(inputs[base_index], [o.tensor for o in others], topk)
-    return _blocked(inputs[base_index], [o.tensor for o in others], topk, ctx.out_dtype)
+    return _blocked(inputs[base_index], [o.tensor for o in others], topk, output_dtype(inputs, ctx.out_dtype))
 
 
 def _blocked(base_t: torch.Tensor, others_t: list[torch.Tensor], topk: float,
-             out_dtype_code: str | None) -> torch.Tensor:
+             out_dtype: torch.dtype) -> torch.Tensor:
     n = base_t.numel()
     flat_base = base_t.reshape(-1)
     flat_others = [x.reshape(-1) for x in others_t]
@@ -138,7 +137,6 @@ def _blocked(base_t: torch.Tensor, others_t: list[torch.Tensor], topk: float,
     total = float(energies.sum())
     omega = torch.full_like(energies, 1.0 / len(energy)) if abs(total) < 1e-6 else energies / total
 
-    out_dtype = torch_dtype(out_dtype_code) if out_dtype_code else torch.float32
     out = torch.empty(n, dtype=out_dtype)
     seen_ties = 0
     for s, e in blocks:
