@@ -20,8 +20,8 @@ compares them. Kernels release the GIL and take a range of work items; the calle
 on several threads. Chunks have a fixed size, independent of the thread count, so sums and
 tie resolution do not depend on how many threads run.
 
-Import this module only through :func:`meldkit.methods.task_vectors_fused.kernels`, which
-returns None when numba is not installed.
+Import this module only through :func:`meldkit.methods.kernel_runner.load` (``load("kernels")``),
+which returns None when numba is not installed.
 """
 
 from __future__ import annotations

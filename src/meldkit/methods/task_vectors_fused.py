@@ -26,36 +26,26 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from functools import cache
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 import torch
 
-from meldkit.methods import sparsify
+from meldkit.methods import kernel_runner, sparsify
 from meldkit.methods.catalog import TaskVectorVariant
 from meldkit.methods.inputs import Operand, param_float
 from meldkit.methods.registry import MergeContext
 
 __all__ = ["available", "kernels", "supports", "merge_task_vectors_fused"]
 
-# Stored dtypes the kernels read directly; float16 inputs are widened to float32 first.
-_STORED = (torch.bfloat16, torch.float32)
-_ACCEPTED = (torch.bfloat16, torch.float32, torch.float16)
 _HIGH = 1 << 15  # |δ| bits have a 0 sign bit: 15 high-digit bits
 _LOW = 1 << 16
 
 
-@cache
 def kernels() -> ModuleType | None:
     """The numba kernels module, or None when numba cannot be imported."""
-    try:
-        from meldkit.methods import kernels as module
-    except ImportError:
-        return None
-    return module
+    return kernel_runner.load("kernels")
 
 
 def available() -> bool:
@@ -65,60 +55,20 @@ def available() -> bool:
 
 def supports(variant: TaskVectorVariant, inputs: Sequence[torch.Tensor], ctx: MergeContext) -> bool:
     """Whether :func:`merge_task_vectors_fused` covers this call."""
-    if ctx.device != "cpu" or not available() or not inputs:
-        return False
-    if any(x.device.type != "cpu" or x.dtype not in _ACCEPTED for x in inputs):
+    if not available() or not kernel_runner.cpu_tensors(inputs, ctx.device):
         return False
     shape = inputs[0].shape
-    if any(x.shape != shape for x in inputs) or not all(x.is_contiguous() for x in inputs):
-        return False
     if variant.sparsifier == "della_magprune":
         # DELLA ranks within rows; other layouts (and one-column rows) stay on the eager path.
         return len(shape) in (1, 2) and (shape[-1] if shape else 1) > 1
     return True
 
 
-def _as_numpy(x: torch.Tensor) -> np.ndarray:
-    flat = x.reshape(-1)
-    if flat.dtype == torch.bfloat16:
-        return flat.view(torch.int16).numpy().view(np.uint16)
-    return flat.numpy()
-
-
-_POOL: ThreadPoolExecutor | None = None
-
-
-def _ranges(n: int) -> list[tuple[int, int]]:
-    """``[0, n)`` split into one contiguous range per math thread (torch's thread count)."""
-    parts = max(1, min(n, torch.get_num_threads()))
-    step = max(1, -(-n // parts))
-    return [(a, min(n, a + step)) for a in range(0, n, step)] or [(0, 0)]
-
-
-def _run_all(calls: list[tuple[Callable[..., Any], tuple[Any, ...]]]) -> None:
-    """Run kernel calls on threads (the kernels release the GIL) and wait for all of them."""
-    global _POOL
-    if len(calls) == 1:
-        fn, args = calls[0]
-        fn(*args)
-        return
-    if _POOL is None or _POOL._max_workers < len(calls):
-        _POOL = ThreadPoolExecutor(len(calls), thread_name_prefix="meldkit-math")
-    for job in [_POOL.submit(fn, *args) for fn, args in calls]:
-        job.result()
-
-
-def _parallel(fn: Callable[..., Any], n: int, *args: Any) -> None:
-    """``fn(args[0], args[1], a, b, *args[2:])`` for each range ``[a, b)`` of ``[0, n)``, in
-    parallel; results land in arrays the caller passed."""
-    _run_all([(fn, (*args[:2], a, b, *args[2:])) for a, b in _ranges(n)])
-
-
 def _each_range(fn: Callable[..., Any], parts: list[tuple[int, int]], xs: tuple[np.ndarray, ...],
                 base: np.ndarray, hists: np.ndarray, *extra: Any) -> None:
     """``fn(xs, base, a, b, *extra, hists[p])`` for each part ``p = [a, b)``, in parallel: each
     thread counts into its own histogram (summed afterwards; counts do not depend on order)."""
-    _run_all([(fn, (xs, base, a, b, *extra, hists[p])) for p, (a, b) in enumerate(parts)])
+    kernel_runner.run_all([(fn, (xs, base, a, b, *extra, hists[p])) for p, (a, b) in enumerate(parts)])
 
 
 class _Cuts:
@@ -177,20 +127,6 @@ def _windows(variant: TaskVectorVariant, others: Sequence[Operand], n: int) -> l
     return out
 
 
-_SCRATCH: dict[str, np.ndarray] = {}
-
-
-def _zeroed_scratch(name: str, shape: tuple[int, ...]) -> np.ndarray:
-    """A zeroed int64 array kept between tensors: histograms are megabytes, and fresh ones
-    for every tensor cost page faults and zeroing. Only the merging thread calls this."""
-    buf = _SCRATCH.get(name)
-    if buf is None or buf.shape != shape:
-        buf = _SCRATCH[name] = np.zeros(shape, dtype=np.int64)
-    else:
-        buf.fill(0)
-    return buf
-
-
 def _locate_cuts(module: ModuleType, xs: tuple[np.ndarray, ...], base: np.ndarray,
                  windows: list[tuple[int, int] | None]) -> _Cuts:
     """Find each window's cut-offs exactly with two digit histograms of ``|δ|`` (radix select).
@@ -199,8 +135,8 @@ def _locate_cuts(module: ModuleType, xs: tuple[np.ndarray, ...], base: np.ndarra
     ``(hi+1)``-th smallest (the smallest dropped)."""
     m = len(xs)
     n = base.shape[0]
-    parts = _ranges(n)
-    high = _zeroed_scratch("high", (len(parts), m, _HIGH))
+    parts = kernel_runner.ranges(n)
+    high = kernel_runner.zeroed_scratch("high", (len(parts), m, _HIGH))
     _each_range(module.hist_high, parts, xs, base, high)
     cum_high = high.sum(axis=0).cumsum(axis=1)
     ranks = np.full((m, 2), -1, dtype=np.int64)  # 1-based rank of each cut-off value
@@ -220,7 +156,7 @@ def _locate_cuts(module: ModuleType, xs: tuple[np.ndarray, ...], base: np.ndarra
                 d = int(np.searchsorted(cum_high[j], ranks[j, k]))
                 digits[j, k] = d
                 before[j, k] = cum_high[j, d - 1] if d else 0
-    low = _zeroed_scratch("low", (len(parts), m, 2, _LOW))
+    low = kernel_runner.zeroed_scratch("low", (len(parts), m, 2, _LOW))
     _each_range(module.hist_low, parts, xs, base, low, digits)
     cuts = _Cuts(m)
     for j in range(m):
@@ -251,7 +187,7 @@ def _chunk_ties(module: ModuleType, xs: tuple[np.ndarray, ...], base: np.ndarray
     ties = np.zeros((n_chunks, m, 2, 2), dtype=np.int64)
     if cuts.partial.any():
         counts = np.zeros((n_chunks, m, 2), dtype=np.int64)
-        _parallel(module.tie_counts, n_chunks, xs, base, cuts.cuts, cuts.partial, counts)
+        kernel_runner.parallel(module.tie_counts, n_chunks, xs, base, cuts.cuts, cuts.partial, counts)
         ties[1:, :, :, 0] = counts.cumsum(axis=0)[:-1]
         ties[:, :, :, 1] = counts
     return ties
@@ -281,7 +217,7 @@ def _random_masks(module: ModuleType, variant: TaskVectorVariant, others: Sequen
         n_cols = shape[-1] if len(shape) == 2 else n
         step = np.float32(2 * epsilon / (n_cols - 1))
         groups = -(-(n // n_cols) // 8)  # rows in groups of 8: whole bytes of the mask
-        _parallel(module.della_bits, groups, xs[j], base, np.uint64(k0), np.uint64(k1), n_cols,
+        kernel_runner.parallel(module.della_bits, groups, xs[j], base, np.uint64(k0), np.uint64(k1), n_cols,
                   np.float32(density - epsilon), step, bits[j])
     return rand, bits
 
@@ -300,13 +236,8 @@ def merge_task_vectors_fused(
     shape = base_t.shape
     n = base_t.numel()
     m = len(others)
-    dtypes = {base_t.dtype} | {o.tensor.dtype for o in others}
-    if len(dtypes) > 1 or not dtypes <= set(_STORED):
-        # The kernels take one stored dtype for every input (bf16 or fp32): widen the rest.
-        others = [Operand(o.index, o.tensor.float(), o.params) for o in others]
-        base_t = base_t.float()
-    xs = tuple(_as_numpy(o.tensor) for o in others)
-    base = _as_numpy(base_t)
+    *stored, base = kernel_runner.stored_arrays([o.tensor for o in others] + [base_t])
+    xs = tuple(stored)
     normalize = bool(shared.get("normalize", variant.normalize))
     rescale = bool(shared.get("rescale", variant.rescale))
     lam = param_float(shared, "lambda", 1.0)
@@ -334,7 +265,7 @@ def merge_task_vectors_fused(
     has_scale = np.zeros(m, dtype=np.bool_)
     if rescale and ((modes != module.KEEP_ALL) & (modes != module.ZERO)).any():
         sums = np.zeros((n_chunks, m, 2), dtype=np.float64)
-        _parallel(module.l1_sums, n_chunks, xs, base, modes, cuts.cuts, cuts.thr, cuts.rule,
+        kernel_runner.parallel(module.l1_sums, n_chunks, xs, base, modes, cuts.cuts, cuts.thr, cuts.rule,
                   cuts.partial, ties, bits, rand, sums)
         totals = sums.sum(axis=0)  # fixed chunks, summed in order: thread-count independent
         for j in range(m):
@@ -351,7 +282,7 @@ def merge_task_vectors_fused(
         divisor = torch.ones_like(divisor)
     out_bf16 = ctx.out_dtype == "BF16"
     out = torch.empty(n, dtype=torch.bfloat16 if out_bf16 else torch.float32)
-    _parallel(module.mix, n_chunks, xs, base, _as_numpy(out), out_bf16, modes, cuts.cuts, cuts.thr, cuts.rule,
+    kernel_runner.parallel(module.mix, n_chunks, xs, base, kernel_runner.as_numpy(out), out_bf16, modes, cuts.cuts, cuts.thr, cuts.rule,
                cuts.partial, ties, bits, rand, scale, has_scale, w_tensor.numpy(),
                variant.consensus, normalize, np.float32(divisor.item()), np.float32(lam), lam != 1)
     return out.reshape(shape)

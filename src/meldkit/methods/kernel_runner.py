@@ -1,0 +1,106 @@
+"""Running numba CPU kernels: loading them when numba is installed, the inputs as numpy
+arrays of their stored bits, and fixed work ranges on a pool of threads.
+
+Kernels (``methods/kernels*.py``) are ``@njit(nogil=True)`` functions that take a range of
+work items and write into arrays the caller passes; :func:`parallel` runs one range per math
+thread. Results never depend on how the work is split: kernels accumulate per fixed-size
+chunk, and the caller combines chunks in order.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import cache
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["load", "as_numpy", "stored_arrays", "cpu_tensors", "ranges", "run_all", "parallel",
+           "zeroed_scratch"]
+
+# Stored dtypes kernels read directly (bf16 as its uint16 bits); float16 is widened first.
+STORED = (torch.bfloat16, torch.float32)
+ACCEPTED = (torch.bfloat16, torch.float32, torch.float16)
+
+
+@cache
+def load(name: str) -> ModuleType | None:
+    """The kernels module ``meldkit.methods.<name>``, or None when numba cannot be imported."""
+    try:
+        return importlib.import_module(f"meldkit.methods.{name}")
+    except ImportError:
+        return None
+
+
+def cpu_tensors(inputs: Sequence[torch.Tensor], device: str) -> bool:
+    """Whether ``inputs`` suit the CPU kernels: on the CPU, of one shape, contiguous, and in a
+    dtype they read (bf16, fp32, or fp16 which :func:`stored_arrays` widens)."""
+    if device != "cpu" or not inputs:
+        return False
+    shape = inputs[0].shape
+    return all(x.device.type == "cpu" and x.dtype in ACCEPTED and x.shape == shape and x.is_contiguous()
+               for x in inputs)
+
+
+def as_numpy(x: torch.Tensor) -> np.ndarray:
+    """A flat numpy view of ``x`` (no copy); bfloat16 as its ``uint16`` bits."""
+    flat = x.reshape(-1)
+    if flat.dtype == torch.bfloat16:
+        return flat.view(torch.int16).numpy().view(np.uint16)
+    return flat.numpy()
+
+
+def stored_arrays(tensors: Sequence[torch.Tensor]) -> list[np.ndarray]:
+    """Flat arrays of one dtype for the kernels: all bf16 bits, or else all float32 (fp16 and
+    mixed dtypes are widened; the widening is exact)."""
+    dtypes = {x.dtype for x in tensors}
+    if len(dtypes) > 1 or not dtypes <= set(STORED):
+        tensors = [x.float() for x in tensors]
+    return [as_numpy(x) for x in tensors]
+
+
+def ranges(n: int) -> list[tuple[int, int]]:
+    """``[0, n)`` split into one contiguous range per math thread (torch's thread count)."""
+    parts = max(1, min(n, torch.get_num_threads()))
+    step = max(1, -(-n // parts))
+    return [(a, min(n, a + step)) for a in range(0, n, step)] or [(0, 0)]
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def run_all(calls: list[tuple[Callable[..., Any], tuple[Any, ...]]]) -> None:
+    """Run kernel calls on threads (the kernels release the GIL) and wait for all of them."""
+    global _POOL
+    if len(calls) == 1:
+        fn, args = calls[0]
+        fn(*args)
+        return
+    if _POOL is None or _POOL._max_workers < len(calls):
+        _POOL = ThreadPoolExecutor(len(calls), thread_name_prefix="meldkit-math")
+    for job in [_POOL.submit(fn, *args) for fn, args in calls]:
+        job.result()
+
+
+def parallel(fn: Callable[..., Any], n: int, *args: Any, lead: int = 2) -> None:
+    """``fn(*args[:lead], a, b, *args[lead:])`` for each range ``[a, b)`` of ``[0, n)``, in
+    parallel; results land in arrays the caller passed."""
+    run_all([(fn, (*args[:lead], a, b, *args[lead:])) for a, b in ranges(n)])
+
+
+_SCRATCH: dict[str, np.ndarray] = {}
+
+
+def zeroed_scratch(name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """A zeroed int64 array kept between tensors: histograms are megabytes, and fresh ones
+    for every tensor cost page faults and zeroing. Only the merging thread calls this."""
+    buf = _SCRATCH.get(name)
+    if buf is None or buf.shape != shape:
+        buf = _SCRATCH[name] = np.zeros(shape, dtype=np.int64)
+    else:
+        buf.fill(0)
+    return buf
