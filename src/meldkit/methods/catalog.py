@@ -329,6 +329,7 @@ register(
     MethodSpec(
         name="ram",
         elementwise=True,
+        native_inputs=True,  # the fused kernels read the stored dtype
         pretty_name="Reinforced Agent Merging",
         impl="meldkit.methods.ram:merge",
         params=(

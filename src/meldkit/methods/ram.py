@@ -7,7 +7,8 @@ With task vectors ``δ_i = x_i - b``, ``active_i = |δ_i| > epsilon`` and the pe
 
 Entries at or below ``epsilon`` are dropped. Because a unique entry (c == 1) is its own sum,
 both parts are one running sum divided by ``max(c, 1)``: two passes over the models, no
-``(N, ...)`` stack.
+``(N, ...)`` stack. On the CPU with numba the whole formula is one fused pass over the inputs as
+stored (:mod:`meldkit.methods.kernels_ram`, the same bits).
 
 ```yaml
 merge_method: ram
@@ -19,12 +20,16 @@ parameters: {epsilon: 1.0e-5}
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
+from types import ModuleType
 from typing import Any
 
+import numpy as np
 import torch
 
-from meldkit.methods.inputs import non_base, param_float
+from meldkit.methods import kernel_runner
+from meldkit.methods.inputs import non_base, output_dtype, param_float
 from meldkit.methods.registry import MergeContext
 
 
@@ -50,9 +55,43 @@ def merge(
     if not others:
         return base
     epsilon = param_float(shared, "epsilon", 1e-5)
+    module = fused_kernels(inputs, ctx)
+    if module is not None:
+        out = fused_output(inputs, ctx)
+        xs, b = stored(base, others)
+        kernel_runner.parallel(module.ram_mix, chunks(module, b), xs, b, np.float32(epsilon),
+                               kernel_runner.as_numpy(out), out.dtype == torch.bfloat16)
+        return out.reshape(base.shape)
+    # Inputs may arrive as stored (native_inputs): `x - base` with a float32 base widens x exactly.
+    base = base.to(torch.float64 if any(x.dtype == torch.float64 for x in inputs) else torch.float32)
     count = active_count(base, others, epsilon)
     total = torch.zeros_like(base)
     for x in others:
         delta = x - base
         total.add_(delta * (delta.abs() > epsilon))
     return base + total.div_(count.clamp_min_(1))
+
+
+def fused_kernels(inputs: Sequence[torch.Tensor], ctx: MergeContext) -> ModuleType | None:
+    """The RAM kernels when they cover these inputs (CPU, numba installed, no float64), else None."""
+    module = kernel_runner.load("kernels_ram")
+    if module is None or not kernel_runner.cpu_tensors(inputs, ctx.device):
+        return None
+    return module
+
+
+def fused_output(inputs: Sequence[torch.Tensor], ctx: MergeContext) -> torch.Tensor:
+    """A flat output the kernels fill: bfloat16 when the engine stores that, else float32."""
+    bf16 = output_dtype(inputs, ctx.out_dtype) == torch.bfloat16
+    return torch.empty(inputs[0].numel(), dtype=torch.bfloat16 if bf16 else torch.float32)
+
+
+def stored(base: torch.Tensor, others: Sequence[torch.Tensor]) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+    """The others and the base as the kernels read them (one stored dtype)."""
+    *xs, b = kernel_runner.stored_arrays([*others, base])
+    return tuple(xs), b
+
+
+def chunks(module: ModuleType, flat: np.ndarray) -> int:
+    """How many of the kernels' fixed-size chunks cover ``flat``."""
+    return max(1, math.ceil(flat.shape[0] / module.CHUNK))

@@ -17,11 +17,14 @@ parameters: {r: 0.1, alpha: 0.2, epsilon: 1.0e-5}
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
+from meldkit.methods import kernel_runner, ram
 from meldkit.methods.inputs import non_base, output_dtype, param_float
 from meldkit.methods.registry import MergeContext
 
@@ -42,8 +45,10 @@ def merge(
 ) -> torch.Tensor:
     """Merge one tensor: the base and any number of other models.
 
-    Two passes over blocks of the inputs as stored: the overlap counts ``ρ_i`` (integers, so
-    block by block is exact), then the output, element-wise exactly as a whole-tensor pass."""
+    Two passes over the inputs as stored: the overlap counts ``ρ_i`` (integers, so chunk by
+    chunk is exact), then the output, element-wise exactly as a whole-tensor pass. Fused
+    kernels (:mod:`meldkit.methods.kernels_ram`) make both on the CPU; blocks of eager torch
+    otherwise."""
     assert base_index is not None, "ramplus_tl needs a base model"
     base_t = inputs[base_index]
     others_t = [o.tensor for o in non_base(inputs, base_index, per_input)]
@@ -52,6 +57,19 @@ def merge(
     epsilon = param_float(shared, "epsilon", 1e-5)
     r = param_float(shared, "r", 0.1)
     alpha = param_float(shared, "alpha", 0.2)
+    module = ram.fused_kernels(inputs, ctx)
+    if module is not None:
+        xs, b = ram.stored(base_t, others_t)
+        n_chunks = ram.chunks(module, b)
+        counts = np.zeros((n_chunks, len(xs), 2), dtype=np.int64)
+        eps = np.float32(epsilon)
+        kernel_runner.parallel(module.ramplus_counts, n_chunks, xs, b, eps, counts)
+        totals = counts.sum(axis=0)
+        lams = _boosts([int(t) for t in totals[:, 0]], [int(t) for t in totals[:, 1]], r, alpha, epsilon)
+        out = ram.fused_output(inputs, ctx)
+        kernel_runner.parallel(module.ramplus_mix, n_chunks, xs, b, eps, np.array(lams, dtype=np.float32),
+                               kernel_runner.as_numpy(out), out.dtype == torch.bfloat16)
+        return out.reshape(base_t.shape)
     work = torch.float64 if any(x.dtype == torch.float64 for x in inputs) else torch.float32
     flat_base = base_t.reshape(-1)
     flat_others = [x.reshape(-1) for x in others_t]
@@ -73,8 +91,7 @@ def merge(
             active = d.abs() > epsilon
             mine_total[i] += int((active & (count == 1)).sum())
             common_total[i] += int((active & (count > 1)).sum())
-    lams = [1 + r * min(max(common / max(mine, epsilon), 0.0), alpha)
-            for mine, common in zip(mine_total, common_total)]
+    lams = _boosts(mine_total, common_total, r, alpha, epsilon)
 
     out_dtype = output_dtype(inputs, ctx.out_dtype)
     out = torch.empty(flat_base.numel(), dtype=out_dtype)
@@ -84,7 +101,21 @@ def merge(
         overlap = torch.zeros_like(b)
         for d, lam in zip(deltas, lams):
             active = d.abs() > epsilon
-            unique.add_(d * (active & (count == 1)), alpha=lam)
+            # (δ·mask)·λ rounded twice, as the kernels do (an `alpha=` add may fuse into one FMA).
+            unique.add_(d * (active & (count == 1)) * lam)
             overlap.add_(d * (active & (count > 1)))
         out[s:e] = (b + unique + overlap.div_(count.clamp_min_(1))).to(out_dtype)
     return out.reshape(base_t.shape)
+
+
+def _boosts(mine: list[int], common: list[int], r: float, alpha: float, epsilon: float) -> list[float]:
+    """``λ_i = 1 + r · clamp(common_i / max(mine_i, epsilon), 0, alpha)``.
+
+    With ``epsilon <= 0`` and no unique entries the ratio is ``common / 0``: +inf (capped at
+    alpha) when there are shared entries, 0 when there are none (λ then scales nothing)."""
+    lams = []
+    for m, c in zip(mine, common):
+        denominator = max(m, epsilon)
+        rho = c / denominator if denominator > 0 else (math.inf if c > 0 else 0.0)
+        lams.append(1 + r * min(max(rho, 0.0), alpha))
+    return lams
