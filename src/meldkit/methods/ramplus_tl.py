@@ -59,15 +59,15 @@ def merge(
     alpha = param_float(shared, "alpha", 0.2)
     module = ram.fused_kernels(inputs, ctx)
     if module is not None:
-        xs, b = ram.stored(base_t, others_t)
-        n_chunks = ram.chunks(module, b)
+        xs, base_arr = ram.stored(base_t, others_t)
+        n_chunks = ram.chunks(module, base_arr)
         counts = np.zeros((n_chunks, len(xs), 2), dtype=np.int64)
         eps = np.float32(epsilon)
-        kernel_runner.parallel(module.ramplus_counts, n_chunks, xs, b, eps, counts)
+        kernel_runner.parallel(module.ramplus_counts, n_chunks, xs, base_arr, eps, counts)
         totals = counts.sum(axis=0)
         lams = _boosts([int(t) for t in totals[:, 0]], [int(t) for t in totals[:, 1]], r, alpha, epsilon)
         out = ram.fused_output(inputs, ctx)
-        kernel_runner.parallel(module.ramplus_mix, n_chunks, xs, b, eps, np.array(lams, dtype=np.float32),
+        kernel_runner.parallel(module.ramplus_mix, n_chunks, xs, base_arr, eps, np.array(lams, dtype=np.float32),
                                kernel_runner.as_numpy(out), out.dtype == torch.bfloat16)
         return out.reshape(base_t.shape)
     work = torch.float64 if any(x.dtype == torch.float64 for x in inputs) else torch.float32
