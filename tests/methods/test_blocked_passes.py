@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from meldkit.methods import ramplus_tl, sce
+from meldkit.methods import MergeContext, arcee_fusion, kernel_runner, ram, ramplus_tl, sce
 from tests.methods.helpers import run_method
 
 
@@ -48,17 +48,66 @@ def test_ramplus_tl_block_size_does_not_matter(monkeypatch: pytest.MonkeyPatch) 
     inputs = _inputs(torch.bfloat16)
     whole = run_method("ramplus_tl", inputs, 0, {"epsilon": 0.1, "r": 0.5, "alpha": 0.9})
     monkeypatch.setattr(ramplus_tl, "BLOCK_ELEMENTS", 999)
+    monkeypatch.setattr(ram, "fused_kernels", lambda *a: None)  # the blocked eager passes
     blocked = run_method("ramplus_tl", inputs, 0, {"epsilon": 0.1, "r": 0.5, "alpha": 0.9})
     assert torch.equal(whole, blocked)
 
 
 @pytest.mark.parametrize("shape", [(1100, 1000), (300, 170), (5000,)])
 def test_arcee_fusion_block_size_does_not_matter(shape: tuple[int, ...], monkeypatch: pytest.MonkeyPatch) -> None:
-    from meldkit.methods import arcee_fusion
-
     g = torch.Generator().manual_seed(1)
     base = torch.randn(shape, generator=g)
     other = base + 0.01 * torch.randn(shape, generator=g)  # (1100, 1000): the sampled path
     whole = run_method("arcee_fusion", [base, other], 0, seed=3)
     monkeypatch.setattr(arcee_fusion, "BLOCK_ELEMENTS", 50_000)
     assert torch.equal(run_method("arcee_fusion", [base, other], 0, seed=3), whole)
+
+
+@pytest.mark.parametrize("shape", [(1100, 1000), (300, 170), (5000,)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("out_dtype", [None, "BF16"])
+@pytest.mark.parametrize("kernels", [True, False])
+def test_arcee_fusion_equals_the_whole_tensor_formula(shape: tuple[int, ...], dtype: torch.dtype,
+                                                      out_dtype: str | None, kernels: bool,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    if kernels and kernel_runner.load("kernels_select") is None:
+        pytest.skip("numba not installed")
+    if not kernels:
+        monkeypatch.setattr(kernel_runner, "load", lambda name: None)
+    g = torch.Generator().manual_seed(2)
+    base = torch.randn(shape, generator=g).to(dtype)
+    other = (base.float() + 0.01 * torch.randn(shape, generator=g)).to(dtype)
+    ctx = MergeContext("model.layers.0.mlp.up_proj.weight", 3, "cpu", out_dtype)
+    got = arcee_fusion.merge([base, other], 0, {}, [{}, {}], ctx)
+
+    # The formula on whole float32 tensors, with the same with-replacement sample.
+    b, x = base.float(), other.float()
+    imp = arcee_fusion.importance(x, b).reshape(-1)
+    n = imp.numel()
+    if n > arcee_fusion.SAMPLE_SIZE:
+        sample = imp[torch.randint(0, n, (arcee_fusion.SAMPLE_SIZE,), generator=ctx.generator("arcee_fusion"))]
+    else:
+        sample = imp
+    q1, median, q3 = torch.quantile(sample, torch.tensor([0.25, 0.5, 0.75]))
+    expected = b + (x - b) * (imp.reshape(shape) >= median + 1.5 * (q3 - q1))
+    assert got.dtype == (torch.bfloat16 if out_dtype == "BF16" else torch.float32)
+    assert torch.equal(got, expected.to(got.dtype))
+    kept = int(((got.float() != b.to(got.dtype).float())).sum())
+    assert 0 < kept < n  # the threshold splits the tensor: the comparison is not vacuous
+
+
+def test_arcee_fusion_empty_tensor() -> None:
+    out = arcee_fusion.merge([torch.zeros(0, 4), torch.zeros(0, 4)], 0, {}, [{}, {}], MergeContext("w", 0))
+    assert out.shape == (0, 4)
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 1000, 999_999])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_arcee_quartiles_equal_torch_quantile(n: int, dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(n)
+    levels = torch.tensor([0.25, 0.5, 0.75], dtype=dtype)
+    for sample in (torch.randn(n, generator=g, dtype=dtype), torch.randint(0, 4, (n,), generator=g).to(dtype)):
+        assert torch.equal(arcee_fusion.quartiles(sample), torch.quantile(sample, levels))
+    with_nan = torch.randn(n + 1, generator=g, dtype=dtype)
+    with_nan[0] = float("nan")
+    assert torch.isnan(arcee_fusion.quartiles(with_nan)).all()
