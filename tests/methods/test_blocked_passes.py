@@ -70,7 +70,7 @@ def test_arcee_fusion_block_size_does_not_matter(shape: tuple[int, ...], monkeyp
 def test_arcee_fusion_equals_the_whole_tensor_formula(shape: tuple[int, ...], dtype: torch.dtype,
                                                       out_dtype: str | None, kernels: bool,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    if kernels and kernel_runner.load("kernels_select") is None:
+    if kernels and kernel_runner.load("kernels_pair") is None:
         pytest.skip("numba not installed")
     if not kernels:
         monkeypatch.setattr(kernel_runner, "load", lambda name: None)

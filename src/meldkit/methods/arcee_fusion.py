@@ -119,7 +119,7 @@ def merge(
 
     # Pass 2: out = b + (x - b) · [|x - b| · kl >= threshold].
     out_dtype = output_dtype(inputs, ctx.out_dtype)
-    module = kernel_runner.load("kernels_select")
+    module = kernel_runner.load("kernels_pair")
     if module is not None and work == torch.float32 and kernel_runner.cpu_tensors([base, other], ctx.device):
         bf16 = out_dtype == torch.bfloat16
         out = torch.empty(n, dtype=torch.bfloat16 if bf16 else torch.float32)

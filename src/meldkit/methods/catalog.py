@@ -399,6 +399,7 @@ register(
     MethodSpec(
         name="nearswap",
         elementwise=True,
+        native_inputs=True,  # the fused kernel reads the stored dtype
         pretty_name="NearSwap",
         impl="meldkit.methods.nearswap:merge",
         params=(

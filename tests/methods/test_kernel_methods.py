@@ -1,4 +1,4 @@
-"""RAM and RAM+ (tensor-local): the fused CPU kernels give the eager path's bits.
+"""RAM, RAM+ (tensor-local) and NearSwap: the fused CPU kernels give the eager path's bits.
 
 The eager path has the hand-worked golden tests (test_base_relative.py); here both paths run
 on the same inputs, with deltas on a coarse grid (exact ties with epsilon, zeros, both signs)
@@ -92,3 +92,23 @@ def test_float64_inputs_take_the_eager_path() -> None:
     inputs = [x.double() for x in _inputs((50,), 2, torch.float32, seed=1)]
     assert ram.fused_kernels(inputs, MergeContext("w", 0, "cpu")) is None
     assert _run("ram", inputs, {"epsilon": 0.1}, None).dtype == torch.float64
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float16])
+@pytest.mark.parametrize("out_dtype", [None, "BF16"])
+def test_nearswap_kernel_equals_eager(monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype,
+                                      out_dtype: str | None) -> None:
+    g = torch.Generator().manual_seed(4)
+    base = torch.randn(300, 170, generator=g)
+    # Distances from 0 (the 1e-6 floor) through t to far beyond it; one NaN.
+    other = base + torch.randn(300, 170, generator=g) * torch.logspace(-8, 0, 170)
+    other[0, :5] = base[0, :5]
+    other[1, 0] = float("nan")
+    inputs = [base.to(dtype), other.to(dtype)]
+    fused = _run("nearswap", inputs, {"t": 0.001}, out_dtype)
+    with monkeypatch.context() as m:
+        m.setattr(kernel_runner, "load", lambda name: None)
+        reference = _run("nearswap", inputs, {"t": 0.001}, out_dtype)
+    assert fused.dtype == (torch.bfloat16 if out_dtype == "BF16" else torch.float32)
+    assert torch.isnan(fused[1, 0])
+    assert torch.equal(fused.nan_to_num(), reference.to(fused.dtype).nan_to_num())
