@@ -176,3 +176,25 @@ def test_without_numba_the_eager_path_runs(monkeypatch: pytest.MonkeyPatch) -> N
     assert not task_vectors_fused.supports(TASK_VECTOR_FAMILY["ties"], inputs, ctx)
     assert torch.equal(merge_task_vectors(list(inputs), 0, shared_v, per_v, ctx, method="ties"), fused)
 
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 17, 1536, 5000])
+def test_della_row_sort_is_numpys_stable_argsort(n: int) -> None:
+    from meldkit.methods import kernels
+
+    rng = np.random.default_rng(n)
+    cases = [
+        np.abs(rng.standard_normal(n).astype(np.float32) * 0.01).view(np.uint32),  # |δ| bits
+        rng.integers(0, 5, n).astype(np.uint32),  # a narrow span: no insertion pass
+        np.full(n, 7, dtype=np.uint32),  # all tied
+        rng.integers(0, 2**32 - 1, n, dtype=np.uint64).astype(np.uint32),  # the full span
+        rng.integers(0, 3, n).astype(np.uint32) << np.uint32(20),  # few values, far apart
+    ]
+    with_nan = np.abs(rng.standard_normal(n).astype(np.float32)).view(np.uint32)
+    with_nan[::7] = 0x7FC00000  # |NaN| sorts last, as in torch
+    with_nan[::5] = 0
+    cases.append(with_nan)
+    for keys in cases:
+        order, spare = np.empty(n, dtype=np.int32), np.empty(n, dtype=np.int32)
+        got = kernels._stable_argsort(keys, order, spare, np.empty((2, 1 << kernels._RADIX_BITS), dtype=np.int32))
+        assert np.array_equal(got, np.argsort(keys, kind="stable"))

@@ -178,59 +178,86 @@ def della_bits(x, base, g0, g1, k0, k1, n_cols, density_minus_eps, step, bits):
     ``uniform(key)[i] < rank * step + (density - epsilon)`` in float32, as the eager path does.
 
     ``bits`` must start zeroed. Rows are handled in groups of 8 (``g0 <= group < g1``), which
-    span whole bytes of the mask whatever the row length, so parallel groups never share one."""
+    span whole bytes of the mask whatever the row length, so parallel groups never share one.
+    Keys and draws are computed for the whole row first (vectorized loops), then the row is
+    ranked and each element's decision stored in index order."""
     n_rows = base.shape[0] // n_cols
     keys = np.empty(n_cols, dtype=np.uint32)
-    order = np.empty(n_cols, dtype=np.int64)
-    spare = np.empty(n_cols, dtype=np.int64)
-    count = np.empty(1 << _RADIX_BITS, dtype=np.int64)
+    draws = np.empty(n_cols, dtype=np.float32)
+    keep = np.empty(n_cols, dtype=np.uint8)
+    order = np.empty(n_cols, dtype=np.int32)
+    spare = np.empty(n_cols, dtype=np.int32)
+    count = np.empty((2, 1 << _RADIX_BITS), dtype=np.int32)
     for g in range(g0, g1):
         for row in range(g * 8, min(n_rows, g * 8 + 8)):
             off = row * n_cols
             for c in range(n_cols):
                 keys[c] = _abs_bits(_load(x, off + c) - _load(base, off + c))
+            for c in range(n_cols):
+                draws[c] = _uniform(k0, k1, off + c)
             ranked = _stable_argsort(keys, order, spare, count)
             for rank in range(n_cols):
-                i = off + ranked[rank]
+                c = ranked[rank]
                 p = np.float32(np.float32(rank) * step) + density_minus_eps
-                if _uniform(k0, k1, i) < p:
-                    bits[i >> 3] |= np.uint8(1 << (i & 7))
+                keep[c] = 1 if draws[c] < p else 0
+            for c in range(n_cols):
+                i = off + c
+                bits[i >> 3] |= np.uint8(keep[c] << (i & 7))
     return bits
 
 
-_RADIX_BITS = 10  # digit width of the row sorts: 1024 counters stay in L1
+_RADIX_BITS = 8  # digit width of the row sorts: 256 counters
 
 
 @njit(cache=True)
 def _stable_argsort(keys, order, spare, count):
     """The indices that sort ``keys`` ascending, equal keys in index order (returned; it is
-    ``order`` or ``spare``): an LSD radix sort of ``keys - min(keys)``, with as many 10-bit
-    passes as the row's span of keys needs (each pass is stable). Several times faster than a
-    comparison sort here. Magnitudes' float32 bits order like the floats, NaN last as in
-    torch's sort."""
+    ``order`` or ``spare``). Magnitudes' float32 bits order like the floats, NaN last as in
+    torch's sort.
+
+    Two stable 8-bit LSD radix passes order the rows by the top 16 bits of ``keys - min``
+    (over the row's span of keys); a stable insertion sort then orders the few neighbours
+    that share those bits. |δ| spans some 2^30 bit patterns, so 16 bits leave about one
+    element per value and the insertion sort touches each element about once: a third
+    fewer passes than a full 10-bit LSD sort, and 256 counters instead of 1024 per pass."""
     n = keys.shape[0]
     lowest = keys.min()
     span = np.uint32(keys.max() - lowest)
-    mask = np.uint32((1 << _RADIX_BITS) - 1)
-    for i in range(n):
-        order[i] = i
     shift = 0
-    while shift == 0 or (shift < 32 and (span >> np.uint32(shift)) > 0):
-        count[:] = 0
-        for i in range(n):
-            count[((keys[i] - lowest) >> np.uint32(shift)) & mask] += 1
+    while (span >> np.uint32(shift)) >= np.uint32(1 << (2 * _RADIX_BITS)):
+        shift += 1
+    mask = np.uint32((1 << _RADIX_BITS) - 1)
+    sh0, sh1 = np.uint32(shift), np.uint32(shift + _RADIX_BITS)
+    # Both digits' counts in one read of the keys, then their starting offsets.
+    count[:] = 0
+    for i in range(n):
+        rel = keys[i] - lowest
+        count[0, (rel >> sh0) & mask] += 1
+        count[1, (rel >> sh1) & mask] += 1
+    for p in range(2):
         total = 0
-        for d in range(count.shape[0]):
-            c = count[d]
-            count[d] = total
+        for d in range(count.shape[1]):
+            c = count[p, d]
+            count[p, d] = total
             total += c
-        for i in range(n):
+    for i in range(n):  # pass 1: by the low digit, in index order
+        d = ((keys[i] - lowest) >> sh0) & mask
+        spare[count[0, d]] = i
+        count[0, d] += 1
+    for i in range(n):  # pass 2: by the high digit, stable
+        k = spare[i]
+        d = ((keys[k] - lowest) >> sh1) & mask
+        order[count[1, d]] = k
+        count[1, d] += 1
+    if shift:
+        for i in range(1, n):
             k = order[i]
-            d = ((keys[k] - lowest) >> np.uint32(shift)) & mask
-            spare[count[d]] = k
-            count[d] += 1
-        order, spare = spare, order
-        shift += _RADIX_BITS
+            key = keys[k]
+            j = i - 1
+            while j >= 0 and keys[order[j]] > key:
+                order[j + 1] = order[j]
+                j -= 1
+            order[j + 1] = k
     return order
 
 
