@@ -10,6 +10,20 @@ With task vectors ``δ_i = x_i - b``::
 
 There are no user weights; ``int8_mask`` is accepted and has no effect on the values.
 
+Three paths compute the same values:
+
+* on the CPU with numba installed (see :func:`meldkit.methods.sce_fused.supports`), fused kernels
+  (:mod:`meldkit.methods.kernels_sce`) make up to four passes over the inputs as stored and do
+  all per-element work in registers, bit for bit as the blocked path;
+* otherwise (no numba, other devices), blocked passes of eager torch over blocks of
+  :data:`BLOCK_ELEMENTS`: the variance's top-k cut-off by a radix select (two histogram
+  passes; ties at the cut-off resolved in flat order, as :func:`top_k_mask` does), the
+  energies, then the output;
+* float64 inputs: the whole tensor at once in float64.
+
+The energies ``mean(δ_i²)`` are float64 sums of float64 squares, in a fixed order that
+neither the block size nor the thread count changes (:func:`energy_weights`).
+
 ```yaml
 merge_method: sce
 base_model: ./base
@@ -25,6 +39,7 @@ from typing import Any
 
 import torch
 
+from meldkit.methods import sce_fused
 from meldkit.methods.inputs import non_base, output_dtype, param_float
 from meldkit.methods.registry import MergeContext
 from meldkit.methods.sparsify import top_k_mask
@@ -45,6 +60,48 @@ def _variance(deltas: Sequence[torch.Tensor]) -> torch.Tensor:
 # Elements per block of the blocked passes (float32 inputs).
 BLOCK_ELEMENTS = 1 << 20
 
+# Elements per chunk of the energy sums (the fused kernels' chunk): each chunk's squares are
+# summed in 16 lanes, element i of the chunk into lane i % 16, one by one in order.
+CHUNK = 1 << 14
+LANES = 16
+
+
+def _add_lanes(lanes: torch.Tensor, start: int, d: torch.Tensor) -> None:
+    """Add the squares of ``d`` (the flat elements ``start, start + 1, ...``) into ``lanes``
+    (chunks x LANES, float64), continuing each lane's running sum in element order (cumsum adds
+    one by one) as the fused kernels do."""
+    sq = d.double().square()  # exact: a float32's square fits a float64
+    end = start + sq.numel()
+    pos = start
+    while pos < end:
+        c, off = divmod(pos, CHUNK)
+        if off == 0 and end - pos >= CHUNK:  # whole chunks, not started yet: from 0
+            full = (end - pos) // CHUNK
+            rows = sq[pos - start:pos - start + full * CHUNK].view(full, CHUNK // LANES, LANES)
+            lanes[c:c + full] = rows.cumsum(1)[:, -1]
+            pos += full * CHUNK
+            continue
+        stop = min(end, (c + 1) * CHUNK)
+        # Pad with zeros to whole rows of lanes (adding +0 to a sum of squares changes nothing).
+        piece = torch.nn.functional.pad(sq[pos - start:stop - start],
+                                        (off % LANES, -(stop - c * CHUNK) % LANES))
+        lanes[c] = torch.cat([lanes[c:c + 1], piece.view(-1, LANES)]).cumsum(0)[-1]
+        pos = stop
+
+
+def energy_weights(lanes: Any, n: int) -> torch.Tensor:
+    """ω (float32) from the per-chunk energy lane sums (chunks x models x LANES, float64):
+    each chunk's lanes summed in order, then the chunks in order (cumsum adds one by one),
+    divided by ``n``; uniform when the energies sum (nearly) to zero."""
+    lanes = torch.as_tensor(lanes, dtype=torch.float64)
+    per_chunk = lanes.cumsum(-1)[..., -1]
+    energy = per_chunk.cumsum(0)[-1]  # there is always a chunk, if empty
+    energies = torch.tensor([float(v) / max(n, 1) for v in energy], dtype=torch.float32)
+    total = float(energies.sum())
+    if abs(total) < 1e-6:
+        return torch.full_like(energies, 1.0 / len(energies))
+    return energies / total
+
 
 def merge(
     inputs: Sequence[torch.Tensor],
@@ -53,11 +110,8 @@ def merge(
     per_input: Sequence[Mapping[str, Any]],
     ctx: MergeContext,
 ) -> torch.Tensor:
-    """Merge one tensor: the base and any number of other models.
-
-    Blocked passes over the inputs as stored: the variance's top-k cut-off (two histogram
-    passes of a radix select; ties resolved in flat order as :func:`top_k_mask` does), the
-    energies, then the output. Only float64 inputs take the whole-tensor path."""
+    """Merge one tensor: the base and any number of other models (paths: see the module
+    docstring)."""
     assert base_index is not None, "sce needs a base model"
     others = non_base(inputs, base_index, per_input)
     if not others:
@@ -65,7 +119,10 @@ def merge(
     topk = param_float(shared, "select_topk", 1.0)
     if any(x.dtype == torch.float64 for x in inputs):
         return _whole_tensor(inputs[base_index], [o.tensor for o in others], topk)
-    return _blocked(inputs[base_index], [o.tensor for o in others], topk, output_dtype(inputs, ctx.out_dtype))
+    out_dtype = output_dtype(inputs, ctx.out_dtype)
+    if sce_fused.supports(inputs, ctx):
+        return sce_fused.merge_sce_fused(inputs[base_index], [o.tensor for o in others], topk, out_dtype)
+    return _blocked(inputs[base_index], [o.tensor for o in others], topk, out_dtype)
 
 
 def _blocked(base_t: torch.Tensor, others_t: list[torch.Tensor], topk: float,
@@ -128,14 +185,12 @@ def _blocked(base_t: torch.Tensor, others_t: list[torch.Tensor], topk: float,
         keep = (key > cut) | (tie & (ordinal >= drop_ties))
         return b, [d.mul_(keep) for d in ds]
 
-    energy = [0.0] * len(flat_others)
+    lanes = torch.zeros(max(1, -(-n // CHUNK)), len(flat_others), LANES, dtype=torch.float64)
     for s, e in blocks:
         _, ds = kept(s, e)
         for i, d in enumerate(ds):
-            energy[i] += float(torch.dot(d.double(), d.double()))
-    energies = torch.tensor([v / max(n, 1) for v in energy], dtype=torch.float32)
-    total = float(energies.sum())
-    omega = torch.full_like(energies, 1.0 / len(energy)) if abs(total) < 1e-6 else energies / total
+            _add_lanes(lanes[:, i], s, d)
+    omega = energy_weights(lanes, n)
 
     out = torch.empty(n, dtype=out_dtype)
     seen_ties = 0
