@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from meldkit.errors import MergeRuntimeError
+from meldkit.execute import heap
 from meldkit.io.dtypes import torch_dtype
 from meldkit.io.header import TensorInfo
 from meldkit.io.reader import TensorReader
@@ -105,6 +106,8 @@ class TensorLoader:
     def load(self, tensor: TensorPlan, rows: Rows | None = None) -> list[torch.Tensor]:
         """The inputs of ``tensor`` (only ``rows`` of them when given), in source order."""
         out = []
+        if sum(s.info.nbytes for s in tensor.sources if not s.parts) >= heap.TRIM_BEFORE_BYTES:
+            heap.release_free_memory()  # before, not on top of, this large allocation
         # On a GPU the copy to the device happens here, in the loader thread, from pinned
         # memory, so it overlaps the math on the previous tensor. Byte copies stay on the CPU.
         device = "cpu" if (tensor.copy or tensor.integer) else self.device
