@@ -394,3 +394,20 @@ def test_resume_rejects_a_shard_that_does_not_match(tmp_path: Path) -> None:
         )
     with pytest.raises(OutputError, match="not part of this plan"):
         ShardedWriter(tmp_path, plan_shards(_specs(tensors), 16), completed=["model.safetensors"])
+
+
+def test_start_writeback_accepts_written_ranges(tmp_path: Path) -> None:
+    import sys
+
+    from meldkit.io.writeback import start_writeback
+
+    path = tmp_path / "f.bin"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.pwrite(fd, b"x" * 10_000, 0)
+        assert start_writeback(fd, 0, 10_000) is sys.platform.startswith("linux")
+        assert start_writeback(fd, 0, 0) is False  # nothing to write
+        assert start_writeback(-1, 0, 10) is False  # a bad descriptor is ignored, not raised
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b"x" * 10_000

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from meldkit.errors import MergeRuntimeError, OutputError, PlanError
 from meldkit.io.header import DTYPE_SIZES
+from meldkit.io.writeback import start_writeback
 
 if TYPE_CHECKING:
     import torch
@@ -370,10 +371,12 @@ class ShardedWriter:
         last = False
         try:
             view, owner = _tensor_view(tensor)
+            start = self.layouts[i].data_start + entry.begin + offset
             try:
-                _pwrite_all(fd, view, self.layouts[i].data_start + entry.begin + offset)
+                _pwrite_all(fd, view, start)
             except OSError as exc:
                 raise _os_error(exc, path) from None
+            start_writeback(fd, start, len(view))  # so the shard's fsync has little left to do
             del view, owner
             with self._cond:
                 done = True
