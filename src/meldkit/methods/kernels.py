@@ -22,6 +22,11 @@ tie resolution do not depend on how many threads run.
 
 Import this module only through :func:`meldkit.methods.kernel_runner.load` (``load("kernels")``),
 which returns None when numba is not installed.
+
+The other kernel modules (``kernels_*.py``) inline :func:`_load` and :func:`_to_bf16_bits`
+from here. numba's on-disk cache notices changes to a kernel's own file only: after editing
+these helpers, touch the ``kernels_*.py`` files (or delete ``__pycache__/*.nbi``) in a
+working tree; installed releases replace every file and start afresh.
 """
 
 from __future__ import annotations

@@ -27,7 +27,8 @@ from typing import Any
 
 import torch
 
-from meldkit.methods.inputs import base_and_other
+from meldkit.methods import combination
+from meldkit.methods.inputs import base_and_other, output_dtype
 from meldkit.methods.registry import MergeContext
 
 DOT_THRESHOLD = 0.9995
@@ -43,12 +44,38 @@ def _blocks(n: int) -> range:
     return range(0, n, BLOCK)
 
 
-def slerp(t: float, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def _coefficients(t: float, sq_a: float, sq_b: float, dot: float) -> tuple[float, float]:
+    """``(s0, s1)`` with ``out = s0 a + s1 b``, from ``||a||²``, ``||b||²`` and ``<a, b>``."""
+    na, nb = math.sqrt(max(0.0, sq_a)), math.sqrt(max(0.0, sq_b))
+    # Dividing the dot product by the norms equals the dot of the normalised copies without
+    # materialising them.
+    na = na if na > NORM_EPS else 1.0
+    nb = nb if nb > NORM_EPS else 1.0
+    d = min(1.0, max(-1.0, dot / (na * nb)))
+    if abs(d) > DOT_THRESHOLD:
+        return 1.0 - t, t
+    theta = math.acos(d)
+    sin_theta = math.sin(theta)
+    return math.sin((1.0 - t) * theta) / sin_theta, math.sin(t * theta) / sin_theta
+
+
+def slerp(t: float, a: torch.Tensor, b: torch.Tensor, out_dtype: str | None = None) -> torch.Tensor:
     """Spherical interpolation from ``a`` (t=0) to ``b`` (t=1), MergeKit's conventions.
 
     ``a`` and ``b`` may be bf16/fp16: every block is upcast exactly before any arithmetic, and
-    the result is float32 (float64 when an input is).
+    the result is float32 (float64 when an input is), or ``out_dtype`` (a safetensors dtype
+    code, rounded once) when given.
+
+    On the CPU with numba, the norms and the dot come from the Gram kernel of
+    :mod:`meldkit.methods.combination` (float64 products) and the output from its combination
+    kernel (float32 ``s0 a + s1 b``, written in the output dtype); otherwise from torch in
+    blocks (float32 dots per block, summed in float64).
     """
+    if combination.uses_kernels([a, b]):
+        g = combination.gram([a, b])[0]
+        s0, s1 = _coefficients(t, float(g[0, 0]), float(g[1, 1]), float(g[0, 1]))
+        coeffs = torch.tensor([s0, s1], dtype=torch.float64)
+        return combination.combine([a, b], coeffs, output_dtype([a, b], out_dtype))
     work = torch.float64 if torch.float64 in (a.dtype, b.dtype) else torch.float32
     af, bf = a.reshape(-1), b.reshape(-1)
     n = af.numel()
@@ -59,19 +86,7 @@ def slerp(t: float, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         sq_a += float(torch.dot(xa, xa))
         sq_b += float(torch.dot(xb, xb))
         dot += float(torch.dot(xa, xb))
-    na, nb = math.sqrt(sq_a), math.sqrt(sq_b)
-    # Dividing the dot product by the norms equals the dot of the normalised copies without
-    # materialising them.
-    na = na if na > NORM_EPS else 1.0
-    nb = nb if nb > NORM_EPS else 1.0
-    d = min(1.0, max(-1.0, dot / (na * nb)))
-    if abs(d) > DOT_THRESHOLD:
-        s0, s1 = 1.0 - t, t
-    else:
-        theta = math.acos(d)
-        sin_theta = math.sin(theta)
-        s0 = math.sin((1.0 - t) * theta) / sin_theta
-        s1 = math.sin(t * theta) / sin_theta
+    s0, s1 = _coefficients(t, sq_a, sq_b, dot)
     out = torch.empty(a.shape, dtype=work, device=a.device)
     flat = out.view(-1)
     for s in _blocks(n):
@@ -94,4 +109,4 @@ def merge(
         return inputs[0]  # a lone optional tensor: the planner's passthrough policy
     t = float(shared["t"])
     base, other = pair
-    return slerp(t, base, other)
+    return slerp(t, base, other, ctx.out_dtype)
