@@ -106,7 +106,9 @@ def test_arcee_fusion_empty_tensor() -> None:
 def test_arcee_quartiles_equal_torch_quantile(n: int, dtype: torch.dtype) -> None:
     g = torch.Generator().manual_seed(n)
     levels = torch.tensor([0.25, 0.5, 0.75], dtype=dtype)
-    for sample in (torch.randn(n, generator=g, dtype=dtype), torch.randint(0, 4, (n,), generator=g).to(dtype)):
+    signed_zeros = torch.randint(0, 2, (n,), generator=g).to(dtype) * -0.0  # -0.0 and 0.0
+    for sample in (torch.randn(n, generator=g, dtype=dtype), torch.randint(0, 4, (n,), generator=g).to(dtype),
+                   torch.randint(-3, 3, (n,), generator=g).to(dtype) * 1e-30, signed_zeros):
         assert torch.equal(arcee_fusion.quartiles(sample), torch.quantile(sample, levels))
     with_nan = torch.randn(n + 1, generator=g, dtype=dtype)
     with_nan[0] = float("nan")

@@ -55,3 +55,92 @@ def nearswap(x, base, s, e, t, min_distance, out, out_bf16):
         w = one if w > one else w
         _store(out, out_bf16, i, np.float32(o * w + b * (one - w)))
     return out
+
+
+@njit(inline="always")
+def _row_of(i, length, inverse):
+    # i // length without an integer division: the float estimate is off by at most one.
+    r = np.int64(np.float64(i) * inverse)
+    if r * length > i:
+        r -= 1
+    elif (r + 1) * length <= i:
+        r += 1
+    return r
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def sample_importance(x, base, index, length, kl, out):
+    """arcee_fusion's ``|x - b| · kl[row]`` at the sampled flat positions ``index``, with the
+    eager path's float32 operations (subtract, abs, multiply), in row order: the positions
+    are bucketed by row first (a counting sort), so the reads walk the tensor forward instead
+    of jumping at random (48 ms for 1M samples of a 6M-element tensor, against a few).
+    ``out`` receives the values in that order; the quantiles do not depend on it."""
+    m = index.shape[0]
+    n_rows = kl.shape[0]
+    inverse = 1.0 / length
+    starts = np.zeros(n_rows + 1, dtype=np.int64)
+    for k in range(m):
+        starts[_row_of(index[k], length, inverse) + 1] += 1
+    for r in range(n_rows):
+        starts[r + 1] += starts[r]
+    ordered = np.empty(m, dtype=np.int64)
+    for k in range(m):
+        i = index[k]
+        r = _row_of(i, length, inverse)
+        ordered[starts[r]] = i
+        starts[r] += 1
+    for k in range(m):
+        i = ordered[k]
+        out[k] = abs(_load(x, i) - _load(base, i)) * kl[_row_of(i, length, inverse)]
+    return out
+
+
+@njit(inline="always")
+def _order_key(v):
+    # float32 bits -> an unsigned key that orders like the value (negatives reversed).
+    u = np.float32(v).view(np.uint32)
+    return u ^ np.uint32(0xFFFFFFFF) if u >> np.uint32(31) else u | np.uint32(0x80000000)
+
+
+@njit(cache=True, error_model="numpy")
+def order_statistics(values, ranks, out):
+    """``out[j]`` = the ``ranks[j]``-th smallest of ``values`` (0-based; float32 without NaN),
+    as a sort would give it: a 16-bit digit histogram locates each rank's bucket, and only
+    the values in those buckets are sorted. Two passes, instead of a full selection."""
+    n = values.shape[0]
+    hist = np.zeros(1 << 16, dtype=np.int64)
+    for i in range(n):
+        hist[_order_key(values[i]) >> np.uint32(16)] += 1
+    starts = np.zeros(1 << 16, dtype=np.int64)  # rank of each bucket's first value
+    total = 0
+    for d in range(1 << 16):
+        starts[d] = total
+        total += hist[d]
+    digits = np.empty(ranks.shape[0], dtype=np.int64)
+    for j in range(ranks.shape[0]):
+        d = 0
+        while starts[d] + hist[d] <= ranks[j]:
+            d += 1
+        digits[j] = d
+    # One more pass collects the values of every wanted bucket; each bucket is then sorted.
+    wanted = np.zeros(1 << 16, dtype=np.bool_)
+    fill = np.zeros(1 << 16, dtype=np.int64)  # where each wanted bucket's values go
+    size = 0
+    for j in range(ranks.shape[0]):
+        d = digits[j]
+        if not wanted[d]:
+            wanted[d] = True
+            fill[d] = size
+            size += hist[d]
+    collected = np.empty(size, dtype=np.float32)
+    for i in range(n):
+        d = _order_key(values[i]) >> np.uint32(16)
+        if wanted[d]:
+            collected[fill[d]] = values[i]
+            fill[d] += 1
+    for j in range(ranks.shape[0]):
+        d = digits[j]
+        first = fill[d] - hist[d]
+        bucket = np.sort(collected[first:fill[d]])
+        out[j] = bucket[ranks[j] - starts[d]]
+    return out
