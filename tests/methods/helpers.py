@@ -66,3 +66,12 @@ def run_method(
 def t(*values: float, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """A small 1-D tensor."""
     return torch.tensor(values, dtype=dtype)
+
+
+def tied_inputs(shape: tuple[int, ...], n_models: int, dtype: torch.dtype, seed: int) -> list[torch.Tensor]:
+    """A base and ``n_models`` models whose deltas lie on a grid of 1/8: many exact ties in
+    ``|δ|`` and in statistics of it, some zeros, both signs (for fused-vs-eager comparisons)."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(shape, generator=g)
+    deltas = [torch.randint(-6, 7, shape, generator=g).float() / 8 for _ in range(n_models)]
+    return [base.to(dtype)] + [(base + d).to(dtype) for d in deltas]

@@ -18,7 +18,7 @@ import torch
 from meldkit.methods import MergeContext, get_method, sparsify, task_vectors_fused
 from meldkit.methods.catalog import TASK_VECTOR_FAMILY
 from meldkit.methods.task_vectors import merge_task_vectors
-from tests.methods.helpers import resolve_params
+from tests.methods.helpers import resolve_params, tied_inputs
 
 pytestmark = pytest.mark.skipif(not task_vectors_fused.available(), reason="numba not installed")
 
@@ -37,12 +37,7 @@ def eager(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     yield run
 
 
-def _inputs(shape: tuple[int, ...], n_models: int, dtype: torch.dtype, seed: int) -> list[torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    base = torch.randn(shape, generator=g)
-    # Deltas on a grid of 1/8: many exact ties in |δ|, some zeros, both signs.
-    deltas = [torch.randint(-6, 7, shape, generator=g).float() / 8 for _ in range(n_models)]
-    return [base.to(dtype)] + [(base + d).to(dtype) for d in deltas]
+_inputs = tied_inputs
 
 
 def _both(method: str, inputs: list[torch.Tensor], shared: dict[str, Any], per: list[dict[str, Any]],

@@ -17,7 +17,7 @@ import torch
 
 from meldkit.io.dtypes import torch_dtype
 from meldkit.methods import MergeContext, get_method, kernel_runner, sce, sce_fused
-from tests.methods.helpers import resolve_params
+from tests.methods.helpers import resolve_params, tied_inputs
 
 pytestmark = pytest.mark.skipif(not sce_fused.available(), reason="numba not installed")
 
@@ -34,12 +34,7 @@ def eager(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     yield run
 
 
-def _inputs(shape: tuple[int, ...], n_models: int, dtype: torch.dtype, seed: int) -> list[torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    base = torch.randn(shape, generator=g)
-    # Deltas on a grid of 1/8: many exact ties in the variance, some zeros, both signs.
-    deltas = [torch.randint(-6, 7, shape, generator=g).float() / 8 for _ in range(n_models)]
-    return [base.to(dtype)] + [(base + d).to(dtype) for d in deltas]
+_inputs = tied_inputs
 
 
 def _both(inputs: list[torch.Tensor], topk: float, eager: Any, out_dtype: str | None = None,

@@ -378,6 +378,15 @@ def _to_bf16_bits(v):
     return np.uint16(0x7FC0) if v != v else np.uint16((u + bias) >> np.uint32(16))
 
 
+@njit(inline="always")
+def _store(out, out_bf16, i, v):
+    """``out[i] = v``: a float32 array, or bfloat16 bits (rounded to nearest even)."""
+    if out_bf16:
+        out[i] = _to_bf16_bits(v)
+    else:
+        out[i] = v
+
+
 @njit(nogil=True, cache=True, error_model="numpy")
 def mix(xs, base, c0, c1, out, out_bf16, modes, cuts, thr, rule, partial, ties, bits, rand, scale,
         has_scale, weights, consensus, normalize, divisor, lam, apply_lam):

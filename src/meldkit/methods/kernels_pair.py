@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from meldkit.methods.kernels import _load, _to_bf16_bits
+from meldkit.methods.kernels import _load, _store
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
@@ -31,13 +31,6 @@ def keep_important(x, base, r0, r1, length, kl, threshold, out, out_bf16):
             _store(out, out_bf16, s + k, np.float32(b + d * keep))
     return out
 
-
-@njit(inline="always")
-def _store(out, out_bf16, i, v):
-    if out_bf16:
-        out[i] = _to_bf16_bits(v)
-    else:
-        out[i] = v
 
 
 @njit(nogil=True, cache=True, error_model="numpy")

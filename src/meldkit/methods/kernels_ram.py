@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from meldkit.methods.kernels import CHUNK, _load, _to_bf16_bits
+from meldkit.methods.kernels import CHUNK, _load, _store
 
 
 @njit(inline="always")
@@ -32,13 +32,6 @@ def _count_active(xs, base, s, size, eps, count):
         for k in range(size):
             count[k] = count[k] + _active(_load(x, s + k) - _load(base, s + k), eps)
 
-
-@njit(inline="always")
-def _store(out, out_bf16, i, v):
-    if out_bf16:
-        out[i] = _to_bf16_bits(v)
-    else:
-        out[i] = v
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
