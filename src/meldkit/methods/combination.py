@@ -119,15 +119,18 @@ def gram(inputs: Sequence[torch.Tensor], mix: torch.Tensor | None = None, rows: 
     module = _kernels(inputs)
     if module is not None:
         return _gram_kernel(module, inputs, a, rows)
+    # A GPU's blocks stay on it: the float64 sums too; the K x K result comes back to the CPU.
+    device = inputs[0].device
+    a = a.to(device)
     length = inputs[0].numel() // rows
-    out = torch.zeros(rows, a.shape[0], a.shape[0], dtype=torch.float64)
+    out = torch.zeros(rows, a.shape[0], a.shape[0], dtype=torch.float64, device=device)
     for block in _blocks(rows, length):
         x = _stack(inputs, rows, block, dtype)  # (N, r, c)
         v = torch.einsum("kn,nrc->rkc", a, x)  # (r, K, c): exact for differences of inputs
         # Each block's products in the math dtype (a BLAS product of a few thousand terms),
         # the blocks' sum in float64.
         out[block[0]:block[1]] += torch.bmm(v, v.transpose(1, 2)).to(torch.float64)
-    return out
+    return out.cpu()
 
 
 def combine(inputs: Sequence[torch.Tensor], coeffs: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -142,7 +145,8 @@ def combine(inputs: Sequence[torch.Tensor], coeffs: torch.Tensor, dtype: torch.d
         return _combine_kernel(module, inputs, c, dtype)
     shape = inputs[0].shape
     length = inputs[0].numel() // rows
-    out = torch.empty(rows, length, dtype=dtype)
+    c = c.to(inputs[0].device)
+    out = torch.empty(rows, length, dtype=dtype, device=inputs[0].device)
     for r0, r1, c0, c1 in _blocks(rows, length):
         x = _stack(inputs, rows, (r0, r1, c0, c1), math_dtype)  # (N, r, c)
         out[r0:r1, c0:c1] = torch.einsum("rn,nrc->rc", c[r0:r1], x).to(dtype)

@@ -94,7 +94,7 @@ def merge(
     lams = _boosts(mine_total, common_total, r, alpha, epsilon)
 
     out_dtype = output_dtype(inputs, ctx.out_dtype)
-    out = torch.empty(flat_base.numel(), dtype=out_dtype)
+    out = torch.empty(flat_base.numel(), dtype=out_dtype, device=base_t.device)
     for s, e in blocks:
         b, deltas, count = load(s, e)
         unique = torch.zeros_like(b)

@@ -128,6 +128,7 @@ def merge(
 def _blocked(base_t: torch.Tensor, others_t: list[torch.Tensor], topk: float,
              out_dtype: torch.dtype) -> torch.Tensor:
     n = base_t.numel()
+    device = base_t.device
     flat_base = base_t.reshape(-1)
     flat_others = [x.reshape(-1) for x in others_t]
     blocks = [(s, min(n, s + BLOCK_ELEMENTS)) for s in range(0, n, BLOCK_ELEMENTS)] or [(0, 0)]
@@ -144,7 +145,8 @@ def _blocked(base_t: torch.Tensor, others_t: list[torch.Tensor], topk: float,
     keep_all = topk >= 1
     cut, drop_ties, k = 0, 0, 0
     if select:
-        high = torch.zeros(1 << 15, dtype=torch.int64)
+        # Histograms and sums stay on the inputs' device (a GPU's blocks are there).
+        high = torch.zeros(1 << 15, dtype=torch.int64, device=device)
         nonzero = 0
         for s, e in blocks:
             key = keys(deltas(s, e)[1])
@@ -155,14 +157,14 @@ def _blocked(base_t: torch.Tensor, others_t: list[torch.Tensor], topk: float,
         if k == n:
             keep_all = True
         elif k > 0:
-            cum_high = high.cumsum(0)
+            cum_high = high.cumsum(0).cpu()
             digit = int(torch.searchsorted(cum_high, torch.tensor(lo)))
             before = int(cum_high[digit - 1]) if digit else 0
-            low = torch.zeros(1 << 16, dtype=torch.int64)
+            low = torch.zeros(1 << 16, dtype=torch.int64, device=device)
             for s, e in blocks:
                 key = keys(deltas(s, e)[1])
                 low += torch.bincount(key[(key >> 16) == digit] & 0xFFFF, minlength=1 << 16)
-            cum_low = low.cumsum(0)
+            cum_low = low.cumsum(0).cpu()
             low_digit = int(torch.searchsorted(cum_low, torch.tensor(lo - before)))
             below = before + (int(cum_low[low_digit - 1]) if low_digit else 0)
             cut = (digit << 16) | low_digit
@@ -185,14 +187,14 @@ def _blocked(base_t: torch.Tensor, others_t: list[torch.Tensor], topk: float,
         keep = (key > cut) | (tie & (ordinal >= drop_ties))
         return b, [d.mul_(keep) for d in ds]
 
-    lanes = torch.zeros(max(1, -(-n // CHUNK)), len(flat_others), LANES, dtype=torch.float64)
+    lanes = torch.zeros(max(1, -(-n // CHUNK)), len(flat_others), LANES, dtype=torch.float64, device=device)
     for s, e in blocks:
         _, ds = kept(s, e)
         for i, d in enumerate(ds):
             _add_lanes(lanes[:, i], s, d)
     omega = energy_weights(lanes, n)
 
-    out = torch.empty(n, dtype=out_dtype)
+    out = torch.empty(n, dtype=out_dtype, device=device)
     seen_ties = 0
     for s, e in blocks:
         b, ds = kept(s, e)
