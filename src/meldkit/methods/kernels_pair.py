@@ -1,6 +1,8 @@
 """Fused CPU kernels (numba) for the methods of a base and one other model.
 
 * :func:`keep_important`: arcee_fusion's output, ``b + (x - b) · [|x - b| · kl[row] >= thr]``;
+* :func:`sample_importance`: arcee_fusion's importance at the sampled positions, and
+  :func:`order_statistics`: the few order statistics its quartiles interpolate;
 * :func:`nearswap`: ``ω x + (1 - ω) b`` with ``ω = clamp(t / max(|b - x|, 1e-6), 0, 1)``.
 
 They read the inputs as stored (bfloat16 bits or float32) and write float32 or bfloat16
