@@ -9,11 +9,15 @@ What it does, in order:
    folder is absent); a set that already exists is reused.
 2. Times ``meldkit --help`` and ``meldkit plan`` over three 70B-shaped header-only checkpoints
    (:func:`meldkit.testing.make_header_only_model`; sparse files, no disk blocks).
-3. For each set: runs the floor (``floor.py OUT base ft1 ft2 ft3``) once to warm the page
+3. Compiles the kernels, untimed: one merge per method on the ``tiny`` set, so numba builds
+   (and caches, next to the sources in use) every kernel the methods need; otherwise the
+   first rows of a fresh checkout would time 10-30 s of compilation per kernel module.
+   ``--no-compile`` skips it.
+4. For each set: runs the floor (``floor.py OUT base ft1 ft2 ft3``) once to warm the page
    cache, then for each method and repeat runs the floor over *the same input models as the
    method* and then the merge (``python -m meldkit merge RECIPE OUT --quiet --overwrite``),
    alternately, each as its own process.
-4. Prints a table (method, set, wall, floor, ratio, peak RSS, targets, pass/fail) and saves
+5. Prints a table (method, set, wall, floor, ratio, peak RSS, targets, pass/fail) and saves
    everything as JSON in ``benchmarks/results/`` (``latest.json`` and a timestamped copy);
    ``--write-doc`` also replaces the results block of ``docs/performance.md``.
 
@@ -388,6 +392,34 @@ def floor_argv(out: Path, inputs: list[Path]) -> list[str]:
     return head + [str(out)] + [str(p) for p in inputs]
 
 
+def merge_argv(spec: Any, recipe: Path, out: Path) -> list[str]:
+    """The merge as every timed row runs it."""
+    return [sys.executable, "-m", "meldkit", "merge", str(recipe), str(out),
+            "--quiet", "--overwrite"] + (["--seed", "0"] if spec.randomized else [])
+
+
+def compile_kernels(data: Path, specs: list[Any], timeout: float) -> float:
+    """Untimed: one merge of each method on the ``tiny`` set, so that numba has compiled and
+    cached every kernel before anything is timed. Returns the seconds it took."""
+    make_set("tiny", data, timeout)
+    outs = data / "out" / "compile"
+    outs.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    for spec in specs:
+        made = make_recipe(spec, data / "tiny")
+        if isinstance(made, str):
+            continue
+        path = data / "recipes" / f"compile_{spec.name}.yml"
+        write_yaml(path, made[0])
+        prepare(outs / spec.name, False)
+        run = timed(f"compile {spec.name}", merge_argv(spec, path, outs / spec.name),
+                    data / "logs" / "compile" / f"{spec.name}.log", timeout)
+        if run.returncode:  # the timed row will fail the same way and report it
+            print(f"compiling for {spec.name} failed; see {run.log}", flush=True)
+    shutil.rmtree(outs, ignore_errors=True)
+    return time.perf_counter() - start
+
+
 def bench_set(name: str, data: Path, specs: list[Any], args: argparse.Namespace) -> list[Row]:
     folder = data / name
     outs = data / "out" / name
@@ -411,9 +443,8 @@ def bench_set(name: str, data: Path, specs: list[Any], args: argparse.Namespace)
             prepare(outs / "floor", args.cold)
             fl = timed("floor", floor_argv(outs / "floor", inputs), logs / f"floor_{spec.name}_{r}.log", args.timeout)
             prepare(outs / spec.name, args.cold)
-            argv = [sys.executable, "-m", "meldkit", "merge", str(path), str(outs / spec.name),
-                    "--quiet", "--overwrite"] + (["--seed", "0"] if spec.randomized else [])
-            run = timed(spec.name, argv, logs / f"{spec.name}_{r}.log", args.timeout)
+            run = timed(spec.name, merge_argv(spec, path, outs / spec.name), logs / f"{spec.name}_{r}.log",
+                        args.timeout)
             if fl.returncode:
                 row.returncode, row.error = fl.returncode, f"floor failed; see {fl.log}"
             if run.returncode:
@@ -638,6 +669,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per process")
     ap.add_argument("--cold", action="store_true", help="drop the page cache before each timed run (root)")
     ap.add_argument("--no-cli", action="store_true", help="skip the --help / plan latency checks")
+    ap.add_argument("--no-compile", action="store_true",
+                    help="skip the untimed merges on `tiny` that compile the numba kernels first")
     ap.add_argument("--write-doc", action="store_true", help="update the results block of docs/performance.md")
     ap.add_argument("--no-snapshot", dest="snapshot", action="store_false",
                     help="run the live src/ tree instead of a frozen copy of it")
@@ -679,6 +712,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"meldkit --help: {statistics.median(report['cli']['help_s']):.3f} s; plan 3x70B: "
               + ", ".join(f"{k} {statistics.median(v['wall_s']):.3f} s" for k, v in report["cli"]["plan"].items()),
               flush=True)
+    if not args.no_compile:
+        report["compile_s"] = round(compile_kernels(args.data, specs, args.timeout), 1)
+        print(f"kernels compiled (untimed merges on tiny): {report['compile_s']} s", flush=True)
     print(HEADER + "\n" + RULE, flush=True)
     rows: list[Row] = []
     for name in args.sets:
