@@ -139,10 +139,9 @@ def merge(
     out_dtype = output_dtype(inputs, ctx.out_dtype)
     if fused:
         assert module is not None
-        bf16 = out_dtype == torch.bfloat16
-        out = torch.empty(n, dtype=torch.bfloat16 if bf16 else torch.float32)
+        out = kernel_runner.output_buffer(n, out_dtype)
         kernel_runner.parallel(module.keep_important, rows, stored_x, stored_b, length, kl.reshape(-1).numpy(),
-                               np.float32(threshold.item()), kernel_runner.as_numpy(out), bf16)
+                               np.float32(threshold.item()), kernel_runner.as_numpy(out), out.dtype == torch.bfloat16)
         return out.reshape(base.shape)
     out_t = torch.empty(rows, length, dtype=out_dtype, device=base.device)
     for r0, r1 in blocks:

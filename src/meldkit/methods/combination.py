@@ -178,10 +178,9 @@ def _combine_kernel(module: ModuleType, inputs: Sequence[torch.Tensor], c: torch
     shape = inputs[0].shape
     rows = c.shape[0]
     length, per_row, items = _layout(inputs[0].numel(), rows)
-    out_bf16 = dtype == torch.bfloat16
-    out = torch.empty(shape, dtype=torch.bfloat16 if out_bf16 else torch.float32)
+    out = kernel_runner.output_buffer(inputs[0].numel(), dtype)
     if items:
         xs = tuple(kernel_runner.stored_arrays(inputs))
         kernel_runner.parallel(module.combine, items, xs, c.contiguous().numpy(), per_row, length,
-                               BLOCK_ELEMENTS, kernel_runner.as_numpy(out), out_bf16, lead=1)
-    return out if out.dtype == dtype else out.to(dtype)
+                               BLOCK_ELEMENTS, kernel_runner.as_numpy(out), out.dtype == torch.bfloat16, lead=1)
+    return (out if out.dtype == dtype else out.to(dtype)).reshape(shape)

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["load", "as_numpy", "stored_arrays", "cpu_tensors", "ranges", "run_all", "parallel",
-           "zeroed_scratch"]
+__all__ = ["load", "as_numpy", "stored_arrays", "cpu_tensors", "output_buffer", "chunk_count", "ranges",
+           "run_all", "parallel", "zeroed_scratch"]
 
 # Stored dtypes kernels read directly (bf16 as its uint16 bits); float16 is widened first.
 STORED = (torch.bfloat16, torch.float32)
@@ -61,6 +61,19 @@ def stored_arrays(tensors: Sequence[torch.Tensor]) -> list[np.ndarray]:
     if len(dtypes) > 1 or not dtypes <= set(STORED):
         tensors = [x.float() for x in tensors]
     return [as_numpy(x) for x in tensors]
+
+
+def output_buffer(numel: int, dtype: torch.dtype) -> torch.Tensor:
+    """A flat tensor for a kernel's result: bfloat16 when ``dtype`` is (the kernels round to
+    it themselves), float32 otherwise (the caller or the engine casts once from there). Pass
+    ``out.dtype == torch.bfloat16`` to the kernel as its bf16 flag."""
+    return torch.empty(numel, dtype=torch.bfloat16 if dtype == torch.bfloat16 else torch.float32)
+
+
+def chunk_count(n: int, chunk: int) -> int:
+    """How many fixed chunks of ``chunk`` elements cover ``n``; at least one, so that an empty
+    tensor still runs (and initialises) one empty chunk."""
+    return max(1, -(-n // chunk))
 
 
 def ranges(n: int) -> list[tuple[int, int]]:

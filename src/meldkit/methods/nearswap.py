@@ -48,11 +48,11 @@ def merge(
     base, other = pair
     module = kernel_runner.load("kernels_pair")
     if module is not None and kernel_runner.cpu_tensors([base, other], ctx.device):
-        bf16 = output_dtype(inputs, ctx.out_dtype) == torch.bfloat16
-        out_flat = torch.empty(base.numel(), dtype=torch.bfloat16 if bf16 else torch.float32)
+        out_flat = kernel_runner.output_buffer(base.numel(), output_dtype(inputs, ctx.out_dtype))
         stored_x, stored_b = kernel_runner.stored_arrays([other, base])
         kernel_runner.parallel(module.nearswap, base.numel(), stored_x, stored_b, np.float32(t),
-                               np.float32(MIN_DISTANCE), kernel_runner.as_numpy(out_flat), bf16)
+                               np.float32(MIN_DISTANCE), kernel_runner.as_numpy(out_flat),
+                               out_flat.dtype == torch.bfloat16)
         return out_flat.reshape(base.shape)
     # Inputs may arrive as stored (native_inputs): the math is in float32 (float64).
     work = torch.float64 if torch.float64 in (base.dtype, other.dtype) else torch.float32

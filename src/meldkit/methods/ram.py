@@ -20,7 +20,6 @@ parameters: {epsilon: 1.0e-5}
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from types import ModuleType
 from typing import Any
@@ -57,9 +56,10 @@ def merge(
     epsilon = param_float(shared, "epsilon", 1e-5)
     module = fused_kernels(inputs, ctx)
     if module is not None:
-        out = fused_output(inputs, ctx)
+        out = kernel_runner.output_buffer(base.numel(), output_dtype(inputs, ctx.out_dtype))
         xs, b = stored(base, others)
-        kernel_runner.parallel(module.ram_mix, chunks(module, b), xs, b, np.float32(epsilon),
+        kernel_runner.parallel(module.ram_mix, kernel_runner.chunk_count(b.shape[0], module.CHUNK), xs, b,
+                               np.float32(epsilon),
                                kernel_runner.as_numpy(out), out.dtype == torch.bfloat16)
         return out.reshape(base.shape)
     # Inputs may arrive as stored (native_inputs): `x - base` with a float32 base widens x exactly.
@@ -80,18 +80,7 @@ def fused_kernels(inputs: Sequence[torch.Tensor], ctx: MergeContext) -> ModuleTy
     return module
 
 
-def fused_output(inputs: Sequence[torch.Tensor], ctx: MergeContext) -> torch.Tensor:
-    """A flat output the kernels fill: bfloat16 when the engine stores that, else float32."""
-    bf16 = output_dtype(inputs, ctx.out_dtype) == torch.bfloat16
-    return torch.empty(inputs[0].numel(), dtype=torch.bfloat16 if bf16 else torch.float32)
-
-
 def stored(base: torch.Tensor, others: Sequence[torch.Tensor]) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
     """The others and the base as the kernels read them (one stored dtype)."""
     *xs, b = kernel_runner.stored_arrays([*others, base])
     return tuple(xs), b
-
-
-def chunks(module: ModuleType, flat: np.ndarray) -> int:
-    """How many of the kernels' fixed-size chunks cover ``flat``."""
-    return max(1, math.ceil(flat.shape[0] / module.CHUNK))

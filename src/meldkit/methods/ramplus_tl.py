@@ -60,13 +60,13 @@ def merge(
     module = ram.fused_kernels(inputs, ctx)
     if module is not None:
         xs, base_arr = ram.stored(base_t, others_t)
-        n_chunks = ram.chunks(module, base_arr)
+        n_chunks = kernel_runner.chunk_count(base_arr.shape[0], module.CHUNK)
         counts = np.zeros((n_chunks, len(xs), 2), dtype=np.int64)
         eps = np.float32(epsilon)
         kernel_runner.parallel(module.ramplus_counts, n_chunks, xs, base_arr, eps, counts)
         totals = counts.sum(axis=0)
         lams = _boosts([int(t) for t in totals[:, 0]], [int(t) for t in totals[:, 1]], r, alpha, epsilon)
-        out = ram.fused_output(inputs, ctx)
+        out = kernel_runner.output_buffer(base_t.numel(), output_dtype(inputs, ctx.out_dtype))
         kernel_runner.parallel(module.ramplus_mix, n_chunks, xs, base_arr, eps, np.array(lams, dtype=np.float32),
                                kernel_runner.as_numpy(out), out.dtype == torch.bfloat16)
         return out.reshape(base_t.shape)

@@ -26,7 +26,6 @@ missing, or for inputs the kernels do not read (float64, other devices), the eag
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from functools import cache
 from types import ModuleType
@@ -121,7 +120,7 @@ def merge_sce_fused(base_t: torch.Tensor, others_t: Sequence[torch.Tensor], topk
     m = len(others_t)
     *stored, base = kernel_runner.stored_arrays([*others_t, base_t])
     xs = tuple(stored)
-    n_chunks = max(1, math.ceil(n / CHUNK))
+    n_chunks = kernel_runner.chunk_count(n, CHUNK)
 
     mode, cut, drop = _select(module, xs, base, topk, fused)
     cut_u = np.uint32(cut)
@@ -141,8 +140,7 @@ def merge_sce_fused(base_t: torch.Tensor, others_t: Sequence[torch.Tensor], topk
             module.energy_lanes_resolved(xs, base, int(c), fused, cut_u, drop, first[c], ties[c], chosen[c])
     omega = energy_weights(chosen, n).numpy()
 
-    direct = out_dtype in (torch.float32, torch.bfloat16)
-    out = torch.empty(n, dtype=out_dtype if direct else torch.float32)
+    out = kernel_runner.output_buffer(n, out_dtype)
     kernel_runner.parallel(module.mix, n_chunks, xs, base, fused, mode, cut_u, drop, first, ties, omega,
                            kernel_runner.as_numpy(out), out.dtype == torch.bfloat16)
-    return (out if direct else out.to(out_dtype)).reshape(shape)
+    return (out if out.dtype == out_dtype else out.to(out_dtype)).reshape(shape)

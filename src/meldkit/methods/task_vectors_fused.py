@@ -24,7 +24,6 @@ of mixed dtypes, are widened to float32 first.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from types import ModuleType
 from typing import Any
@@ -34,7 +33,7 @@ import torch
 
 from meldkit.methods import kernel_runner, sparsify
 from meldkit.methods.catalog import TaskVectorVariant
-from meldkit.methods.inputs import Operand, param_float
+from meldkit.methods.inputs import Operand, output_dtype, param_float
 from meldkit.methods.registry import MergeContext
 
 __all__ = ["available", "kernels", "supports", "merge_task_vectors_fused"]
@@ -242,7 +241,7 @@ def merge_task_vectors_fused(
     rescale = bool(shared.get("rescale", variant.rescale))
     lam = param_float(shared, "lambda", 1.0)
     weights = [param_float(o.params, "weight", 1.0) for o in others]
-    n_chunks = max(1, math.ceil(n / module.CHUNK))
+    n_chunks = kernel_runner.chunk_count(n, module.CHUNK)
 
     modes = np.full(m, module.KEEP_ALL, dtype=np.int64)
     cuts = _Cuts(m)
@@ -280,9 +279,8 @@ def merge_task_vectors_fused(
     divisor = w_tensor.sum()
     if float(divisor.abs()) < 1e-8:
         divisor = torch.ones_like(divisor)
-    out_bf16 = ctx.out_dtype == "BF16"
-    out = torch.empty(n, dtype=torch.bfloat16 if out_bf16 else torch.float32)
-    kernel_runner.parallel(module.mix, n_chunks, xs, base, kernel_runner.as_numpy(out), out_bf16, modes, cuts.cuts, cuts.thr, cuts.rule,
+    out = kernel_runner.output_buffer(n, output_dtype([base_t], ctx.out_dtype))
+    kernel_runner.parallel(module.mix, n_chunks, xs, base, kernel_runner.as_numpy(out), out.dtype == torch.bfloat16, modes, cuts.cuts, cuts.thr, cuts.rule,
                cuts.partial, ties, bits, rand, scale, has_scale, w_tensor.numpy(),
                variant.consensus, normalize, np.float32(divisor.item()), np.float32(lam), lam != 1)
     return out.reshape(shape)
