@@ -193,3 +193,46 @@ def test_della_row_sort_is_numpys_stable_argsort(n: int) -> None:
         order, spare = np.empty(n, dtype=np.int32), np.empty(n, dtype=np.int32)
         got = kernels._stable_argsort(keys, order, spare, np.empty((2, 1 << kernels._RADIX_BITS), dtype=np.int32))
         assert np.array_equal(got, np.argsort(keys, kind="stable"))
+
+
+def _della_reference(keys: np.ndarray, draws: np.ndarray, dme: np.float32, step: np.float32) -> np.ndarray:
+    """Row-wise keep decisions from a full stable sort: the definition della_bits must meet."""
+    keep = np.zeros(keys.shape, dtype=bool)
+    for r in range(keys.shape[0]):
+        ranks = np.empty(keys.shape[1], dtype=np.int64)
+        ranks[np.argsort(keys[r], kind="stable")] = np.arange(keys.shape[1])
+        p = (ranks.astype(np.float32) * step).astype(np.float32) + dme
+        keep[r] = draws[r] < p
+    return keep
+
+
+@pytest.mark.parametrize("n_cols", [2, 13, 300, 1536])
+def test_della_bits_equal_a_full_sort(n_cols: int) -> None:
+    # Rows whose decisions come from bucket bounds alone, from exact ranks of a few draws,
+    # and from sorting the row (heavy ties); row lengths that do and do not fill whole bytes.
+    from meldkit.methods import kernels
+
+    rng = np.random.default_rng(n_cols)
+    rows = [
+        rng.standard_normal(n_cols) * 0.01,  # continuous |δ|
+        rng.integers(-2, 3, n_cols) * 1e-3,  # few values, many ties
+        np.zeros(n_cols),  # all tied: sorted
+        np.where(rng.random(n_cols) < 0.5, 0.0, rng.standard_normal(n_cols)),  # half tied at 0
+        rng.standard_normal(n_cols) * np.exp2(rng.integers(-40, 0, n_cols)),  # beyond the window
+    ]
+    nan_row = rng.standard_normal(n_cols)
+    nan_row[::3] = np.nan
+    rows.append(nan_row)
+    delta = np.stack(rows * 3).astype(np.float32)  # 18 rows: groups of 8 and a partial group
+    base = rng.standard_normal(delta.shape).astype(np.float32)
+    x = (base + delta).astype(np.float32)
+    keys = np.abs(x - base).view(np.uint32)
+    key = MergeContext("w", 9).stream_key("1")
+    draws = sparsify.uniform(key, 0, delta.size).numpy().reshape(delta.shape)
+    for density, epsilon in [(0.5, 0.1), (0.3, 0.25), (0.9, 0.05)]:
+        dme, step = np.float32(density - epsilon), np.float32(2 * epsilon / (n_cols - 1))
+        bits = np.zeros((delta.size + 7) // 8, dtype=np.uint8)
+        kernels.della_bits(x.reshape(-1), base.reshape(-1), 0, 3, np.uint64(key & 0xFFFFFFFF),
+                           np.uint64(key >> 32), n_cols, dme, step, bits)
+        got = np.unpackbits(bits, bitorder="little")[: delta.size].reshape(delta.shape).astype(bool)
+        assert np.array_equal(got, _della_reference(keys, draws, dme, step))

@@ -176,6 +176,14 @@ def uniform_range(k0, k1, start, out):
     return out
 
 
+# DELLA's row ranking. Only the draws that fall between a row's lowest and highest keep
+# probability depend on ranks at all, and only those whose bucket of |δ| straddles their
+# threshold rank need an exact rank, usually a handful per row (see della_bits).
+_BUCKETS = 512  # coarse buckets of |δ| per row
+_WINDOW = np.uint32(12 << 23)  # |δ| more than 12 octaves below the row's largest share bucket 0
+_SCAN_LIMIT = 128  # exact ranks found by scanning the row; more than this: sort the row
+
+
 @njit(nogil=True, cache=True, error_model="numpy")
 def della_bits(x, base, g0, g1, k0, k1, n_cols, density_minus_eps, step, bits):
     """DELLA's keep mask over rows of ``n_cols`` elements: in each row rank ``|δ|`` ascending
@@ -184,15 +192,27 @@ def della_bits(x, base, g0, g1, k0, k1, n_cols, density_minus_eps, step, bits):
 
     ``bits`` must start zeroed. Rows are handled in groups of 8 (``g0 <= group < g1``), which
     span whole bytes of the mask whatever the row length, so parallel groups never share one.
-    Keys and draws are computed for the whole row first (vectorized loops), then the row is
-    ranked and each element's decision stored in index order."""
+
+    No row is sorted in the common case. The keep probability ``p(rank)`` never decreases
+    with the rank, so an element whose rank is known to lie in ``[lo, hi]`` is kept if its
+    draw is below ``p(lo)`` and dropped if not below ``p(hi)``. A histogram of ``|δ|`` in
+    :data:`_BUCKETS` buckets gives every element such a range (the elements in lower
+    buckets, plus its own bucket's count); the few draws that fall inside their range are
+    ranked exactly by counting the row's smaller (key, index) pairs. A row with more than
+    :data:`_SCAN_LIMIT` such draws (heavy ties) is sorted instead."""
     n_rows = base.shape[0] // n_cols
     keys = np.empty(n_cols, dtype=np.uint32)
+    slot = np.empty(n_cols, dtype=np.uint32)
     draws = np.empty(n_cols, dtype=np.float32)
     keep = np.empty(n_cols, dtype=np.uint8)
+    unsure = np.empty(n_cols, dtype=np.int32)
+    packed = np.empty(n_cols, dtype=np.int64)
+    count = np.empty((2, _BUCKETS), dtype=np.int32)
+    p_lo = np.empty(_BUCKETS, dtype=np.float32)
+    p_hi = np.empty(_BUCKETS, dtype=np.float32)
     order = np.empty(n_cols, dtype=np.int32)
     spare = np.empty(n_cols, dtype=np.int32)
-    count = np.empty((2, 1 << _RADIX_BITS), dtype=np.int32)
+    radix = np.empty((2, 1 << _RADIX_BITS), dtype=np.int32)
     for g in range(g0, g1):
         for row in range(g * 8, min(n_rows, g * 8 + 8)):
             off = row * n_cols
@@ -200,15 +220,84 @@ def della_bits(x, base, g0, g1, k0, k1, n_cols, density_minus_eps, step, bits):
                 keys[c] = _abs_bits(_load(x, off + c) - _load(base, off + c))
             for c in range(n_cols):
                 draws[c] = _uniform(k0, k1, off + c)
-            ranked = _stable_argsort(keys, order, spare, count)
-            for rank in range(n_cols):
-                c = ranked[rank]
-                p = np.float32(np.float32(rank) * step) + density_minus_eps
-                keep[c] = 1 if draws[c] < p else 0
+            _bucket_bounds(keys, slot, count, density_minus_eps, step, p_lo, p_hi)
+            n_unsure = 0
+            for c in range(n_cols):  # 1 = keep, 0 = drop, 2 = depends on the exact rank
+                s, u = slot[c], draws[c]
+                keep[c] = np.uint8(u < p_lo[s]) | (np.uint8((u >= p_lo[s]) & (u < p_hi[s])) << np.uint8(1))
             for c in range(n_cols):
-                i = off + c
-                bits[i >> 3] |= np.uint8(keep[c] << (i & 7))
+                if keep[c] > 1:
+                    unsure[n_unsure] = c
+                    n_unsure += 1
+            if n_unsure > _SCAN_LIMIT:
+                ranked = _stable_argsort(keys, order, spare, radix)
+                for rank in range(n_cols):
+                    c = ranked[rank]
+                    p = np.float32(np.float32(rank) * step) + density_minus_eps
+                    keep[c] = 1 if draws[c] < p else 0
+            elif n_unsure:
+                for c in range(n_cols):  # (|δ|, index): the stable order as one integer
+                    packed[c] = (np.int64(keys[c]) << np.int64(32)) | c
+                for k in range(n_unsure):
+                    c = unsure[k]
+                    mine = packed[c]
+                    rank = 0
+                    for j in range(n_cols):
+                        rank += packed[j] < mine
+                    p = np.float32(np.float32(rank) * step) + density_minus_eps
+                    keep[c] = 1 if draws[c] < p else 0
+            _pack_bits(keep, off, bits)
     return bits
+
+
+@njit(inline="always")
+def _bucket_bounds(keys, slot, count, density_minus_eps, step, p_lo, p_hi):
+    """Bucket each key of a row (``slot``) and give each bucket the keep probabilities of
+    its lowest and highest rank (``p_lo``, ``p_hi``).
+
+    Buckets split the span from the row's largest key down to :data:`_WINDOW` below it
+    evenly in float32 bit patterns (about 1/40 octave each); smaller keys share bucket 0.
+    Bit patterns of magnitudes order like the values, so bucket order is rank order."""
+    n = keys.shape[0]
+    top = keys.max()
+    low = top - _WINDOW if top > _WINDOW else np.uint32(0)
+    shift = np.uint32(0)
+    while ((top - low) >> shift) >= np.uint32(_BUCKETS):
+        shift += np.uint32(1)
+    for c in range(n):
+        slot[c] = (max(keys[c], low) - low) >> shift
+    # Two interleaved counts: runs of equal buckets would otherwise make each increment
+    # wait for the previous one.
+    count[:] = 0
+    for c in range(0, n - 1, 2):
+        count[0, slot[c]] += 1
+        count[1, slot[c + 1]] += 1
+    if n % 2:
+        count[0, slot[n - 1]] += 1
+    below = 0
+    for s in range(_BUCKETS):
+        size = count[0, s] + count[1, s]
+        p_lo[s] = np.float32(np.float32(below) * step) + density_minus_eps
+        p_hi[s] = np.float32(np.float32(below + size - 1) * step) + density_minus_eps
+        below += size
+
+
+@njit(inline="always")
+def _pack_bits(keep, off, bits):
+    """OR one row's 0/1 decisions into the packed mask at element offset ``off``: whole
+    bytes at once where the row starts on a byte."""
+    n = keep.shape[0]
+    done = 0
+    if off % 8 == 0:
+        done = n - n % 8
+        for q in range(done // 8):
+            v = np.uint8(0)
+            for t in range(8):
+                v |= np.uint8(keep[q * 8 + t] << t)
+            bits[(off >> 3) + q] = v
+    for c in range(done, n):
+        i = off + c
+        bits[i >> 3] |= np.uint8(keep[c] << (i & 7))
 
 
 _RADIX_BITS = 8  # digit width of the row sorts: 256 counters
@@ -266,6 +355,20 @@ def _stable_argsort(keys, order, spare, count):
     return order
 
 
+@njit(inline="always")
+def _mask_by_bits(values, bits, s, n, dest):
+    """``dest[k] = values[k] * keep`` for ``k < n``, ``keep`` being bit ``s + k`` of the packed
+    mask; a byte of the mask at a time (``s`` is a multiple of 8: chunks start on bytes)."""
+    whole = n // 8
+    for q in range(whole):
+        byte = bits[(s >> 3) + q]
+        for t in range(8):
+            dest[q * 8 + t] = values[q * 8 + t] * np.float32((byte >> t) & 1)
+    for k in range(whole * 8, n):
+        i = s + k
+        dest[k] = values[k] * np.float32((bits[i >> 3] >> (i & 7)) & 1)
+
+
 @njit(cache=True, error_model="numpy")
 def _sparsify_chunk(x, base, s, e, mode, cuts, thr, rule, partial, ties, bits, rand, dest):
     """``dest[i - s] = sparsify(δ)[i]`` for ``s <= i < e``: δ, δ * 1.0 / δ * 0.0, or +0.
@@ -285,9 +388,8 @@ def _sparsify_chunk(x, base, s, e, mode, cuts, thr, rule, partial, ties, bits, r
             dest[i - s] = _load(x, i) - _load(base, i)
     elif mode == BITS:
         for i in range(s, e):
-            d = _load(x, i) - _load(base, i)
-            keep = (bits[i >> 3] >> (i & 7)) & 1
-            dest[i - s] = d * np.float32(keep)
+            dest[i - s] = _load(x, i) - _load(base, i)
+        _mask_by_bits(dest, bits, s, e - s, dest)
     elif mode == BERNOULLI:
         k0, k1, density = np.uint64(rand[0]), np.uint64(rand[1]), np.float32(rand[2])
         for i in range(s, e):
@@ -363,8 +465,11 @@ def l1_sums(xs, base, c0, c1, modes, cuts, thr, rule, partial, ties, bits, rand,
             x = xs[j]
             _sparsify_chunk(x, base, s, e, KEEP_ALL, cuts[j], thr[j], rule[j], partial[j],
                             ties[c, j], bits[j], rand[j], delta)
-            _sparsify_chunk(x, base, s, e, modes[j], cuts[j], thr[j], rule[j], partial[j],
-                            ties[c, j], bits[j], rand[j], kept)
+            if modes[j] == BITS:  # δ is at hand: mask it rather than compute it again
+                _mask_by_bits(delta, bits[j], s, e - s, kept)
+            else:
+                _sparsify_chunk(x, base, s, e, modes[j], cuts[j], thr[j], rule[j], partial[j],
+                                ties[c, j], bits[j], rand[j], kept)
             sums[c, j, 0] = _abs_sum(delta, e - s)
             sums[c, j, 1] = _abs_sum(kept, e - s)
     return sums
