@@ -179,7 +179,7 @@ def uniform_range(k0, k1, start, out):
 # DELLA's row ranking. Only the draws that fall between a row's lowest and highest keep
 # probability depend on ranks at all, and only those whose bucket of |δ| straddles their
 # threshold rank need an exact rank, usually a handful per row (see della_bits).
-_BUCKETS = 512  # coarse buckets of |δ| per row
+_BUCKETS = 256  # coarse buckets of |δ| per row
 _WINDOW = np.uint32(12 << 23)  # |δ| more than 12 octaves below the row's largest share bucket 0
 _SCAN_LIMIT = 128  # exact ranks found by scanning the row; more than this: sort the row
 
@@ -208,8 +208,7 @@ def della_bits(x, base, g0, g1, k0, k1, n_cols, density_minus_eps, step, bits):
     unsure = np.empty(n_cols, dtype=np.int32)
     packed = np.empty(n_cols, dtype=np.int64)
     count = np.empty((2, _BUCKETS), dtype=np.int32)
-    p_lo = np.empty(_BUCKETS, dtype=np.float32)
-    p_hi = np.empty(_BUCKETS, dtype=np.float32)
+    bounds = np.empty(2 * _BUCKETS, dtype=np.float32)
     order = np.empty(n_cols, dtype=np.int32)
     spare = np.empty(n_cols, dtype=np.int32)
     radix = np.empty((2, 1 << _RADIX_BITS), dtype=np.int32)
@@ -220,13 +219,14 @@ def della_bits(x, base, g0, g1, k0, k1, n_cols, density_minus_eps, step, bits):
                 keys[c] = _abs_bits(_load(x, off + c) - _load(base, off + c))
             for c in range(n_cols):
                 draws[c] = _uniform(k0, k1, off + c)
-            _bucket_bounds(keys, slot, count, density_minus_eps, step, p_lo, p_hi)
+            _bucket_bounds(keys, slot, count, density_minus_eps, step, bounds)
             n_unsure = 0
-            for c in range(n_cols):  # 1 = keep, 0 = drop, 2 = depends on the exact rank
-                s, u = slot[c], draws[c]
-                keep[c] = np.uint8(u < p_lo[s]) | (np.uint8((u >= p_lo[s]) & (u < p_hi[s])) << np.uint8(1))
+            for c in range(n_cols):  # 2 = keep, 0 = drop, 1 = depends on the exact rank
+                s = slot[c] * np.uint32(2)
+                u = draws[c]
+                keep[c] = np.uint8(np.uint8(u < bounds[s + np.uint32(1)]) + np.uint8(u < bounds[s]))
             for c in range(n_cols):
-                if keep[c] > 1:
+                if keep[c] == 1:
                     unsure[n_unsure] = c
                     n_unsure += 1
             if n_unsure > _SCAN_LIMIT:
@@ -234,7 +234,7 @@ def della_bits(x, base, g0, g1, k0, k1, n_cols, density_minus_eps, step, bits):
                 for rank in range(n_cols):
                     c = ranked[rank]
                     p = np.float32(np.float32(rank) * step) + density_minus_eps
-                    keep[c] = 1 if draws[c] < p else 0
+                    keep[c] = 2 if draws[c] < p else 0
             elif n_unsure:
                 for c in range(n_cols):  # (|δ|, index): the stable order as one integer
                     packed[c] = (np.int64(keys[c]) << np.int64(32)) | c
@@ -245,18 +245,18 @@ def della_bits(x, base, g0, g1, k0, k1, n_cols, density_minus_eps, step, bits):
                     for j in range(n_cols):
                         rank += packed[j] < mine
                     p = np.float32(np.float32(rank) * step) + density_minus_eps
-                    keep[c] = 1 if draws[c] < p else 0
+                    keep[c] = 2 if draws[c] < p else 0
             _pack_bits(keep, off, bits)
     return bits
 
 
 @njit(inline="always")
-def _bucket_bounds(keys, slot, count, density_minus_eps, step, p_lo, p_hi):
-    """Bucket each key of a row (``slot``) and give each bucket the keep probabilities of
-    its lowest and highest rank (``p_lo``, ``p_hi``).
+def _bucket_bounds(keys, slot, count, density_minus_eps, step, bounds):
+    """Bucket each key of a row (``slot``) and give each bucket ``s`` the keep probabilities
+    of its lowest and highest rank (``bounds[2s]``, ``bounds[2s + 1]``: one cache line).
 
     Buckets split the span from the row's largest key down to :data:`_WINDOW` below it
-    evenly in float32 bit patterns (about 1/40 octave each); smaller keys share bucket 0.
+    evenly in float32 bit patterns (about 1/20 octave each); smaller keys share bucket 0.
     Bit patterns of magnitudes order like the values, so bucket order is rank order."""
     n = keys.shape[0]
     top = keys.max()
@@ -277,15 +277,15 @@ def _bucket_bounds(keys, slot, count, density_minus_eps, step, p_lo, p_hi):
     below = 0
     for s in range(_BUCKETS):
         size = count[0, s] + count[1, s]
-        p_lo[s] = np.float32(np.float32(below) * step) + density_minus_eps
-        p_hi[s] = np.float32(np.float32(below + size - 1) * step) + density_minus_eps
+        bounds[2 * s] = np.float32(np.float32(below) * step) + density_minus_eps
+        bounds[2 * s + 1] = np.float32(np.float32(below + size - 1) * step) + density_minus_eps
         below += size
 
 
 @njit(inline="always")
 def _pack_bits(keep, off, bits):
-    """OR one row's 0/1 decisions into the packed mask at element offset ``off``: whole
-    bytes at once where the row starts on a byte."""
+    """OR one row's decisions (0 = drop, 2 = keep) into the packed mask at element offset
+    ``off``: whole bytes at once where the row starts on a byte."""
     n = keep.shape[0]
     done = 0
     if off % 8 == 0:
@@ -293,11 +293,11 @@ def _pack_bits(keep, off, bits):
         for q in range(done // 8):
             v = np.uint8(0)
             for t in range(8):
-                v |= np.uint8(keep[q * 8 + t] << t)
+                v |= np.uint8((keep[q * 8 + t] >> 1) << t)
             bits[(off >> 3) + q] = v
     for c in range(done, n):
         i = off + c
-        bits[i >> 3] |= np.uint8(keep[c] << (i & 7))
+        bits[i >> 3] |= np.uint8((keep[c] >> 1) << (i & 7))
 
 
 _RADIX_BITS = 8  # digit width of the row sorts: 256 counters
