@@ -232,7 +232,13 @@ def test_della_bits_equal_a_full_sort(n_cols: int) -> None:
     for density, epsilon in [(0.5, 0.1), (0.3, 0.25), (0.9, 0.05)]:
         dme, step = np.float32(density - epsilon), np.float32(2 * epsilon / (n_cols - 1))
         bits = np.zeros((delta.size + 7) // 8, dtype=np.uint8)
+        sums = np.empty((delta.shape[0], 2))
         kernels.della_bits(x.reshape(-1), base.reshape(-1), 0, 3, np.uint64(key & 0xFFFFFFFF),
-                           np.uint64(key >> 32), n_cols, dme, step, bits)
+                           np.uint64(key >> 32), n_cols, dme, step, bits, sums)
         got = np.unpackbits(bits, bitorder="little")[: delta.size].reshape(delta.shape).astype(bool)
-        assert np.array_equal(got, _della_reference(keys, draws, dme, step))
+        expected = _della_reference(keys, draws, dme, step)
+        assert np.array_equal(got, expected)
+        # The rows' L1 norms, of δ and of the kept δ (NaN rows stay NaN).
+        magnitudes = keys.view(np.float32).astype(np.float64)
+        np.testing.assert_allclose(sums[:, 0], magnitudes.sum(axis=1), rtol=1e-13)
+        np.testing.assert_allclose(sums[:, 1], (magnitudes * expected).sum(axis=1), rtol=1e-13)

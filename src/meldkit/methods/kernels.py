@@ -9,9 +9,11 @@ else per element, in registers:
   bits that locate an exact rank (the radix select of :mod:`meldkit.methods.sparsify`);
 * :func:`tie_counts`: per fixed-size chunk, how many ``|δ|`` equal a cut-off, so that ties are
   resolved in flat index order even when chunks run in parallel;
-* :func:`della_bits`: DELLA's random keep masks, packed 8 per byte (DARE's draws are made
-  inline); both use the counter-based stream of :func:`meldkit.methods.sparsify.uniform`;
-* :func:`l1_sums`: per-chunk float64 sums of ``|δ|`` and of the kept ``|δ|`` (rescaling);
+* :func:`della_bits`: DELLA's random keep masks, packed 8 per byte, and each row's L1 norms
+  (DARE's draws are made inline); both use the counter-based stream of
+  :func:`meldkit.methods.sparsify.uniform`;
+* :func:`l1_sums`: per-chunk float64 sums of ``|δ|`` and of the kept ``|δ|`` (rescaling,
+  except DELLA's);
 * :func:`mix`: sparsify, rescale, weight, elect signs and mix, writing the output directly.
 
 The arithmetic is the eager path's, operation for operation, in float32 without fast-math
@@ -185,10 +187,12 @@ _SCAN_LIMIT = 128  # exact ranks found by scanning the row; more than this: sort
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def della_bits(x, base, g0, g1, k0, k1, n_cols, density_minus_eps, step, bits):
+def della_bits(x, base, g0, g1, k0, k1, n_cols, density_minus_eps, step, bits, sums):
     """DELLA's keep mask over rows of ``n_cols`` elements: in each row rank ``|δ|`` ascending
     (stable: ties keep index order, as torch's stable argsort) and keep where
     ``uniform(key)[i] < rank * step + (density - epsilon)`` in float32, as the eager path does.
+    ``sums[row]`` receives the row's ``Σ|δ|`` and ``Σ|kept δ|`` in float64 (for rescaling, so
+    no other pass needs δ before the mix).
 
     ``bits`` must start zeroed. Rows are handled in groups of 8 (``g0 <= group < g1``), which
     span whole bytes of the mask whatever the row length, so parallel groups never share one.
@@ -204,6 +208,7 @@ def della_bits(x, base, g0, g1, k0, k1, n_cols, density_minus_eps, step, bits):
     keys = np.empty(n_cols, dtype=np.uint32)
     slot = np.empty(n_cols, dtype=np.uint32)
     draws = np.empty(n_cols, dtype=np.float32)
+    kept = np.empty(n_cols, dtype=np.float32)
     keep = np.empty(n_cols, dtype=np.uint8)
     unsure = np.empty(n_cols, dtype=np.int32)
     packed = np.empty(n_cols, dtype=np.int64)
@@ -219,6 +224,8 @@ def della_bits(x, base, g0, g1, k0, k1, n_cols, density_minus_eps, step, bits):
                 keys[c] = _abs_bits(_load(x, off + c) - _load(base, off + c))
             for c in range(n_cols):
                 draws[c] = _uniform(k0, k1, off + c)
+            magnitudes = keys.view(np.float32)
+            sums[row, 0] = _abs_sum(magnitudes, n_cols)
             _bucket_bounds(keys, slot, count, density_minus_eps, step, bounds)
             n_unsure = 0
             for c in range(n_cols):  # 2 = keep, 0 = drop, 1 = depends on the exact rank
@@ -246,6 +253,9 @@ def della_bits(x, base, g0, g1, k0, k1, n_cols, density_minus_eps, step, bits):
                         rank += packed[j] < mine
                     p = np.float32(np.float32(rank) * step) + density_minus_eps
                     keep[c] = 2 if draws[c] < p else 0
+            for c in range(n_cols):  # float32 products, then the vectorized float64 sum
+                kept[c] = magnitudes[c] * np.float32(keep[c] >> 1)
+            sums[row, 1] = _abs_sum(kept, n_cols)
             _pack_bits(keep, off, bits)
     return bits
 

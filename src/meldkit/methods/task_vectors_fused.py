@@ -194,13 +194,15 @@ def _chunk_ties(module: ModuleType, xs: tuple[np.ndarray, ...], base: np.ndarray
 
 def _random_masks(module: ModuleType, variant: TaskVectorVariant, others: Sequence[Operand],
                   xs: tuple[np.ndarray, ...], base: np.ndarray, shape: torch.Size,
-                  ctx: MergeContext, modes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                  ctx: MergeContext, modes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """DARE / DELLA: per model ``(k0, k1, density)`` of its stream (one per input, keyed as
-    in the eager path) and, for DELLA, the packed keep masks (1 = kept); sets ``modes``."""
+    in the eager path) and, for DELLA, the packed keep masks (1 = kept) and the L1 norms
+    ``(Σ|δ|, Σ|kept δ|)`` (zeros for DARE); sets ``modes``."""
     n = base.shape[0]
     rand = np.zeros((len(others), 3), dtype=np.float64)
     della = variant.sparsifier == "della_magprune"
     bits = np.zeros((len(others), (n + 7) // 8 if della else 0), dtype=np.uint8)
+    norms = np.zeros((len(others), 2), dtype=np.float64)
     for j, o in enumerate(others):
         density = param_float(o.params, "density", 1.0)
         if density >= 1:
@@ -215,10 +217,13 @@ def _random_masks(module: ModuleType, variant: TaskVectorVariant, others: Sequen
         epsilon = param_float(o.params, "epsilon", 0.15)
         n_cols = shape[-1] if len(shape) == 2 else n
         step = np.float32(2 * epsilon / (n_cols - 1))
-        groups = -(-(n // n_cols) // 8)  # rows in groups of 8: whole bytes of the mask
+        n_rows = n // n_cols
+        groups = -(-n_rows // 8)  # rows in groups of 8: whole bytes of the mask
+        row_sums = np.empty((n_rows, 2), dtype=np.float64)
         kernel_runner.parallel(module.della_bits, groups, xs[j], base, np.uint64(k0), np.uint64(k1), n_cols,
-                  np.float32(density - epsilon), step, bits[j])
-    return rand, bits
+                  np.float32(density - epsilon), step, bits[j], row_sums)
+        norms[j] = row_sums.sum(axis=0)  # a fixed order of rows: thread-count independent
+    return rand, bits, norms
 
 
 def merge_task_vectors_fused(
@@ -247,6 +252,7 @@ def merge_task_vectors_fused(
     cuts = _Cuts(m)
     bits = np.zeros((m, 0), dtype=np.uint8)
     rand = np.zeros((m, 3), dtype=np.float64)
+    norms = None  # (Σ|δ|, Σ|kept δ|) per model, when the sparsifier computed them
     if variant.sparsifier in ("magnitude", "magnitude_outliers"):
         windows = _windows(variant, others, n)
         for j, (o, w) in enumerate(zip(others, windows)):
@@ -257,16 +263,21 @@ def merge_task_vectors_fused(
         if any(w is not None for w in windows):
             cuts = _locate_cuts(module, xs, base, windows)
     elif variant.sparsifier in ("random", "della_magprune"):
-        rand, bits = _random_masks(module, variant, others, xs, base, shape, ctx, modes)
+        rand, bits, norms = _random_masks(module, variant, others, xs, base, shape, ctx, modes)
+        if variant.sparsifier == "random":
+            norms = None
     ties = _chunk_ties(module, xs, base, cuts, n_chunks)
 
     scale = np.ones(m, dtype=np.float32)
     has_scale = np.zeros(m, dtype=np.bool_)
     if rescale and ((modes != module.KEEP_ALL) & (modes != module.ZERO)).any():
-        sums = np.zeros((n_chunks, m, 2), dtype=np.float64)
-        kernel_runner.parallel(module.l1_sums, n_chunks, xs, base, modes, cuts.cuts, cuts.thr, cuts.rule,
-                  cuts.partial, ties, bits, rand, sums)
-        totals = sums.sum(axis=0)  # fixed chunks, summed in order: thread-count independent
+        if norms is not None:
+            totals = norms
+        else:
+            sums = np.zeros((n_chunks, m, 2), dtype=np.float64)
+            kernel_runner.parallel(module.l1_sums, n_chunks, xs, base, modes, cuts.cuts, cuts.thr, cuts.rule,
+                      cuts.partial, ties, bits, rand, sums)
+            totals = sums.sum(axis=0)  # fixed chunks, summed in order: thread-count independent
         for j in range(m):
             old, new = float(totals[j, 0]), float(totals[j, 1])
             if modes[j] in (module.WINDOW, module.BITS, module.BERNOULLI) and old >= sparsify.RESCALE_EPS and new >= sparsify.RESCALE_EPS:
