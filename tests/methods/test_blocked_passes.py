@@ -3,6 +3,7 @@ not matter (ties at sce's top-k cut-off are resolved in flat order across blocks
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -80,9 +81,14 @@ def test_arcee_fusion_equals_the_whole_tensor_formula(shape: tuple[int, ...], dt
     ctx = MergeContext("model.layers.0.mlp.up_proj.weight", 3, "cpu", out_dtype)
     got = arcee_fusion.merge([base, other], 0, {}, [{}, {}], ctx)
 
-    # The formula on whole float32 tensors, with the same with-replacement sample.
+    # The formula on whole float32 tensors, with the same with-replacement sample and the
+    # same per-row KL (the kernel's agrees with torch's float64 one to about 1e-6 relative;
+    # test_arcee_kl_kernel_matches_float64 checks that).
     b, x = base.float(), other.float()
-    imp = arcee_fusion.importance(x, b).reshape(-1)
+    rows = b.numel() // shape[-1]
+    stored = kernel_runner.stored_arrays([base, other]) if kernels else [None, None]
+    kl = arcee_fusion.kl_per_row(b.reshape(rows, -1), x.reshape(rows, -1), torch.float32, *stored)
+    imp = ((x - b).abs().reshape(rows, -1) * kl).reshape(-1)
     n = imp.numel()
     if n > arcee_fusion.SAMPLE_SIZE:
         sample = imp[torch.randint(0, n, (arcee_fusion.SAMPLE_SIZE,), generator=ctx.generator("arcee_fusion"))]
@@ -113,3 +119,48 @@ def test_arcee_quartiles_equal_torch_quantile(n: int, dtype: torch.dtype) -> Non
     with_nan = torch.randn(n + 1, generator=g, dtype=dtype)
     with_nan[0] = float("nan")
     assert torch.isnan(arcee_fusion.quartiles(with_nan)).all()
+
+
+@pytest.mark.parametrize("scale", [1e-3, 0.1, 3.0])
+def test_arcee_kl_kernel_matches_float64(scale: float) -> None:
+    # Rows of a fine-tune near its base (the ill-conditioned case), far from it, and with a
+    # wide spread of logits; 1-element and odd-length rows.
+    module = kernel_runner.load("kernels_pair")
+    if module is None:
+        pytest.skip("numba not installed")
+    g = torch.Generator().manual_seed(4)
+    for shape in [(64, 1536), (7, 1), (9, 333)]:
+        base = (torch.randn(shape, generator=g) * scale * 10).to(torch.bfloat16)
+        other = (base.float() + scale * torch.randn(shape, generator=g)).to(torch.bfloat16)
+        got = np.empty(shape[0])
+        module.row_kl(*kernel_runner.stored_arrays([other, base]), 0, shape[0], shape[1], arcee_fusion.KL_EPS, got)
+        x, b = other.double(), base.double()
+        p, q = torch.softmax(x, -1) + 1e-8, torch.softmax(b, -1) + 1e-8
+        expected = (p * (p / q).log()).sum(-1).numpy()
+        np.testing.assert_allclose(got, expected, rtol=2e-5, atol=1e-15)
+
+
+def test_arcee_exp_and_log_polynomials() -> None:
+    from numba import njit
+
+    module = kernel_runner.load("kernels_pair")
+    if module is None:
+        pytest.skip("numba not installed")
+    exp32, log64 = module._exp32, module._log64
+
+    @njit
+    def both(t, v, e_out, l_out):  # type: ignore[no-untyped-def]
+        for i in range(t.shape[0]):
+            e_out[i] = exp32(t[i])
+            l_out[i] = log64(v[i])
+
+    rng = np.random.default_rng(0)
+    t = np.concatenate([-rng.random(100_000) * 87, -rng.random(10_000) * 1e-3, [0.0, -87.0]]).astype(np.float32)
+    v = np.concatenate([np.exp(rng.uniform(-700, 700, 100_000)), 1 + rng.uniform(-1e-6, 1e-6, 10_000), [1.0, 2.0]])[: t.size]
+    e_out, l_out = np.empty_like(t), np.empty_like(v)
+    both(t, v, e_out, l_out)
+    exact_e = np.exp(t.astype(np.float64))
+    assert np.max(np.abs(e_out - exact_e) / np.spacing(exact_e.astype(np.float32))) <= 2
+    exact_l = np.log(v)
+    ulps = np.abs(l_out - exact_l) / np.spacing(np.maximum(np.abs(exact_l), 1e-300))
+    assert np.max(ulps[exact_l != 0]) <= 4 and l_out[-2] == 0.0
