@@ -86,8 +86,9 @@ def test_arcee_fusion_equals_the_whole_tensor_formula(shape: tuple[int, ...], dt
     # test_arcee_kl_kernel_matches_float64 checks that).
     b, x = base.float(), other.float()
     rows = b.numel() // shape[-1]
-    stored = kernel_runner.stored_arrays([base, other]) if kernels else [None, None]
-    kl = arcee_fusion.kl_per_row(b.reshape(rows, -1), x.reshape(rows, -1), torch.float32, *stored)
+    stored = kernel_runner.stored_arrays([base, other]) if kernels else None
+    kl, _ = arcee_fusion.kl_and_sample(b.reshape(rows, -1), x.reshape(rows, -1), torch.float32,
+                                       torch.arange(0), stored)
     imp = ((x - b).abs().reshape(rows, -1) * kl).reshape(-1)
     n = imp.numel()
     if n > arcee_fusion.SAMPLE_SIZE:
@@ -133,7 +134,8 @@ def test_arcee_kl_kernel_matches_float64(scale: float) -> None:
         base = (torch.randn(shape, generator=g) * scale * 10).to(torch.bfloat16)
         other = (base.float() + scale * torch.randn(shape, generator=g)).to(torch.bfloat16)
         got = np.empty(shape[0])
-        module.row_kl(*kernel_runner.stored_arrays([other, base]), 0, shape[0], shape[1], arcee_fusion.KL_EPS, got)
+        module.row_kl(*kernel_runner.stored_arrays([other, base]), 0, shape[0], shape[1], arcee_fusion.KL_EPS, got,
+                      np.zeros(shape[0] + 1, dtype=np.int64), np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32))
         x, b = other.double(), base.double()
         p, q = torch.softmax(x, -1) + 1e-8, torch.softmax(b, -1) + 1e-8
         expected = (p * (p / q).log()).sum(-1).numpy()

@@ -82,23 +82,34 @@ def quartiles(sample: torch.Tensor) -> torch.Tensor:
 BLOCK_ELEMENTS = 1 << 20
 
 
-def kl_per_row(b2: torch.Tensor, x2: torch.Tensor, work: torch.dtype,
-               stored_b: np.ndarray | None = None, stored_x: np.ndarray | None = None) -> torch.Tensor:
-    """:func:`row_kl` of the ``(rows, length)`` views as a ``(rows, 1)`` tensor in ``work``:
-    by the numba kernel from the stored arrays when given, else by torch in blocks of rows."""
+def kl_and_sample(b2: torch.Tensor, x2: torch.Tensor, work: torch.dtype, index: torch.Tensor,
+                  stored: Sequence[np.ndarray] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pass 1 over the ``(rows, length)`` views: :func:`row_kl` of each row, as ``(rows, 1)`` in
+    ``work``, and the importance ``|x - b| · kl`` at the flat positions ``index``.
+
+    With ``stored`` (the base's and the other's arrays as stored) one numba kernel does both,
+    row by row, and the sample comes in row order; otherwise torch computes the KL in blocks
+    of rows and gathers the sample in ``index`` order. Quantiles do not depend on the order."""
     rows, length = b2.shape
-    if stored_b is not None and stored_x is not None:
+    if stored is not None:
         module = kernel_runner.load("kernels_pair")
         assert module is not None
+        starts = np.zeros(rows + 1, dtype=np.int64)
+        ordered = module.bucket_by_row(index.numpy(), length, starts, np.empty(index.numel(), dtype=np.int64))
         values = np.empty(rows, dtype=np.float64)
-        kernel_runner.parallel(module.row_kl, rows, stored_x, stored_b, length, KL_EPS, values)
-        return torch.from_numpy(values).to(work).reshape(rows, 1)
+        sample = np.empty(index.numel(), dtype=np.float32)
+        stored_b, stored_x = stored
+        kernel_runner.parallel(module.row_kl, rows, stored_x, stored_b, length, KL_EPS, values, starts, ordered, sample)
+        return torch.from_numpy(values).to(work).reshape(rows, 1), torch.from_numpy(sample)
     kl = torch.empty(rows, 1, dtype=work, device=b2.device)
     step = max(1, BLOCK_ELEMENTS // max(length, 1))
     for r0 in range(0, rows, step):
         r1 = min(rows, r0 + step)
         kl[r0:r1] = row_kl(x2[r0:r1], b2[r0:r1])
-    return kl
+    index = index.to(b2.device)
+    bb = b2.reshape(-1)[index].to(work)
+    xb = x2.reshape(-1)[index].to(work)
+    return kl, (xb - bb).abs_() * kl.reshape(-1)[index // length]
 
 
 def merge(
@@ -129,37 +140,26 @@ def merge(
 
     module = kernel_runner.load("kernels_pair")
     fused = module is not None and work == torch.float32 and kernel_runner.cpu_tensors([base, other], ctx.device)
-    stored_b, stored_x = kernel_runner.stored_arrays([base, other]) if fused else (None, None)
+    stored = kernel_runner.stored_arrays([base, other]) if fused else None  # [base, other]
 
-    # Pass 1: each row's KL (the expensive part: softmaxes and logs), one value per row.
-    kl = kl_per_row(b2, x2, work, stored_b, stored_x)
-
-    def scores(flat_index: torch.Tensor) -> torch.Tensor:
-        """``imp`` at flat positions, as :func:`importance` computes it."""
-        if fused:
-            assert module is not None
-            out = np.empty(flat_index.numel(), dtype=np.float32)
-            module.sample_importance(stored_x, stored_b, flat_index.numpy(), length, kl.reshape(-1).numpy(), out)
-            return torch.from_numpy(out)
-        bb = b2.reshape(-1)[flat_index].to(work)
-        xb = x2.reshape(-1)[flat_index].to(work)
-        return (xb - bb).abs_() * kl.reshape(-1)[flat_index // length]
-
+    # Pass 1: each row's KL (the expensive part: softmaxes and logs), one value per row, and
+    # the importance at MergeKit's with-replacement sample of positions (all of them when
+    # there are at most SAMPLE_SIZE).
     n = base.numel()
     if n > SAMPLE_SIZE:
-        # MergeKit's with-replacement sample of the importance.
-        sample = scores(torch.randint(0, n, (SAMPLE_SIZE,), generator=ctx.generator("arcee_fusion")))
+        index = torch.randint(0, n, (SAMPLE_SIZE,), generator=ctx.generator("arcee_fusion"))
     else:
-        sample = scores(torch.arange(n))
+        index = torch.arange(n)
+    kl, sample = kl_and_sample(b2, x2, work, index, stored)
     q1, median, q3 = quartiles(sample)
     threshold = median + 1.5 * (q3 - q1)
 
     # Pass 2: out = b + (x - b) · [|x - b| · kl >= threshold].
     out_dtype = output_dtype(inputs, ctx.out_dtype)
-    if fused:
+    if stored is not None:
         assert module is not None
         out = kernel_runner.output_buffer(n, out_dtype)
-        kernel_runner.parallel(module.keep_important, rows, stored_x, stored_b, length, kl.reshape(-1).numpy(),
+        kernel_runner.parallel(module.keep_important, rows, stored[1], stored[0], length, kl.reshape(-1).numpy(),
                                np.float32(threshold.item()), kernel_runner.as_numpy(out), out.dtype == torch.bfloat16)
         return out.reshape(base.shape)
     out_t = torch.empty(rows, length, dtype=out_dtype, device=base.device)
