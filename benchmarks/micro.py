@@ -4,8 +4,8 @@
 
 Each line times one way of doing a step the engine or a method does per tensor, on a tensor of
 ``--numel`` elements (default: med's largest, the 32000x1536 embedding) and, for DELLA's per-row
-ranks, rows of ``--row`` elements. Best of ``--repeat`` runs, seconds. Saves
-benchmarks/results/micro.json.
+ranks and arcee_fusion's per-row KL, rows of ``--row`` elements. Best of ``--repeat`` runs,
+seconds. Saves benchmarks/results/micro.json.
 """
 
 from __future__ import annotations
@@ -42,6 +42,46 @@ def sampled_kth(d: torch.Tensor, k: int, sample: int = 1 << 18) -> torch.Tensor:
     if not (0 < k - below <= band.numel()):  # the bracket missed (rare): exact fallback
         return torch.kthvalue(d, k).values
     return torch.kthvalue(band, k - below).values
+
+
+def kernels_section(xb: torch.Tensor, yb: torch.Tensor, length: int, row: Callable[..., None]) -> None:
+    """The numba kernels of DELLA's masks and arcee_fusion's KL, one thread, on the same bf16
+    pair viewed as rows of ``length`` (skipped without numba)."""
+    import numpy as np
+
+    from meldkit.methods import arcee_fusion, kernel_runner
+
+    tv, pair = kernel_runner.load("kernels"), kernel_runner.load("kernels_pair")
+    if tv is None or pair is None:
+        return
+    rows = xb.numel() // length
+    x2, b2 = yb[: rows * length].reshape(rows, length), xb[: rows * length].reshape(rows, length)
+    xs, bs = kernel_runner.stored_arrays([x2, b2])
+    print(f"-- numba kernels, one thread, rows of {length}")
+    bits = np.zeros((rows * length + 7) // 8, dtype=np.uint8)
+    sums = np.empty((rows, 2))
+    step = np.float32(0.2 / (length - 1))
+    row("della_bits (masks and L1 norms, density 0.5, epsilon 0.1)",
+        lambda: tv.della_bits(xs, bs, 0, -(-rows // 8), np.uint64(1), np.uint64(2), length, np.float32(0.4),
+                              step, bits, sums))
+    kl = np.empty(rows)
+    no_sample = (np.zeros(rows + 1, dtype=np.int64), np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32))
+    row("arcee row_kl kernel (float64 KL)",
+        lambda: pair.row_kl(xs, bs, 0, rows, length, arcee_fusion.KL_EPS, kl, *no_sample))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+
+    def torch_f32() -> torch.Tensor:
+        p = torch.softmax(x2.float(), -1).add_(1e-8)
+        q = torch.softmax(b2.float(), -1).add_(1e-8)
+        return torch.div(p, q, out=q).log_().mul_(p).sum(-1)
+
+    row("the same KL in torch float32 (MergeKit's formula)", torch_f32)
+    torch.set_num_threads(threads)
+    exact = arcee_fusion.row_kl(x2, b2).reshape(-1).numpy()
+    for name, got in [("kernel", kl), ("torch float32", torch_f32().double().numpy())]:
+        err = np.abs(got - exact) / np.abs(exact)
+        print(f"          {name}: median relative error {np.median(err):.1e} against torch float64")
 
 
 def main() -> int:
@@ -111,6 +151,7 @@ def main() -> int:
     print("-- random draws (DARE/DELLA), N uniforms")
     g = torch.Generator().manual_seed(0)
     row("torch.rand(N, generator=g)  (mt19937, 1 thread)", lambda: torch.rand(n, generator=g))
+    kernels_section(xb, yb, a.row, row)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps({"numel": n, "row": a.row, "threads": torch.get_num_threads(),
                                  "seconds": results}, indent=2) + "\n")

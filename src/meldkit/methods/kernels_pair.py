@@ -22,7 +22,6 @@ from numba import njit
 
 from meldkit.methods.kernels import _load, _store
 
-
 # exp and log as polynomials that LLVM vectorizes (libm's are scalar calls). Constants from
 # the usual Cody-Waite range reductions; accuracy is checked by the tests against numpy.
 _LOG2E = np.float32(1.4426950408889634)
