@@ -166,3 +166,19 @@ def test_arcee_exp_and_log_polynomials() -> None:
     exact_l = np.log(v)
     ulps = np.abs(l_out - exact_l) / np.spacing(np.maximum(np.abs(exact_l), 1e-300))
     assert np.max(ulps[exact_l != 0]) <= 4 and l_out[-2] == 0.0
+
+
+@pytest.mark.parametrize("parts", [1, 2, 3])
+def test_arcee_sample_bucketed_by_row_keeps_index_order(parts: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The counting sort runs in parallel ranges; each row must still list its positions in
+    # their order in the sample, whatever the number of ranges.
+    module = kernel_runner.load("kernels_pair")
+    if module is None:
+        pytest.skip("numba not installed")
+    monkeypatch.setattr(kernel_runner.torch, "get_num_threads", lambda: parts)
+    rows, length = 37, 11
+    index = np.random.default_rng(parts).integers(0, rows * length, 5000)
+    starts, ordered = arcee_fusion.bucket_by_row(module, index, length, rows)
+    by_row = np.argsort(index // length, kind="stable")
+    assert np.array_equal(ordered, index[by_row])
+    assert np.array_equal(starts, np.concatenate([[0], np.cumsum(np.bincount(index // length, minlength=rows))]))

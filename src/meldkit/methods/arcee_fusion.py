@@ -82,10 +82,31 @@ def quartiles(sample: torch.Tensor) -> torch.Tensor:
 BLOCK_ELEMENTS = 1 << 20
 
 
-def kl_and_sample(b2: torch.Tensor, x2: torch.Tensor, work: torch.dtype, index: torch.Tensor,
+def bucket_by_row(module: Any, index: np.ndarray, length: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """The flat positions ``index`` grouped by row of the ``(rows, length)`` view: ``ordered``
+    with row ``r``'s positions at ``ordered[starts[r]:starts[r + 1]]``, in their order in
+    ``index`` (a counting sort, its two passes in parallel ranges). Row order lets the KL
+    kernel read each sampled value from the row it has just loaded instead of at random."""
+    parts = kernel_runner.ranges(index.shape[0])
+    row_of = np.empty(index.shape[0], dtype=np.int32)
+    counts = np.zeros((len(parts), rows), dtype=np.int64)
+    kernel_runner.run_all([(module.count_rows, (index, a, b, length, row_of, counts[t]))
+                           for t, (a, b) in enumerate(parts)])
+    starts = np.zeros(rows + 1, dtype=np.int64)
+    np.cumsum(counts.sum(axis=0), out=starts[1:])
+    # Each range writes after the earlier ranges' positions in the same row.
+    offsets = starts[:-1] + np.cumsum(counts, axis=0) - counts
+    ordered = np.empty(index.shape[0], dtype=np.int64)
+    kernel_runner.run_all([(module.scatter_rows, (index, a, b, row_of, offsets[t], ordered))
+                           for t, (a, b) in enumerate(parts)])
+    return starts, ordered
+
+
+def kl_and_sample(b2: torch.Tensor, x2: torch.Tensor, work: torch.dtype, index: torch.Tensor | None,
                   stored: Sequence[np.ndarray] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Pass 1 over the ``(rows, length)`` views: :func:`row_kl` of each row, as ``(rows, 1)`` in
-    ``work``, and the importance ``|x - b| · kl`` at the flat positions ``index``.
+    ``work``, and the importance ``|x - b| · kl`` at the flat positions ``index`` (None: at
+    every position, in order).
 
     With ``stored`` (the base's and the other's arrays as stored) one numba kernel does both,
     row by row, and the sample comes in row order; otherwise torch computes the KL in blocks
@@ -94,10 +115,12 @@ def kl_and_sample(b2: torch.Tensor, x2: torch.Tensor, work: torch.dtype, index: 
     if stored is not None:
         module = kernel_runner.load("kernels_pair")
         assert module is not None
-        starts = np.zeros(rows + 1, dtype=np.int64)
-        ordered = module.bucket_by_row(index.numpy(), length, starts, np.empty(index.numel(), dtype=np.int64))
+        if index is None:  # every position: already in row order
+            starts, ordered = np.arange(rows + 1, dtype=np.int64) * length, np.arange(rows * length, dtype=np.int64)
+        else:
+            starts, ordered = bucket_by_row(module, index.numpy(), length, rows)
         values = np.empty(rows, dtype=np.float64)
-        sample = np.empty(index.numel(), dtype=np.float32)
+        sample = np.empty(ordered.shape[0], dtype=np.float32)
         stored_b, stored_x = stored
         kernel_runner.parallel(module.row_kl, rows, stored_x, stored_b, length, KL_EPS, values, starts, ordered, sample)
         return torch.from_numpy(values).to(work).reshape(rows, 1), torch.from_numpy(sample)
@@ -106,6 +129,8 @@ def kl_and_sample(b2: torch.Tensor, x2: torch.Tensor, work: torch.dtype, index: 
     for r0 in range(0, rows, step):
         r1 = min(rows, r0 + step)
         kl[r0:r1] = row_kl(x2[r0:r1], b2[r0:r1])
+    if index is None:
+        return kl, (x2.to(work) - b2.to(work)).abs_().mul_(kl).reshape(-1)
     index = index.to(b2.device)
     bb = b2.reshape(-1)[index].to(work)
     xb = x2.reshape(-1)[index].to(work)
@@ -146,10 +171,9 @@ def merge(
     # the importance at MergeKit's with-replacement sample of positions (all of them when
     # there are at most SAMPLE_SIZE).
     n = base.numel()
+    index = None
     if n > SAMPLE_SIZE:
         index = torch.randint(0, n, (SAMPLE_SIZE,), generator=ctx.generator("arcee_fusion"))
-    else:
-        index = torch.arange(n)
     kl, sample = kl_and_sample(b2, x2, work, index, stored)
     q1, median, q3 = quartiles(sample)
     threshold = median + 1.5 * (q3 - q1)

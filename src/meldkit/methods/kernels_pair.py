@@ -3,8 +3,9 @@
 * :func:`row_kl`: arcee_fusion's ``KL(softmax(x) + ε || softmax(b) + ε)`` of each row, in float64
   from float32 exponentials (the float32 formula loses most of its digits, see its docstring);
 * :func:`keep_important`: arcee_fusion's output, ``b + (x - b) · [|x - b| · kl[row] >= thr]``;
-* :func:`bucket_by_row`: arcee_fusion's sampled positions grouped by row (for :func:`row_kl`),
-  and :func:`order_statistics`: the few order statistics its quartiles interpolate;
+* :func:`count_rows` and :func:`scatter_rows`: arcee_fusion's sampled positions grouped by row
+  (for :func:`row_kl`), and :func:`order_statistics`: the few order statistics its quartiles
+  interpolate;
 * :func:`nearswap`: ``ω x + (1 - ω) b`` with ``ω = clamp(t / max(|b - x|, 1e-6), 0, 1)``.
 
 They read the inputs as stored (bfloat16 bits or float32) and write float32 or bfloat16
@@ -118,7 +119,7 @@ def row_kl(x, base, r0, r1, length, eps, kl, starts, ordered, sample):
     for rows ``r0 <= r < r1`` of the ``(rows, length)`` view; and, while the row is in cache,
     the importance ``|x - b| · float32(kl[r])`` of its sampled positions (float32, as the
     eager path): ``sample[k]`` for ``ordered[k]``, ``starts[r] <= k < starts[r + 1]`` (see
-    :func:`bucket_by_row`).
+    :func:`meldkit.methods.arcee_fusion.bucket_by_row`).
 
     The exponentials are float32 (within 2 ulp); normalising, the ratio, its log and the sums
     are float64. This matters: for a fine-tune close to its base, ``p`` and ``q`` agree to
@@ -205,25 +206,28 @@ def _row_of(i, length, inverse):
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def bucket_by_row(index, length, starts, ordered):
-    """Counting sort of the flat positions ``index`` by row of the ``(rows, length)`` view:
-    ``ordered[starts[r]:starts[r + 1]]`` are row ``r``'s positions, in their order in
-    ``index`` (``starts`` has ``rows + 1`` zeroed entries). The sample's quantiles do not
-    depend on its order, and row order lets :func:`row_kl` read each sampled value from the
-    row it has just loaded instead of at random."""
-    m = index.shape[0]
-    n_rows = starts.shape[0] - 1
+def count_rows(index, s, e, length, rows, counts):
+    """First half of a counting sort of the flat positions ``index`` by row of the
+    ``(rows, length)`` view, for ``s <= k < e``: ``rows[k]`` = the row of ``index[k]``, and
+    ``counts[r]`` += how many of them fall in row ``r``. Ranges run in parallel, each with its
+    own ``counts``; :func:`scatter_rows` then places them."""
     inverse = 1.0 / length
-    for k in range(m):
-        starts[_row_of(index[k], length, inverse) + 1] += 1
-    for r in range(n_rows):
-        starts[r + 1] += starts[r]
-    fill = starts[:-1].copy()
-    for k in range(m):
-        i = index[k]
-        r = _row_of(i, length, inverse)
-        ordered[fill[r]] = i
-        fill[r] += 1
+    for k in range(s, e):
+        r = _row_of(index[k], length, inverse)
+        rows[k] = r
+        counts[r] += 1
+    return counts
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def scatter_rows(index, s, e, rows, offsets, ordered):
+    """Second half: ``ordered[offsets[r]++] = index[k]`` for ``s <= k < e`` with ``r = rows[k]``.
+    With each range's offsets starting after the earlier ranges' positions in the same row,
+    every row lists its positions in their order in ``index``, whatever the ranges."""
+    for k in range(s, e):
+        r = rows[k]
+        ordered[offsets[r]] = index[k]
+        offsets[r] += 1
     return ordered
 
 
