@@ -276,8 +276,8 @@ def _rank_by_groups(keys, draws, unsure, packed, picked, density_minus_eps, step
     fast); each next member adds the equal keys between it and the previous one."""
     n = keys.shape[0]
     m = unsure.shape[0]
-    for c in range(n):
-        packed[c] = (np.int64(keys[c]) << np.int64(32)) | c
+    for i in range(n):
+        packed[i] = (np.int64(keys[i]) << np.int64(32)) | i
     for k in range(m):
         picked[k] = packed[unsure[k]]
     by_key = np.sort(picked[:m])  # groups of one key, each in index order
@@ -298,12 +298,12 @@ def _rank_by_groups(keys, draws, unsure, packed, picked, density_minus_eps, step
         low, high = key << np.int64(32), (key + np.int64(1)) << np.int64(32)
         previous = np.int64(first & np.int64(0xFFFFFFFF))
         for g in range(start, end):
-            c = np.int64(by_key[g] & np.int64(0xFFFFFFFF))
-            for j in range(previous, c):  # the equal keys since the previous member
+            member = np.int64(by_key[g] & np.int64(0xFFFFFFFF))
+            for j in range(previous, member):  # the equal keys since the previous member
                 rank += (packed[j] >= low) & (packed[j] < high)
-            previous = c
+            previous = member
             p = np.float32(np.float32(rank) * step) + density_minus_eps
-            keep[c] = 2 if draws[c] < p else 0
+            keep[member] = 2 if draws[member] < p else 0
         start = end
     return True
 
