@@ -194,10 +194,10 @@ def _chunk_ties(module: ModuleType, xs: tuple[np.ndarray, ...], base: np.ndarray
 
 def _random_masks(module: ModuleType, variant: TaskVectorVariant, others: Sequence[Operand],
                   xs: tuple[np.ndarray, ...], base: np.ndarray, shape: torch.Size,
-                  ctx: MergeContext, modes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  ctx: MergeContext, modes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """DARE / DELLA: per model ``(k0, k1, density)`` of its stream (one per input, keyed as
     in the eager path) and, for DELLA, the packed keep masks (1 = kept) and the L1 norms
-    ``(Σ|δ|, Σ|kept δ|)`` (zeros for DARE); sets ``modes``."""
+    ``(Σ|δ|, Σ|kept δ|)`` of each model (None for DARE); sets ``modes``."""
     n = base.shape[0]
     rand = np.zeros((len(others), 3), dtype=np.float64)
     della = variant.sparsifier == "della_magprune"
@@ -223,7 +223,7 @@ def _random_masks(module: ModuleType, variant: TaskVectorVariant, others: Sequen
         kernel_runner.parallel(module.della_bits, groups, xs[j], base, np.uint64(k0), np.uint64(k1), n_cols,
                   np.float32(density - epsilon), step, bits[j], row_sums)
         norms[j] = row_sums.sum(axis=0)  # a fixed order of rows: thread-count independent
-    return rand, bits, norms
+    return rand, bits, (norms if della else None)
 
 
 def merge_task_vectors_fused(
@@ -264,8 +264,6 @@ def merge_task_vectors_fused(
             cuts = _locate_cuts(module, xs, base, windows)
     elif variant.sparsifier in ("random", "della_magprune"):
         rand, bits, norms = _random_masks(module, variant, others, xs, base, shape, ctx, modes)
-        if variant.sparsifier == "random":
-            norms = None
     ties = _chunk_ties(module, xs, base, cuts, n_chunks)
 
     scale = np.ones(m, dtype=np.float32)
