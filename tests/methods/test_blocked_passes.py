@@ -182,3 +182,14 @@ def test_arcee_sample_bucketed_by_row_keeps_index_order(parts: int, monkeypatch:
     by_row = np.argsort(index // length, kind="stable")
     assert np.array_equal(ordered, index[by_row])
     assert np.array_equal(starts, np.concatenate([[0], np.cumsum(np.bincount(index // length, minlength=rows))]))
+
+
+def test_arcee_fusion_thread_count_does_not_change_the_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    g = torch.Generator().manual_seed(5)
+    base = torch.randn(1100, 1000, generator=g).to(torch.bfloat16)  # sampled: 1.1M elements
+    other = (base.float() + 0.01 * torch.randn(1100, 1000, generator=g)).to(torch.bfloat16)
+    results = []
+    for threads in (1, 2, 3):
+        monkeypatch.setattr(kernel_runner.torch, "get_num_threads", lambda t=threads: t)
+        results.append(run_method("arcee_fusion", [base, other], 0, seed=3))
+    assert all(torch.equal(results[0], r) for r in results[1:])
