@@ -37,7 +37,6 @@ Two implementations:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from types import ModuleType
 
@@ -95,7 +94,7 @@ def _layout(numel: int, rows: int) -> tuple[int, int, int]:
     if rows <= 0 or numel % rows:
         raise ValueError(f"cannot view {numel} elements as {rows} rows")
     length = numel // rows
-    per_row = max(1, math.ceil(length / BLOCK_ELEMENTS))
+    per_row = kernel_runner.chunk_count(length, BLOCK_ELEMENTS)
     return length, per_row, (rows * per_row if length else 0)
 
 

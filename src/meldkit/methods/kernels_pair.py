@@ -176,7 +176,6 @@ def keep_important(x, base, r0, r1, length, kl, threshold, out, out_bf16):
     return out
 
 
-
 @njit(nogil=True, cache=True, error_model="numpy")
 def nearswap(x, base, s, e, t, min_distance, out, out_bf16):
     """Elements ``s <= i < e``. As eager torch: ``t / d`` is ``(1 / d) · t`` (torch's reflected

@@ -33,7 +33,6 @@ def _count_active(xs, base, s, size, eps, count):
             count[k] = count[k] + _active(_load(x, s + k) - _load(base, s + k), eps)
 
 
-
 @njit(nogil=True, cache=True, error_model="numpy")
 def ram_mix(xs, base, c0, c1, eps, out, out_bf16):
     """RAM for chunks ``c0 <= c < c1``: ``b + (Σ_j δ_j a_j) / max(c, 1)``; ``out`` is float32,

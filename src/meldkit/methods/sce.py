@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from meldkit.methods import sce_fused
+from meldkit.methods import kernel_runner, sce_fused
 from meldkit.methods.inputs import non_base, output_dtype, param_float
 from meldkit.methods.registry import MergeContext
 from meldkit.methods.sparsify import top_k_mask
@@ -187,7 +187,8 @@ def _blocked(base_t: torch.Tensor, others_t: list[torch.Tensor], topk: float,
         keep = (key > cut) | (tie & (ordinal >= drop_ties))
         return b, [d.mul_(keep) for d in ds]
 
-    lanes = torch.zeros(max(1, -(-n // CHUNK)), len(flat_others), LANES, dtype=torch.float64, device=device)
+    lanes = torch.zeros(kernel_runner.chunk_count(n, CHUNK), len(flat_others), LANES, dtype=torch.float64,
+                        device=device)
     for s, e in blocks:
         _, ds = kept(s, e)
         for i, d in enumerate(ds):
