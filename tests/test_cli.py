@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -96,6 +97,36 @@ def test_existing_output_needs_overwrite_and_inputs_are_never_targets(llama_fami
 def test_python_dash_m_and_version():
     out = subprocess.run([sys.executable, "-m", "meldkit", "--version"], capture_output=True, text=True, check=True)
     assert out.stdout.startswith("meldkit ")
+
+
+def test_console_command_exit_code_output_and_omp_policy(llama_family, tmp_path):
+    # `python -m meldkit` runs cli.main.run: main, then os._exit. Its exit code, everything it
+    # printed and a complete output folder must still reach the caller, and torch's OpenMP
+    # workers are told not to spin (unless the caller chose a policy).
+    base, (a, b) = llama_family
+    recipe = _recipe(tmp_path, _linear(a, b))
+    out = tmp_path / "out"
+    probe = tmp_path / "probe.py"
+    probe.write_text("import os, runpy, sys\n"
+                     "import meldkit.cli.commands as c\n"
+                     "merge = c.cmd_merge\n"
+                     "def spy(args):\n"
+                     "    print('policy', os.environ.get('OMP_WAIT_POLICY'))\n"
+                     "    return merge(args)\n"
+                     "c.cmd_merge = spy\n"
+                     "sys.argv = ['meldkit'] + sys.argv[1:]\n"
+                     "runpy.run_module('meldkit', run_name='__main__')\n")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    done = subprocess.run([sys.executable, str(probe), "merge", str(recipe), str(out)],
+                          capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "policy PASSIVE" in done.stdout and f"wrote 39 tensors in 1 shard(s) to {out}" in done.stdout
+    assert (out / "model.safetensors").exists() and not list(tmp_path.glob(".out.meldkit-partial*"))
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    again = subprocess.run([sys.executable, str(probe), "merge", str(recipe), str(out), "--quiet"],
+                           capture_output=True, text=True, env=env)
+    assert again.returncode == 2 and "policy ACTIVE" in again.stdout
+    assert again.stderr.startswith("error: output folder")
 
 
 @pytest.mark.parametrize("argv", [["merge", "--help"], ["plan", "--help"]])

@@ -1,5 +1,5 @@
 """``python -m meldkit`` is the ``meldkit`` command."""
 
-from meldkit.cli.main import main
+from meldkit.cli.main import run
 
-raise SystemExit(main())
+run()
