@@ -34,8 +34,9 @@ working tree; installed releases replace every file and start afresh.
 from __future__ import annotations
 
 import numpy as np
+from llvmlite import ir
 from numba import njit, types
-from numba.extending import overload
+from numba.extending import intrinsic, overload
 
 # Elements per chunk: the unit of parallel work, of float64 partial sums and of tie counting.
 CHUNK = 1 << 14
@@ -150,23 +151,34 @@ def tie_counts(xs, base, c0, c1, cuts, active, counts):
     return counts
 
 
-@njit(inline="always")
-def _mix32(x):
-    # lowbias32 on uint64 holding 32-bit values (the masks let LLVM use 32-bit products).
-    x = x ^ (x >> np.uint64(16))
-    x = (x * np.uint64(0x7FEB352D)) & np.uint64(0xFFFFFFFF)
-    x = x ^ (x >> np.uint64(15))
-    x = (x * np.uint64(0x846CA68B)) & np.uint64(0xFFFFFFFF)
-    return x ^ (x >> np.uint64(16))
+@intrinsic
+def _mix32(typingctx, x):
+    """lowbias32 of a uint32, in 32-bit arithmetic. numba widens uint32 products to 64 bits,
+    and LLVM then vectorizes the hash 4 lanes wide with emulated 64-bit multiplies; as 32-bit
+    IR it runs 8 lanes wide (vpmulld), about twice as fast (0.7 against 1.5 ns a draw)."""
+    if x != types.uint32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        i32 = ir.IntType(32)
+        (v,) = args
+        v = builder.xor(v, builder.lshr(v, ir.Constant(i32, 16)))
+        v = builder.mul(v, ir.Constant(i32, 0x7FEB352D))
+        v = builder.xor(v, builder.lshr(v, ir.Constant(i32, 15)))
+        v = builder.mul(v, ir.Constant(i32, 0x846CA68B))
+        return builder.xor(v, builder.lshr(v, ir.Constant(i32, 16)))
+
+    return types.uint32(types.uint32), codegen
 
 
 @njit(inline="always")
 def _uniform(k0, k1, i):
     """Element ``i`` of the stream with key halves ``k0``/``k1``: sparsify.uniform, bit for bit."""
     i = np.uint64(i)
-    h = _mix32((i & np.uint64(0xFFFFFFFF)) ^ k0)
-    h = _mix32(h ^ (i >> np.uint64(32)) ^ k1)
-    return np.float32(h >> np.uint64(8)) * np.float32(2.0**-24)
+    h = _mix32(np.uint32(np.uint32(i & np.uint64(0xFFFFFFFF)) ^ np.uint32(k0)))
+    h = _mix32(np.uint32(h ^ np.uint32(i >> np.uint64(32)) ^ np.uint32(k1)))
+    # 24 bits convert exactly through int32, which AVX2 converts 8 lanes at a time.
+    return np.float32(np.int32(h >> np.uint32(8))) * np.float32(2.0**-24)
 
 
 @njit(cache=True)
@@ -235,7 +247,16 @@ def della_bits(x, base, g0, g1, k0, k1, n_cols, density_minus_eps, step, bits, s
                 s = slot[c] * np.uint32(2)
                 u = draws[c]
                 keep[c] = np.uint8(np.uint8(u < bounds[s + np.uint32(1)]) + np.uint8(u < bounds[s]))
-            for c in range(n_cols):
+            # Unsure draws are rare (a handful per row): skip 8 decisions at a time when none
+            # of them is one (bit 0 of a decision byte is set for 1 only).
+            words = keep[: n_cols - n_cols % 8].view(np.uint64)
+            for q in range(words.shape[0]):
+                if words[q] & np.uint64(0x0101010101010101):
+                    for c in range(q * 8, q * 8 + 8):
+                        if keep[c] == 1:
+                            unsure[n_unsure] = c
+                            n_unsure += 1
+            for c in range(n_cols - n_cols % 8, n_cols):
                 if keep[c] == 1:
                     unsure[n_unsure] = c
                     n_unsure += 1
