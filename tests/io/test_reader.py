@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from meldkit.errors import InputError, MergeRuntimeError, RecipeError
+from meldkit.io import reader as reader_module
 from meldkit.io.dtypes import (
     code_of,
     dtype_name,
@@ -25,6 +26,15 @@ from meldkit.io.dtypes import (
 from meldkit.io.header import DTYPE_SIZES
 from meldkit.io.index import open_index
 from meldkit.io.reader import TensorReader
+
+
+@pytest.fixture(params=["read", "map"])
+def path_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test through both ways of reading a tensor: into a buffer, and mapped (every
+    non-empty tensor, however small, when the map threshold is lowered to one byte)."""
+    if request.param == "map":
+        monkeypatch.setattr(reader_module, "_MAP_MIN_BYTES", 1)
+    return str(request.param)
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:
@@ -61,7 +71,7 @@ def _all_dtypes() -> dict[str, torch.Tensor]:
     }
 
 
-def test_round_trip_every_dtype(tmp_path: Path) -> None:
+def test_round_trip_every_dtype(tmp_path: Path, path_kind: str) -> None:
     tensors = _all_dtypes()
     save_file(tensors, tmp_path / "model.safetensors")
     idx = open_index(tmp_path)
@@ -75,7 +85,7 @@ def test_round_trip_every_dtype(tmp_path: Path) -> None:
 @pytest.mark.parametrize("shape", [(), (0,), (2, 0, 3), (1,), (4, 1, 3), (2, 3, 4, 5)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int8])
 def test_shapes_including_scalar_and_empty(
-    tmp_path: Path, shape: tuple[int, ...], dtype: torch.dtype
+    tmp_path: Path, shape: tuple[int, ...], dtype: torch.dtype, path_kind: str
 ) -> None:
     t = torch.arange(max(1, torch.Size(shape).numel()), dtype=torch.float32)[
         : torch.Size(shape).numel()
@@ -87,7 +97,7 @@ def test_shapes_including_scalar_and_empty(
     assert _same(got, t)
 
 
-def test_reading_from_a_sharded_model(tmp_path: Path) -> None:
+def test_reading_from_a_sharded_model(tmp_path: Path, path_kind: str) -> None:
     shards = {
         "model-00001-of-00002.safetensors": {
             "a": torch.randn(4, 4),
@@ -106,7 +116,7 @@ def test_reading_from_a_sharded_model(tmp_path: Path) -> None:
                 assert _same(reader.read(idx.tensors[name]), t)
 
 
-def test_result_is_private_memory(tmp_path: Path) -> None:
+def test_result_is_private_memory(tmp_path: Path, path_kind: str) -> None:
     t = torch.arange(6, dtype=torch.float32)
     save_file({"t": t}, tmp_path / "model.safetensors")
     info = open_index(tmp_path).tensors["t"]
@@ -114,9 +124,48 @@ def test_result_is_private_memory(tmp_path: Path) -> None:
         first = reader.read(info)
         first.mul_(0)  # in-place math on an input must not leak into a later read
         assert _same(reader.read(info), t)
+    assert _same(load_file(tmp_path / "model.safetensors")["t"], t)  # nor into the file
 
 
-def test_truncated_after_indexing(tmp_path: Path) -> None:
+def _maps_of(path: Path) -> int:
+    return sum(1 for line in Path("/proc/self/maps").read_text().splitlines() if str(path) in line)
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc/self/maps (Linux)")
+def test_big_tensors_are_mapped_for_as_long_as_they_live(tmp_path: Path) -> None:
+    big = torch.arange(reader_module._MAP_MIN_BYTES // 4, dtype=torch.float32)
+    path = tmp_path / "model.safetensors"
+    save_file({"big": big, "small": torch.ones(8)}, path)
+    idx = open_index(tmp_path)
+    with TensorReader() as reader:
+        small = reader.read(idx.tensors["small"])
+        assert _maps_of(path) == 0  # below the threshold: read into a buffer
+        got = reader.read(idx.tensors["big"])
+        assert _maps_of(path) == 1 and _same(got, big)
+        view = got[1:].view(torch.int32)
+        del got
+        assert _maps_of(path) == 1  # a view keeps the mapping
+        del view
+        assert _maps_of(path) == 0
+    assert _same(small, torch.ones(8))
+
+
+def test_misaligned_tensor_is_read_not_mapped(tmp_path: Path, path_kind: str) -> None:
+    # safetensors does not require alignment: a float32 tensor at offset 3 of the data section
+    # must still come back exact (from an aligned buffer, which the kernels need).
+    value = torch.arange(5, dtype=torch.float32)
+    header = {"pad": {"dtype": "U8", "shape": [3], "data_offsets": [0, 3]},
+              "t": {"dtype": "F32", "shape": [5], "data_offsets": [3, 23]}}
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(len(raw).to_bytes(8, "little") + raw + b"abc" + value.numpy().tobytes())
+    with TensorReader() as reader:
+        got = reader.read(open_index(tmp_path).tensors["t"])
+    assert _same(got, value) and got.data_ptr() % 4 == 0
+
+
+def test_truncated_after_indexing(tmp_path: Path, path_kind: str) -> None:
     save_file({"a": torch.ones(10), "b": torch.ones(1000)}, tmp_path / "model.safetensors")
     idx = open_index(tmp_path)
     path = tmp_path / "model.safetensors"

@@ -1,11 +1,18 @@
 """Read single tensors from checkpoint files by byte offset, with bounded memory.
 
-Safetensors tensors are read with positional reads (``os.preadv``) straight into a freshly
-allocated buffer, never through mmap: mapped pages count towards the process's resident memory
-until the kernel reclaims them, so an mmap reader's RSS grows with the bytes touched, not with
-the tensors alive. A read buffer is freed as soon as the tensor is, so memory is bounded by what
-the executor keeps. Each file is opened once (lazily) and its descriptor shared by all threads;
-positional reads need no seek, so concurrent reads need no lock.
+Safetensors tensors of at least :data:`_MAP_MIN_BYTES` are mapped one tensor at a time
+(``mmap``, private: in-place math on the result copies the pages it touches and never reaches
+the file), with a read-ahead hint for the whole range. The mapping lives exactly as long as the
+tensor (and its views) do, so memory stays bounded by what the executor keeps, as with a read
+buffer. A map costs about half of a read into a fresh buffer: the page-cache pages are mapped,
+not copied into newly zeroed memory (0.7 against 1.4-1.6 s of CPU for `med`'s 3.2 GB). Whole
+files are never mapped: the resident memory of a long-lived mapping grows with the bytes
+touched, not with the tensors alive.
+
+Smaller tensors, tensors whose offset in the file is not a multiple of their element size, and
+pinned buffers for a GPU are read with positional reads (``os.preadv``) into a fresh buffer.
+Each file is opened once (lazily) and its descriptor shared by all threads; positional reads
+and maps need no seek, so concurrent reads need no lock.
 
 Pickled ``.bin`` checkpoints are loaded whole with ``torch.load(weights_only=True, mmap=True)``
 (never running pickled code) and cached per file.
@@ -14,6 +21,7 @@ Pickled ``.bin`` checkpoints are loaded whole with ``torch.load(weights_only=Tru
 from __future__ import annotations
 
 import ctypes
+import mmap
 import os
 import threading
 from pathlib import Path
@@ -32,6 +40,10 @@ __all__ = ["TensorReader"]
 
 # Linux caps one read at 0x7ffff000 bytes; smaller chunks keep every call well below it.
 _MAX_CHUNK = 1 << 30
+
+#: Tensors of at least this many bytes are mapped instead of read (see the module docstring):
+#: below it a map's system calls cost more than the copy they save.
+_MAP_MIN_BYTES = 1 << 20
 
 
 def _writable_view(buf: torch.Tensor) -> memoryview:
@@ -78,7 +90,8 @@ class TensorReader:
     def read(self, info: TensorInfo, device: str = "cpu", pin_memory: bool = False) -> torch.Tensor:
         """Return the tensor ``info`` describes, with the file's dtype and shape, on ``device``.
 
-        The result owns fresh memory, so callers may modify it in place. With ``pin_memory``
+        The result is private, so callers may modify it in place (a mapped result copies the
+        pages it writes; the file never changes). With ``pin_memory``
         and a CUDA ``device`` (when CUDA is available) the bytes land in a pinned buffer and
         are copied to the GPU asynchronously; on CPU the flag is ignored.
         """
@@ -118,11 +131,40 @@ class TensorReader:
                 f"{info.file}: tensor '{info.name}' is {info.dtype} {list(info.shape)} but "
                 f"spans {nbytes} bytes"
             )
-        buf = torch.empty(nbytes, dtype=torch.uint8, pin_memory=pinned)
-        if nbytes:
-            self._fill(info, buf)
+        if not pinned and nbytes >= max(_MAP_MIN_BYTES, 1) and info.start % itemsize(info.dtype) == 0:
+            buf = self._map(info, nbytes)
+        else:
+            buf = torch.empty(nbytes, dtype=torch.uint8, pin_memory=pinned)
+            if nbytes:
+                self._fill(info, buf)
         # (nbytes,) uint8 -> (numel,) dtype -> shape; a 0-dim tensor is one element, () shape
         return buf.view(dtype).reshape(info.shape)
+
+    def _map(self, info: TensorInfo, nbytes: int) -> torch.Tensor:
+        """The tensor's bytes as a private mapping of its range of the file (uint8)."""
+        import numpy as np
+        import torch
+
+        fd = self._fd(info.file)
+        try:
+            # A mapped page past the end of the file would kill the process (SIGBUS) when
+            # touched; a file that shrank since planning gets the read path's error instead.
+            size = os.fstat(fd).st_size
+            if size < info.end:
+                raise _truncated(info, size - info.start)
+            start = info.start - info.start % mmap.ALLOCATIONGRANULARITY
+            mapped = mmap.mmap(fd, info.end - start, offset=start, access=mmap.ACCESS_COPY)
+        except OSError as exc:
+            raise InputError(f"cannot read tensor '{info.name}' from {info.file}: {exc.strerror or exc}") from None
+        if hasattr(mapped, "madvise"):
+            # One read-ahead request for the whole range, before the faults below walk it.
+            mapped.madvise(mmap.MADV_WILLNEED)
+        # Fault the pages in here, on the reader thread (one read a page; the kernel maps a
+        # few neighbours per fault): the math would otherwise take the faults, and on a cold
+        # cache wait for the disk. numpy's reduction releases the GIL while it faults.
+        np.frombuffer(mapped, dtype=np.uint8)[:: mmap.PAGESIZE].max()
+        # The tensor holds the mapping; it is unmapped when the tensor and its views are freed.
+        return torch.frombuffer(mapped, dtype=torch.uint8, count=nbytes, offset=info.start - start)
 
     def _fill(self, info: TensorInfo, buf: torch.Tensor) -> None:
         fd = self._fd(info.file)
@@ -137,11 +179,7 @@ class TensorReader:
                     f"cannot read tensor '{info.name}' from {info.file}: {exc.strerror or exc}"
                 ) from None
             if got == 0:
-                raise InputError(
-                    f"{info.file} ended after {info.start + done} bytes while reading tensor "
-                    f"'{info.name}' (bytes {info.start}..{info.end}); the file was truncated",
-                    hint="the file changed after planning; restore it and run again",
-                )
+                raise _truncated(info, done)
             done += got
 
     # -- pickled .bin ----------------------------------------------------------------------
@@ -172,6 +210,15 @@ class TensorReader:
                 with self._lock:
                     self._pickles[path] = state
             return state
+
+
+def _truncated(info: TensorInfo, done: int) -> InputError:
+    """The error for a file that ends ``done`` bytes into the tensor ``info``."""
+    return InputError(
+        f"{info.file} ended after {info.start + max(done, 0)} bytes while reading tensor "
+        f"'{info.name}' (bytes {info.start}..{info.end}); the file was truncated",
+        hint="the file changed after planning; restore it and run again",
+    )
 
 
 def _want_pinned(device: str, pin_memory: bool) -> bool:
