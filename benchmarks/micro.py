@@ -65,7 +65,7 @@ def kernels_section(xb: torch.Tensor, yb: torch.Tensor, length: int, row: Callab
         lambda: tv.della_bits(xs, bs, 0, -(-rows // 8), np.uint64(1), np.uint64(2), length, np.float32(0.4),
                               step, bits, sums))
     kl = np.empty(rows)
-    no_sample = (np.zeros(rows + 1, dtype=np.int64), np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32))
+    no_sample = (np.zeros(rows + 1, dtype=np.int64), np.uint64(0), np.uint64(0), False, np.empty(0, dtype=np.float32))
     row("arcee row_kl kernel (float64 KL)",
         lambda: pair.row_kl(xs, bs, 0, rows, length, arcee_fusion.KL_EPS, kl, *no_sample))
     threads = torch.get_num_threads()

@@ -7,7 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from meldkit.methods import MergeContext, arcee_fusion, kernel_runner, ram, ramplus_tl, sce
+from meldkit.methods import (
+    MergeContext,
+    arcee_fusion,
+    kernel_runner,
+    ram,
+    ramplus_tl,
+    sce,
+    sparsify,
+)
 from tests.methods.helpers import run_method
 
 
@@ -87,12 +95,16 @@ def test_arcee_fusion_equals_the_whole_tensor_formula(shape: tuple[int, ...], dt
     b, x = base.float(), other.float()
     rows = b.numel() // shape[-1]
     stored = kernel_runner.stored_arrays([base, other]) if kernels else None
-    kl, _ = arcee_fusion.kl_and_sample(b.reshape(rows, -1), x.reshape(rows, -1), torch.float32,
-                                       torch.arange(0), stored)
+    kl, _ = arcee_fusion.kl_and_sample(b.reshape(rows, -1), x.reshape(rows, -1), torch.float32, None, stored)
     imp = ((x - b).abs().reshape(rows, -1) * kl).reshape(-1)
     n = imp.numel()
     if n > arcee_fusion.SAMPLE_SIZE:
-        sample = imp[torch.randint(0, n, (arcee_fusion.SAMPLE_SIZE,), generator=ctx.generator("arcee_fusion"))]
+        # Each draw's row, then (rows in order) each draw's column: multiply-shift of the
+        # seeded hash streams into [0, rows) and [0, length).
+        size, length = arcee_fusion.SAMPLE_SIZE, shape[-1]
+        row_draws = (sparsify.hash32(ctx.stream_key("arcee_fusion/rows"), 0, size) * rows) >> 32
+        columns = (sparsify.hash32(ctx.stream_key("arcee_fusion/columns"), 0, size) * length) >> 32
+        sample = imp[row_draws.sort().values * length + columns]
     else:
         sample = imp
     q1, median, q3 = torch.quantile(sample, torch.tensor([0.25, 0.5, 0.75]))
@@ -135,7 +147,8 @@ def test_arcee_kl_kernel_matches_float64(scale: float) -> None:
         other = (base.float() + scale * torch.randn(shape, generator=g)).to(torch.bfloat16)
         got = np.empty(shape[0])
         module.row_kl(*kernel_runner.stored_arrays([other, base]), 0, shape[0], shape[1], arcee_fusion.KL_EPS, got,
-                      np.zeros(shape[0] + 1, dtype=np.int64), np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32))
+                      np.zeros(shape[0] + 1, dtype=np.int64), np.uint64(0), np.uint64(0), False,
+                      np.empty(0, dtype=np.float32))
         x, b = other.double(), base.double()
         p, q = torch.softmax(x, -1) + 1e-8, torch.softmax(b, -1) + 1e-8
         expected = (p * (p / q).log()).sum(-1).numpy()
@@ -169,19 +182,43 @@ def test_arcee_exp_and_log_polynomials() -> None:
 
 
 @pytest.mark.parametrize("parts", [1, 2, 3])
-def test_arcee_sample_bucketed_by_row_keeps_index_order(parts: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    # The counting sort runs in parallel ranges; each row must still list its positions in
-    # their order in the sample, whatever the number of ranges.
+def test_arcee_sample_rows_counted_by_the_kernel_equal_torch(parts: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The kernel counts the rows' draws in parallel ranges; the counts must not depend on them.
     module = kernel_runner.load("kernels_pair")
     if module is None:
         pytest.skip("numba not installed")
     monkeypatch.setattr(kernel_runner.torch, "get_num_threads", lambda: parts)
-    rows, length = 37, 11
-    index = np.random.default_rng(parts).integers(0, rows * length, 5000)
-    starts, ordered = arcee_fusion.bucket_by_row(module, index, length, rows)
-    by_row = np.argsort(index // length, kind="stable")
-    assert np.array_equal(ordered, index[by_row])
-    assert np.array_equal(starts, np.concatenate([[0], np.cumsum(np.bincount(index // length, minlength=rows))]))
+    key = MergeContext("w", parts).stream_key("arcee_fusion/rows")
+    got = arcee_fusion.sample_starts(key, 37, 5000, module)
+    picked = (sparsify.hash32(key, 0, 5000) * 37) >> 32
+    assert np.array_equal(got, np.concatenate([[0], np.cumsum(np.bincount(picked.numpy(), minlength=37))]))
+    assert np.array_equal(got, arcee_fusion.sample_starts(key, 37, 5000))
+
+
+def test_arcee_sample_positions_are_uniform() -> None:
+    rows, length, size = 7, 13, 200_000
+    index = arcee_fusion.sample_index((11, 12), rows, length, size)
+    assert index.shape == (size,) and bool(((index // length).diff() >= 0).all())  # row order
+    counts = torch.bincount(index, minlength=rows * length)
+    mean = size / (rows * length)  # 2198 draws per position; one standard deviation is 47
+    assert counts.numel() == rows * length and int((counts - mean).abs().max()) < 6 * mean**0.5
+
+
+def test_arcee_kernel_sample_equals_the_eager_gather() -> None:
+    module = kernel_runner.load("kernels_pair")
+    if module is None:
+        pytest.skip("numba not installed")
+    g = torch.Generator().manual_seed(6)
+    base = torch.randn(1100, 1000, generator=g).to(torch.bfloat16)  # sampled: 1.1M elements
+    other = (base.float() + 0.01 * torch.randn(1100, 1000, generator=g)).to(torch.bfloat16)
+    keys = (5, 6)
+    kl_k, fused = arcee_fusion.kl_and_sample(base, other, torch.float32, keys,
+                                             kernel_runner.stored_arrays([base, other]))
+    kl_t, eager = arcee_fusion.kl_and_sample(base, other, torch.float32, keys)
+    # Same positions in the same order; the values differ only by the KLs' last digits.
+    assert fused.shape == eager.shape == (arcee_fusion.SAMPLE_SIZE,)
+    torch.testing.assert_close(kl_k, kl_t, rtol=1e-5, atol=0)
+    torch.testing.assert_close(fused, eager, rtol=1e-5, atol=0)
 
 
 def test_arcee_fusion_thread_count_does_not_change_the_result(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,9 +8,12 @@ With base ``b`` and the other model ``x`` (rows along the last axis; a 1-D tenso
     thr = median(imp) + 1.5 · (Q3(imp) - Q1(imp))
     out = b + (x - b) · [imp >= thr]
 
-The quartiles are estimated from 1,000,000 elements drawn uniformly with replacement when the
-tensor is larger (as MergeKit does), here drawn from ``ctx.generator("arcee_fusion")`` on the CPU
-so a seed reproduces the result on any device. The median is the 0.5 quantile of that sample.
+The quartiles are estimated from 1,000,000 positions drawn uniformly with replacement when the
+tensor is larger (as MergeKit does). Here each draw's row and then, row by row, each draw's
+column come from counter-based hash streams keyed by the seed and the tensor's name
+(:func:`sample_index`): the same multiset of positions in distribution as drawing flat
+positions, a seed reproduces it on any device and thread count, and the CPU kernel draws each
+row's columns while the row is in cache. The median is the 0.5 quantile of that sample.
 The result is rounded once to the engine's output dtype (MergeKit returns float32 whatever the
 inputs were).
 
@@ -30,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from meldkit.methods import kernel_runner
+from meldkit.methods import kernel_runner, sparsify
 from meldkit.methods.inputs import base_and_other, output_dtype
 from meldkit.methods.registry import MergeContext
 
@@ -82,56 +85,74 @@ def quartiles(sample: torch.Tensor) -> torch.Tensor:
 BLOCK_ELEMENTS = 1 << 20
 
 
-def bucket_by_row(module: Any, index: np.ndarray, length: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
-    """The flat positions ``index`` grouped by row of the ``(rows, length)`` view: ``ordered``
-    with row ``r``'s positions at ``ordered[starts[r]:starts[r + 1]]``, in their order in
-    ``index`` (a counting sort, its two passes in parallel ranges). Row order lets the KL
-    kernel read each sampled value from the row it has just loaded instead of at random."""
-    parts = kernel_runner.ranges(index.shape[0])
-    row_of = np.empty(index.shape[0], dtype=np.int32)
-    counts = np.zeros((len(parts), rows), dtype=np.int64)
-    kernel_runner.run_all([(module.count_rows, (index, a, b, length, row_of, counts[t]))
-                           for t, (a, b) in enumerate(parts)])
+def _keys(ctx: MergeContext) -> tuple[int, int]:
+    """The streams of the sample's rows and of its columns."""
+    return ctx.stream_key("arcee_fusion/rows"), ctx.stream_key("arcee_fusion/columns")
+
+
+def _halves(key: int) -> tuple[np.uint64, np.uint64]:
+    return np.uint64(key & 0xFFFFFFFF), np.uint64(key >> 32)
+
+
+def sample_starts(key: int, rows: int, size: int, module: Any | None = None) -> np.ndarray:
+    """Where each row's draws start among ``size`` draws: draw ``k`` picks row
+    ``(hash32(key)[k] · rows) >> 32``, and ``starts[r]:starts[r + 1]`` are row ``r``'s (so
+    ``starts`` has ``rows + 1`` entries). ``module``: the numba kernels, counting in parallel
+    ranges (the counts do not depend on them)."""
+    if module is not None:
+        parts = kernel_runner.ranges(size)
+        counts = np.zeros((len(parts), rows), dtype=np.int64)
+        kernel_runner.run_all([(module.count_sample_rows, (*_halves(key), a, b, rows, counts[t]))
+                               for t, (a, b) in enumerate(parts)])
+        per_row = counts.sum(axis=0)
+    else:
+        picked = (sparsify.hash32(key, 0, size) * rows) >> 32
+        per_row = torch.bincount(picked, minlength=rows).numpy()
     starts = np.zeros(rows + 1, dtype=np.int64)
-    np.cumsum(counts.sum(axis=0), out=starts[1:])
-    # Each range writes after the earlier ranges' positions in the same row.
-    offsets = starts[:-1] + np.cumsum(counts, axis=0) - counts
-    ordered = np.empty(index.shape[0], dtype=np.int64)
-    kernel_runner.run_all([(module.scatter_rows, (index, a, b, row_of, offsets[t], ordered))
-                           for t, (a, b) in enumerate(parts)])
-    return starts, ordered
+    np.cumsum(per_row, out=starts[1:])
+    return starts
 
 
-def kl_and_sample(b2: torch.Tensor, x2: torch.Tensor, work: torch.dtype, index: torch.Tensor | None,
+def sample_index(keys: tuple[int, int], rows: int, length: int, size: int) -> torch.Tensor:
+    """The ``size`` flat positions of the ``(rows, length)`` view that the quartiles are
+    estimated from, uniform with replacement, in row order: row ``r`` gets the draws
+    ``starts[r] <= k < starts[r + 1]`` (:func:`sample_starts`), draw ``k`` the column
+    ``(hash32(keys[1])[k] · length) >> 32``. The CPU kernel draws the same columns itself."""
+    starts = torch.from_numpy(sample_starts(keys[0], rows, size))
+    row_of = torch.repeat_interleave(torch.arange(rows), starts.diff())
+    return row_of * length + ((sparsify.hash32(keys[1], 0, size) * length) >> 32)
+
+
+def kl_and_sample(b2: torch.Tensor, x2: torch.Tensor, work: torch.dtype, keys: tuple[int, int] | None,
                   stored: Sequence[np.ndarray] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Pass 1 over the ``(rows, length)`` views: :func:`row_kl` of each row, as ``(rows, 1)`` in
-    ``work``, and the importance ``|x - b| · kl`` at the flat positions ``index`` (None: at
-    every position, in order).
+    ``work``, and the importance ``|x - b| · kl`` at the positions :func:`sample_index` draws
+    from the streams ``keys`` (None: at every position, in order).
 
     With ``stored`` (the base's and the other's arrays as stored) one numba kernel does both,
-    row by row, and the sample comes in row order; otherwise torch computes the KL in blocks
-    of rows and gathers the sample in ``index`` order. Quantiles do not depend on the order."""
+    row by row; otherwise torch computes the KL in blocks of rows and gathers the sample. Both
+    give the sample in the same order."""
     rows, length = b2.shape
     if stored is not None:
         module = kernel_runner.load("kernels_pair")
         assert module is not None
-        if index is None:  # every position: already in row order
-            starts, ordered = np.arange(rows + 1, dtype=np.int64) * length, np.arange(rows * length, dtype=np.int64)
-        else:
-            starts, ordered = bucket_by_row(module, index.numpy(), length, rows)
+        size = rows * length if keys is None else SAMPLE_SIZE
+        starts = np.zeros(rows + 1, dtype=np.int64) if keys is None else sample_starts(keys[0], rows, size, module)
+        c0, c1 = _halves(0 if keys is None else keys[1])
         values = np.empty(rows, dtype=np.float64)
-        sample = np.empty(ordered.shape[0], dtype=np.float32)
+        sample = np.empty(size, dtype=np.float32)
         stored_b, stored_x = stored
-        kernel_runner.parallel(module.row_kl, rows, stored_x, stored_b, length, KL_EPS, values, starts, ordered, sample)
+        kernel_runner.parallel(module.row_kl, rows, stored_x, stored_b, length, KL_EPS, values, starts, c0, c1,
+                               keys is None, sample)
         return torch.from_numpy(values).to(work).reshape(rows, 1), torch.from_numpy(sample)
     kl = torch.empty(rows, 1, dtype=work, device=b2.device)
     step = max(1, BLOCK_ELEMENTS // max(length, 1))
     for r0 in range(0, rows, step):
         r1 = min(rows, r0 + step)
         kl[r0:r1] = row_kl(x2[r0:r1], b2[r0:r1])
-    if index is None:
+    if keys is None:
         return kl, (x2.to(work) - b2.to(work)).abs_().mul_(kl).reshape(-1)
-    index = index.to(b2.device)
+    index = sample_index(keys, rows, length, SAMPLE_SIZE).to(b2.device)
     bb = b2.reshape(-1)[index].to(work)
     xb = x2.reshape(-1)[index].to(work)
     return kl, (xb - bb).abs_() * kl.reshape(-1)[index // length]
@@ -171,10 +192,7 @@ def merge(
     # the importance at MergeKit's with-replacement sample of positions (all of them when
     # there are at most SAMPLE_SIZE).
     n = base.numel()
-    index = None
-    if n > SAMPLE_SIZE:
-        index = torch.randint(0, n, (SAMPLE_SIZE,), generator=ctx.generator("arcee_fusion"))
-    kl, sample = kl_and_sample(b2, x2, work, index, stored)
+    kl, sample = kl_and_sample(b2, x2, work, _keys(ctx) if n > SAMPLE_SIZE else None, stored)
     q1, median, q3 = quartiles(sample)
     threshold = median + 1.5 * (q3 - q1)
 

@@ -3,9 +3,9 @@
 * :func:`row_kl`: arcee_fusion's ``KL(softmax(x) + ε || softmax(b) + ε)`` of each row, in float64
   from float32 exponentials (the float32 formula loses most of its digits, see its docstring);
 * :func:`keep_important`: arcee_fusion's output, ``b + (x - b) · [|x - b| · kl[row] >= thr]``;
-* :func:`count_rows` and :func:`scatter_rows`: arcee_fusion's sampled positions grouped by row
-  (for :func:`row_kl`), and :func:`order_statistics`: the few order statistics its quartiles
-  interpolate;
+* :func:`count_sample_rows`: how many of arcee_fusion's sampled positions fall in each row (the
+  columns are drawn inside :func:`row_kl`), and :func:`order_statistics`: the few order
+  statistics its quartiles interpolate;
 * :func:`nearswap`: ``ω x + (1 - ω) b`` with ``ω = clamp(t / max(|b - x|, 1e-6), 0, 1)``.
 
 They read the inputs as stored (bfloat16 bits or float32) and write float32 or bfloat16
@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from meldkit.methods.kernels import _load, _store
+from meldkit.methods.kernels import _hash32, _load, _store
 
 # exp and log as polynomials that LLVM vectorizes (libm's are scalar calls). Constants from
 # the usual Cody-Waite range reductions; accuracy is checked by the tests against numpy.
@@ -114,12 +114,14 @@ def _sum64(values):
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def row_kl(x, base, r0, r1, length, eps, kl, starts, ordered, sample):
+def row_kl(x, base, r0, r1, length, eps, kl, starts, c0, c1, every, sample):
     """``kl[r] = Σ p log(p / q)`` with ``p = softmax(x_r) + eps``, ``q = softmax(b_r) + eps``,
     for rows ``r0 <= r < r1`` of the ``(rows, length)`` view; and, while the row is in cache,
     the importance ``|x - b| · float32(kl[r])`` of its sampled positions (float32, as the
-    eager path): ``sample[k]`` for ``ordered[k]``, ``starts[r] <= k < starts[r + 1]`` (see
-    :func:`meldkit.methods.arcee_fusion.bucket_by_row`).
+    eager path). With ``every``, ``sample`` is the importance of every position in order;
+    otherwise ``sample[k]`` for ``starts[r] <= k < starts[r + 1]`` is that of the column
+    ``column(k)`` of row ``r`` drawn from the hash stream ``(c0, c1)`` (see
+    :func:`meldkit.methods.arcee_fusion.sample_index`).
 
     The exponentials are float32 (within 2 ulp); normalising, the ratio, its log and the sums
     are float64. This matters: for a fine-tune close to its base, ``p`` and ``q`` agree to
@@ -156,10 +158,20 @@ def row_kl(x, base, r0, r1, length, eps, kl, starts, ordered, sample):
                 terms[k] = p * _log64(p / q) - (p - q)
         kl[r] = _sum64(terms)
         scale = np.float32(kl[r])
-        for k in range(starts[r], starts[r + 1]):
-            i = ordered[k]
-            sample[k] = abs(_load(x, i) - _load(base, i)) * scale
+        if every:
+            for k in range(length):
+                sample[s + k] = abs(_load(x, s + k) - _load(base, s + k)) * scale
+        else:
+            for k in range(starts[r], starts[r + 1]):
+                i = s + _column(c0, c1, k, length)
+                sample[k] = abs(_load(x, i) - _load(base, i)) * scale
     return kl
+
+
+@njit(inline="always")
+def _column(c0, c1, k, length):
+    # Lemire's multiply-shift: a 32-bit hash scaled to [0, length) without a division.
+    return np.int64((np.uint64(_hash32(c0, c1, k)) * np.uint64(length)) >> np.uint64(32))
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
@@ -193,41 +205,14 @@ def nearswap(x, base, s, e, t, min_distance, out, out_bf16):
     return out
 
 
-@njit(inline="always")
-def _row_of(i, length, inverse):
-    # i // length without an integer division: the float estimate is off by at most one.
-    r = np.int64(np.float64(i) * inverse)
-    if r * length > i:
-        r -= 1
-    elif (r + 1) * length <= i:
-        r += 1
-    return r
-
-
 @njit(nogil=True, cache=True, error_model="numpy")
-def count_rows(index, s, e, length, rows, counts):
-    """First half of a counting sort of the flat positions ``index`` by row of the
-    ``(rows, length)`` view, for ``s <= k < e``: ``rows[k]`` = the row of ``index[k]``, and
-    ``counts[r]`` += how many of them fall in row ``r``. Ranges run in parallel, each with its
-    own ``counts``; :func:`scatter_rows` then places them."""
-    inverse = 1.0 / length
+def count_sample_rows(k0, k1, s, e, rows, counts):
+    """``counts[r]`` += how many draws ``s <= k < e`` of the hash stream ``(k0, k1)`` pick row
+    ``r`` of ``rows`` (multiply-shift, as :func:`_column`). Ranges run in parallel, each with
+    its own ``counts``; the caller sums them."""
     for k in range(s, e):
-        r = _row_of(index[k], length, inverse)
-        rows[k] = r
-        counts[r] += 1
+        counts[np.int64((np.uint64(_hash32(k0, k1, k)) * np.uint64(rows)) >> np.uint64(32))] += 1
     return counts
-
-
-@njit(nogil=True, cache=True, error_model="numpy")
-def scatter_rows(index, s, e, rows, offsets, ordered):
-    """Second half: ``ordered[offsets[r]++] = index[k]`` for ``s <= k < e`` with ``r = rows[k]``.
-    With each range's offsets starting after the earlier ranges' positions in the same row,
-    every row lists its positions in their order in ``index``, whatever the ranges."""
-    for k in range(s, e):
-        r = rows[k]
-        ordered[offsets[r]] = index[k]
-        offsets[r] += 1
-    return ordered
 
 
 @njit(inline="always")

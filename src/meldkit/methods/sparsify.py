@@ -39,6 +39,8 @@ __all__ = [
     "top_k_mask",
     "l1_norm",
     "rescale_l1",
+    "hash32",
+    "uniform",
     "uniform_chunks",
     "magnitude",
     "bernoulli",
@@ -193,16 +195,20 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
-def uniform(key: int, start: int, end: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """``u_i ~ U[0, 1)`` (float32, 24 random bits) for ``start <= i < end`` of stream ``key``.
-
+def hash32(key: int, start: int, end: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``h_i``, 32 random bits as int64, for ``start <= i < end`` of stream ``key``:
     ``h = mix32(mix32((i mod 2**32) ^ k0) ^ k1 ^ (i >> 32))`` with ``k0``/``k1`` the low and
-    high 32 bits of ``key``, and ``u_i = (h >> 8) / 2**24``."""
+    high 32 bits of ``key``."""
     i = torch.arange(start, end, dtype=torch.int64, device=device)
     k0, k1 = key & _MASK32, (key >> 32) & _MASK32
     h = _mix32((i & _MASK32) ^ k0)
-    h = _mix32(h ^ ((i >> 32) ^ k1))
-    return (h >> 8).to(torch.float32).mul_(2.0**-24)
+    return _mix32(h ^ ((i >> 32) ^ k1))
+
+
+def uniform(key: int, start: int, end: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``u_i ~ U[0, 1)`` (float32, 24 random bits) for ``start <= i < end`` of stream ``key``:
+    ``u_i = (h_i >> 8) / 2**24`` with ``h`` from :func:`hash32`."""
+    return (hash32(key, start, end, device) >> 8).to(torch.float32).mul_(2.0**-24)
 
 
 def uniform_chunks(
