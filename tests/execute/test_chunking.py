@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from meldkit.api import run_merge
@@ -42,3 +44,33 @@ def test_chunked_merge_equals_whole_tensor_merge(llama_family, tmp_path, monkeyp
     monkeypatch.setattr(tensor_module, "CHUNK_ELEMENTS", 100)
     run_merge(recipe, tmp_path / "chunked", quiet=True)
     assert (tmp_path / "whole" / "model.safetensors").read_bytes() == (tmp_path / "chunked" / "model.safetensors").read_bytes()
+
+
+def test_compute_order_puts_big_tensors_first_between_small_ones(llama_family):
+    base, (a, b) = llama_family
+    plan = plan_merge(_linear(a, b))
+    names = [t.name for t in plan.tensors]
+    assert names[0] == "model.embed_tokens.weight" and names[-2:] == ["lm_head.weight", "model.norm.weight"]
+    order = tensor_module.compute_order(plan.tensors)
+    assert sorted(t.name for t in order) == sorted(names)  # every tensor once
+    largest = max(math.prod(t.shape) for t in order)
+    big = [math.prod(t.shape) >= largest / 2 for t in order]  # vocabulary tensors and MLPs here
+    n_big = sum(big)
+    assert 2 < n_big < len(order) // 2
+    # Big and small alternate until the big ones run out; each group keeps the plan's order.
+    assert big[: 2 * n_big] == [True, False] * n_big and not any(big[2 * n_big:])
+    for group in (True, False):
+        picked = [t.name for t, g in zip(order, big) if g == group]
+        assert picked == [n for n in names if n in picked]
+    assert order[-1].name == "model.norm.weight" and order[2 * n_big - 2].name == "lm_head.weight"
+    assert tensor_module.compute_order([]) == []
+
+
+def test_compute_order_with_few_small_tensors():
+    class T:
+        def __init__(self, name: str, n: int) -> None:
+            self.name, self.shape = name, (n,)
+
+    got = tensor_module.compute_order([T("a", 10), T("b", 100), T("c", 60), T("d", 100), T("e", 1)])
+    assert [t.name for t in got] == ["b", "a", "c", "e", "d"]  # big: b, c, d (>= half of 100)
+    assert [t.name for t in tensor_module.compute_order([T("z", 0)])] == ["z"]

@@ -48,7 +48,7 @@ from meldkit.execute.output import (
     prepare_partial,
     publish,
 )
-from meldkit.execute.tensors import Piece, TensorLoader, compute_tensor, split_pieces
+from meldkit.execute.tensors import Piece, TensorLoader, compute_order, compute_tensor, split_pieces
 from meldkit.io.writer import ShardedWriter
 from meldkit.methods.registry import MergeContext, load_merge_function
 from meldkit.plan.planner import MergePlan
@@ -380,7 +380,7 @@ def _write_tensors(
     done = set(completed)
     # Tensors of verified shards are neither read nor computed again.
     skip = {e.spec.name for s in plan.shards if s.filename in done for e in s.entries}
-    todo = [t for t in plan.tensors if t.name not in skip]
+    todo = compute_order([t for t in plan.tensors if t.name not in skip])
     fn = load_merge_function(plan.method)
     loader = TensorLoader(plan, device, warn)
     reads = ThreadPoolExecutor(1, thread_name_prefix="meldkit-read")

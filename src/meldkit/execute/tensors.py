@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -19,7 +19,7 @@ from meldkit.io.reader import TensorReader
 from meldkit.methods.registry import MergeContext, MergeFunction, MethodSpec
 from meldkit.plan.planner import MergePlan, TensorPlan
 
-__all__ = ["TensorLoader", "compute_tensor", "Piece", "split_pieces", "CHUNK_ELEMENTS"]
+__all__ = ["TensorLoader", "compute_tensor", "Piece", "compute_order", "split_pieces", "CHUNK_ELEMENTS"]
 
 # Large tensors of element-wise methods are computed in blocks of about this many elements
 # per input (16 MB in float32), so memory stays bounded by the block, not by the tensor.
@@ -53,6 +53,33 @@ def _chunkable(tensor: TensorPlan, method: MethodSpec, lora_models: set[str]) ->
         and all(type(s.info) is TensorInfo and s.info.shape == tensor.shape and not s.parts for s in tensor.sources)
         and not any(s.model in lora_models for s in tensor.sources)  # LoRA needs whole weights
     )
+
+
+# A tensor is "big" for compute_order when it has at least this share of the largest one's
+# elements: embeddings and LM heads, not a Llama's MLP matrices (an eighth of them on `med`).
+BIG_SHARE = 0.5
+
+
+def compute_order(tensors: Sequence[TensorPlan]) -> list[TensorPlan]:
+    """The order in which to compute ``tensors`` (the writer puts each in place, in any order):
+    the plan's, except that the big ones (:data:`BIG_SHARE`) come first, each after one small
+    tensor from the front of the plan.
+
+    The merge then ends on small tensors. Ending on a big one (an LM head is usually last)
+    leaves its whole computation without reads to overlap, then its write and the disk's
+    write-back of it before the final fsync: about 0.5 s of a `med` merge with little to do.
+    The small tensor between two big ones keeps two big tensors' inputs out of memory at once:
+    the next piece is read while the current one is computed."""
+    sizes = [math.prod(t.shape) for t in tensors]
+    largest = max(sizes, default=0)
+    big = [t for t, n in zip(tensors, sizes) if largest and n >= BIG_SHARE * largest]
+    small = [t for t, n in zip(tensors, sizes) if not (largest and n >= BIG_SHARE * largest)]
+    order: list[TensorPlan] = []
+    for i, t in enumerate(big):
+        order.append(t)
+        if i < len(small):
+            order.append(small[i])
+    return order + small[len(big):]
 
 
 def split_pieces(tensors: Iterable[TensorPlan], method: MethodSpec, lora_models: set[str],
