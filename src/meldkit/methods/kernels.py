@@ -233,7 +233,7 @@ def della_bits(x, base, g0, g1, k0, k1, n_cols, density_minus_eps, step, bits, s
     unsure = np.empty(n_cols, dtype=np.int32)
     packed = np.empty(n_cols, dtype=np.int64)
     picked = np.empty(n_cols, dtype=np.int64)
-    count = np.empty((2, _BUCKETS), dtype=np.int32)
+    count = np.empty((4, _BUCKETS), dtype=np.int32)
     bounds = np.empty(2 * _BUCKETS, dtype=np.float32)
     order = np.empty(n_cols, dtype=np.int32)
     spare = np.empty(n_cols, dtype=np.int32)
@@ -351,17 +351,20 @@ def _bucket_bounds(keys, slot, count, density_minus_eps, step, bounds):
         shift += np.uint32(1)
     for c in range(n):
         slot[c] = (max(keys[c], low) - low) >> shift
-    # Two interleaved counts: runs of equal buckets would otherwise make each increment
-    # wait for the previous one.
+    # Four interleaved counts: runs of equal buckets would otherwise make each increment
+    # wait for the previous one (four measured 5% faster than two on `med`'s rows).
     count[:] = 0
-    for c in range(0, n - 1, 2):
+    m = n - n % 4
+    for c in range(0, m, 4):
         count[0, slot[c]] += 1
         count[1, slot[c + 1]] += 1
-    if n % 2:
-        count[0, slot[n - 1]] += 1
+        count[2, slot[c + 2]] += 1
+        count[3, slot[c + 3]] += 1
+    for c in range(m, n):
+        count[0, slot[c]] += 1
     below = 0
     for s in range(_BUCKETS):
-        size = count[0, s] + count[1, s]
+        size = (count[0, s] + count[1, s]) + (count[2, s] + count[3, s])
         bounds[2 * s] = np.float32(np.float32(below) * step) + density_minus_eps
         bounds[2 * s + 1] = np.float32(np.float32(below + size - 1) * step) + density_minus_eps
         below += size
