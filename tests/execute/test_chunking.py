@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 
@@ -63,14 +64,19 @@ def test_compute_order_puts_big_tensors_first_between_small_ones(llama_family):
         picked = [t.name for t, g in zip(order, big) if g == group]
         assert picked == [n for n in names if n in picked]
     assert order[-1].name == "model.norm.weight" and order[2 * n_big - 2].name == "lm_head.weight"
-    assert tensor_module.compute_order([]) == []
 
 
-def test_compute_order_with_few_small_tensors():
+def test_compute_order_gaps_and_few_small_tensors():
     class T:
         def __init__(self, name: str, n: int) -> None:
             self.name, self.shape = name, (n,)
+            self.sources = [SimpleNamespace(info=SimpleNamespace(nbytes=2 * n))] * 2  # two bf16 inputs
 
-    got = tensor_module.compute_order([T("a", 10), T("b", 100), T("c", 60), T("d", 100), T("e", 1)])
-    assert [t.name for t in got] == ["b", "a", "c", "e", "d"]  # big: b, c, d (>= half of 100)
-    assert [t.name for t in tensor_module.compute_order([T("z", 0)])] == ["z"]
+    ts = [T("a", 10), T("b", 100), T("c", 60), T("d", 100), T("e", 1), T("f", 30), T("g", 20)]
+    order = tensor_module.compute_order
+    # big: b, c, d (at least half of 100); one small after each while they last
+    assert [t.name for t in order(ts)] == ["b", "a", "c", "e", "d", "f", "g"]
+    # at least 80 bytes of input after each big one: a (40) and e (4) and f (120) after b
+    assert [t.name for t in order(ts, 80)] == ["b", "a", "e", "f", "c", "g", "d"]
+    assert [t.name for t in order([T("z", 0)])] == ["z"]
+    assert order([]) == []

@@ -380,7 +380,8 @@ def _write_tensors(
     done = set(completed)
     # Tensors of verified shards are neither read nor computed again.
     skip = {e.spec.name for s in plan.shards if s.filename in done for e in s.entries}
-    todo = compute_order([t for t in plan.tensors if t.name not in skip])
+    read_ahead = READ_AHEAD_BYTES if plan.method.elementwise else READ_AHEAD_WHOLE_TENSOR_BYTES
+    todo = compute_order([t for t in plan.tensors if t.name not in skip], read_ahead)
     fn = load_merge_function(plan.method)
     loader = TensorLoader(plan, device, warn)
     reads = ThreadPoolExecutor(1, thread_name_prefix="meldkit-read")
@@ -410,8 +411,6 @@ def _write_tensors(
 
         lora_models = {k for k, m in plan.models.items() if m.lora_folder is not None}
         upcoming = split_pieces(todo, plan.method, lora_models)
-
-        read_ahead = READ_AHEAD_BYTES if plan.method.elementwise else READ_AHEAD_WHOLE_TENSOR_BYTES
 
         def refill() -> None:
             # Read ahead up to `prefetch` pieces, but no more than `read_ahead` bytes of input

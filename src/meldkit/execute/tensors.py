@@ -60,26 +60,32 @@ def _chunkable(tensor: TensorPlan, method: MethodSpec, lora_models: set[str]) ->
 BIG_SHARE = 0.5
 
 
-def compute_order(tensors: Sequence[TensorPlan]) -> list[TensorPlan]:
+def compute_order(tensors: Sequence[TensorPlan], gap_bytes: int = 0) -> list[TensorPlan]:
     """The order in which to compute ``tensors`` (the writer puts each in place, in any order):
-    the plan's, except that the big ones (:data:`BIG_SHARE`) come first, each after one small
-    tensor from the front of the plan.
+    the plan's, except that the big ones (:data:`BIG_SHARE`) come first, each followed by
+    small tensors from the front of the plan: at least one, and at least ``gap_bytes`` of
+    input (the executor's read-ahead).
 
     The merge then ends on small tensors. Ending on a big one (an LM head is usually last)
     leaves its whole computation without reads to overlap, then its write and the disk's
     write-back of it before the final fsync: about 0.5 s of a `med` merge with little to do.
-    The small tensor between two big ones keeps two big tensors' inputs out of memory at once:
-    the next piece is read while the current one is computed."""
+    The small tensors between two big ones keep the next big one's inputs from being read
+    ahead while the previous one is still in memory."""
     sizes = [math.prod(t.shape) for t in tensors]
-    largest = max(sizes, default=0)
-    big = [t for t, n in zip(tensors, sizes) if largest and n >= BIG_SHARE * largest]
-    small = [t for t, n in zip(tensors, sizes) if not (largest and n >= BIG_SHARE * largest)]
+    threshold = BIG_SHARE * max(sizes, default=0)
+    big = [t for t, n in zip(tensors, sizes) if n and n >= threshold]
+    small = [t for t, n in zip(tensors, sizes) if not (n and n >= threshold)]
     order: list[TensorPlan] = []
-    for i, t in enumerate(big):
+    k = 0
+    for t in big:
         order.append(t)
-        if i < len(small):
-            order.append(small[i])
-    return order + small[len(big):]
+        gap = 0
+        start = k
+        while k < len(small) and (k == start or gap < gap_bytes):
+            gap += sum(s.info.nbytes for s in small[k].sources)
+            order.append(small[k])
+            k += 1
+    return order + small[k:]
 
 
 def split_pieces(tensors: Iterable[TensorPlan], method: MethodSpec, lora_models: set[str],
