@@ -45,8 +45,8 @@ def sampled_kth(d: torch.Tensor, k: int, sample: int = 1 << 18) -> torch.Tensor:
 
 
 def kernels_section(xb: torch.Tensor, yb: torch.Tensor, length: int, row: Callable[..., None]) -> None:
-    """The numba kernels of DELLA's masks and arcee_fusion's KL, one thread, on the same bf16
-    pair viewed as rows of ``length`` (skipped without numba)."""
+    """The numba kernels of the DARE/DELLA draws, DELLA's masks and arcee_fusion's KL, one
+    thread, on the same bf16 pair viewed as rows of ``length`` (skipped without numba)."""
     import numpy as np
 
     from meldkit.methods import arcee_fusion, kernel_runner
@@ -61,6 +61,9 @@ def kernels_section(xb: torch.Tensor, yb: torch.Tensor, length: int, row: Callab
     bits = np.zeros((rows * length + 7) // 8, dtype=np.uint8)
     sums = np.empty((rows, 2))
     step = np.float32(0.2 / (length - 1))
+    draws = np.empty(rows * length, dtype=np.float32)
+    row("uniform_range (the DARE/DELLA draws: two 32-bit hash rounds each)",
+        lambda: tv.uniform_range(np.uint64(1), np.uint64(2), 0, draws))
     row("della_bits (masks and L1 norms, density 0.5, epsilon 0.1)",
         lambda: tv.della_bits(xs, bs, 0, -(-rows // 8), np.uint64(1), np.uint64(2), length, np.float32(0.4),
                               step, bits, sums))
