@@ -91,9 +91,9 @@ class TensorReader:
         """Return the tensor ``info`` describes, with the file's dtype and shape, on ``device``.
 
         The result is private, so callers may modify it in place (a mapped result copies the
-        pages it writes; the file never changes). With ``pin_memory``
-        and a CUDA ``device`` (when CUDA is available) the bytes land in a pinned buffer and
-        are copied to the GPU asynchronously; on CPU the flag is ignored.
+        pages it writes; the file never changes). With ``pin_memory`` and a CUDA ``device``
+        (when CUDA is available) the bytes land in a pinned buffer and are copied to the GPU
+        asynchronously; on CPU the flag is ignored.
         """
         if isinstance(info, PickleTensorInfo):
             tensor = self._read_pickled(info)
@@ -149,6 +149,8 @@ class TensorReader:
         try:
             # A mapped page past the end of the file would kill the process (SIGBUS) when
             # touched; a file that shrank since planning gets the read path's error instead.
+            # (One truncated in the instant between this check and the faults below still
+            # would: the price of not copying, which every mmap-based reader pays.)
             size = os.fstat(fd).st_size
             if size < info.end:
                 raise _truncated(info, size - info.start)
