@@ -62,30 +62,42 @@ BIG_SHARE = 0.5
 
 def compute_order(tensors: Sequence[TensorPlan], gap_bytes: int = 0) -> list[TensorPlan]:
     """The order in which to compute ``tensors`` (the writer puts each in place, in any order):
-    the plan's, except that the big ones (:data:`BIG_SHARE`) come first, each followed by
-    small tensors from the front of the plan: at least one, and at least ``gap_bytes`` of
-    input (the executor's read-ahead).
+    the plan's, except that each big tensor (:data:`BIG_SHARE`) is moved forward, to just
+    after the first point where at least one small tensor and ``gap_bytes`` of small tensors'
+    input (the executor's read-ahead) have followed the previous big one. A big tensor never
+    moves later, and a small one only by the big ones pulled ahead of it (for a usual
+    checkpoint, the LM head), so output shards still complete in about the plan's order,
+    which is what ``--resume`` keeps.
 
-    The merge then ends on small tensors. Ending on a big one (an LM head is usually last)
-    leaves its whole computation without reads to overlap, then its write and the disk's
-    write-back of it before the final fsync: about 0.5 s of a `med` merge with little to do.
-    The small tensors between two big ones keep the next big one's inputs from being read
-    ahead while the previous one is still in memory."""
+    Ending on a big tensor (an LM head is usually last) leaves its whole computation without
+    reads to overlap, then its write and the disk's write-back of it before the final fsync:
+    about 0.5 s of a `med` merge with little to do. The small tensors between two big ones keep
+    the next big one's inputs from being read ahead while the previous one is still held."""
     sizes = [math.prod(t.shape) for t in tensors]
     threshold = BIG_SHARE * max(sizes, default=0)
-    big = [t for t, n in zip(tensors, sizes) if n and n >= threshold]
-    small = [t for t, n in zip(tensors, sizes) if not (n and n >= threshold)]
+    is_big = [bool(n) and n >= threshold for n in sizes]
+    bigs = [i for i, b in enumerate(is_big) if b]
+    placed = [False] * len(tensors)
     order: list[TensorPlan] = []
-    k = 0
-    for t in big:
+    nxt = 0  # the first big tensor not placed yet, in plan order
+    gap, smalls = 0, 1  # input bytes and count of small tensors since the last big one
+    for i, t in enumerate(tensors):
+        while nxt < len(bigs) and placed[bigs[nxt]]:
+            nxt += 1
+        if is_big[i]:
+            if not placed[i]:  # at its own place at the latest
+                order.append(t)
+                placed[i] = True
+                gap, smalls = 0, 0
+            continue
+        if nxt < len(bigs) and smalls and (gap >= gap_bytes or not order):
+            order.append(tensors[bigs[nxt]])  # pulled forward
+            placed[bigs[nxt]] = True
+            gap, smalls = 0, 0
         order.append(t)
-        gap = 0
-        start = k
-        while k < len(small) and (k == start or gap < gap_bytes):
-            gap += sum(s.info.nbytes for s in small[k].sources)
-            order.append(small[k])
-            k += 1
-    return order + small[k:]
+        gap += sum(s.info.nbytes for s in t.sources)
+        smalls += 1
+    return order
 
 
 def split_pieces(tensors: Iterable[TensorPlan], method: MethodSpec, lora_models: set[str],
