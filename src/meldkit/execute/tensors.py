@@ -80,7 +80,9 @@ def compute_order(tensors: Sequence[TensorPlan], gap_bytes: int = 0) -> list[Ten
     placed = [False] * len(tensors)
     order: list[TensorPlan] = []
     nxt = 0  # the first big tensor not placed yet, in plan order
-    gap, smalls = 0, 1  # input bytes and count of small tensors since the last big one
+    # Input bytes and count of small tensors since the last big one: at the start, as if
+    # enough had passed, so the first big tensor may come first.
+    gap, smalls = gap_bytes, 1
     for i, t in enumerate(tensors):
         while nxt < len(bigs) and placed[bigs[nxt]]:
             nxt += 1
@@ -90,7 +92,7 @@ def compute_order(tensors: Sequence[TensorPlan], gap_bytes: int = 0) -> list[Ten
                 placed[i] = True
                 gap, smalls = 0, 0
             continue
-        if nxt < len(bigs) and smalls and (gap >= gap_bytes or not order):
+        if nxt < len(bigs) and smalls and gap >= gap_bytes:
             order.append(tensors[bigs[nxt]])  # pulled forward
             placed[bigs[nxt]] = True
             gap, smalls = 0, 0

@@ -90,8 +90,10 @@ def _keys(ctx: MergeContext) -> tuple[int, int]:
     return ctx.stream_key("arcee_fusion/rows"), ctx.stream_key("arcee_fusion/columns")
 
 
-def _halves(key: int) -> tuple[np.uint64, np.uint64]:
-    return np.uint64(key & 0xFFFFFFFF), np.uint64(key >> 32)
+def scaled_draws(key: int, size: int, n: int) -> torch.Tensor:
+    """Draws ``0 <= k < size`` of the hash stream ``key`` scaled to ``[0, n)``:
+    ``(hash32(key)[k] · n) >> 32`` (the kernels' ``_scaled_draw``)."""
+    return (sparsify.hash32(key, 0, size) * n) >> 32
 
 
 def sample_starts(key: int, rows: int, size: int, module: Any | None = None) -> np.ndarray:
@@ -102,12 +104,11 @@ def sample_starts(key: int, rows: int, size: int, module: Any | None = None) -> 
     if module is not None:
         parts = kernel_runner.ranges(size)
         counts = np.zeros((len(parts), rows), dtype=np.int64)
-        kernel_runner.run_all([(module.count_sample_rows, (*_halves(key), a, b, rows, counts[t]))
+        kernel_runner.run_all([(module.count_sample_rows, (*kernel_runner.key_halves(key), a, b, rows, counts[t]))
                                for t, (a, b) in enumerate(parts)])
         per_row = counts.sum(axis=0)
     else:
-        picked = (sparsify.hash32(key, 0, size) * rows) >> 32
-        per_row = torch.bincount(picked, minlength=rows).numpy()
+        per_row = torch.bincount(scaled_draws(key, size, rows), minlength=rows).numpy()
     starts = np.zeros(rows + 1, dtype=np.int64)
     np.cumsum(per_row, out=starts[1:])
     return starts
@@ -120,7 +121,7 @@ def sample_index(keys: tuple[int, int], rows: int, length: int, size: int) -> to
     ``(hash32(keys[1])[k] · length) >> 32``. The CPU kernel draws the same columns itself."""
     starts = torch.from_numpy(sample_starts(keys[0], rows, size))
     row_of = torch.repeat_interleave(torch.arange(rows), starts.diff())
-    return row_of * length + ((sparsify.hash32(keys[1], 0, size) * length) >> 32)
+    return row_of * length + scaled_draws(keys[1], size, length)
 
 
 def kl_and_sample(b2: torch.Tensor, x2: torch.Tensor, work: torch.dtype, keys: tuple[int, int] | None,
@@ -138,7 +139,7 @@ def kl_and_sample(b2: torch.Tensor, x2: torch.Tensor, work: torch.dtype, keys: t
         assert module is not None
         size = rows * length if keys is None else SAMPLE_SIZE
         starts = np.zeros(rows + 1, dtype=np.int64) if keys is None else sample_starts(keys[0], rows, size, module)
-        c0, c1 = _halves(0 if keys is None else keys[1])
+        c0, c1 = kernel_runner.key_halves(0 if keys is None else keys[1])
         values = np.empty(rows, dtype=np.float64)
         sample = np.empty(size, dtype=np.float32)
         stored_b, stored_x = stored

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["load", "as_numpy", "stored_arrays", "cpu_tensors", "output_buffer", "chunk_count", "ranges",
+__all__ = ["load", "key_halves", "as_numpy", "stored_arrays", "cpu_tensors", "output_buffer", "chunk_count", "ranges",
            "run_all", "parallel", "zeroed_scratch"]
 
 # Stored dtypes kernels read directly (bf16 as its uint16 bits); float16 is widened first.
@@ -34,6 +34,12 @@ def load(name: str) -> ModuleType | None:
         return importlib.import_module(f"meldkit.methods.{name}")
     except ImportError:
         return None
+
+
+def key_halves(key: int) -> tuple[np.uint64, np.uint64]:
+    """The low and high 32 bits of a stream key (``MergeContext.stream_key``), as the kernels'
+    hash takes them."""
+    return np.uint64(key & 0xFFFFFFFF), np.uint64((key >> 32) & 0xFFFFFFFF)
 
 
 def cpu_tensors(inputs: Sequence[torch.Tensor], device: str) -> bool:

@@ -120,7 +120,7 @@ def row_kl(x, base, r0, r1, length, eps, kl, starts, c0, c1, every, sample):
     the importance ``|x - b| · float32(kl[r])`` of its sampled positions (float32, as the
     eager path). With ``every``, ``sample`` is the importance of every position in order;
     otherwise ``sample[k]`` for ``starts[r] <= k < starts[r + 1]`` is that of the column
-    ``column(k)`` of row ``r`` drawn from the hash stream ``(c0, c1)`` (see
+    ``_scaled_draw(c0, c1, k, length)`` of row ``r`` (see
     :func:`meldkit.methods.arcee_fusion.sample_index`).
 
     The exponentials are float32 (within 2 ulp); normalising, the ratio, its log and the sums
@@ -163,15 +163,16 @@ def row_kl(x, base, r0, r1, length, eps, kl, starts, c0, c1, every, sample):
                 sample[s + k] = abs(_load(x, s + k) - _load(base, s + k)) * scale
         else:
             for k in range(starts[r], starts[r + 1]):
-                i = s + _column(c0, c1, k, length)
+                i = s + _scaled_draw(c0, c1, k, length)
                 sample[k] = abs(_load(x, i) - _load(base, i)) * scale
     return kl
 
 
 @njit(inline="always")
-def _column(c0, c1, k, length):
-    # Lemire's multiply-shift: a 32-bit hash scaled to [0, length) without a division.
-    return np.int64((np.uint64(_hash32(c0, c1, k)) * np.uint64(length)) >> np.uint64(32))
+def _scaled_draw(k0, k1, k, n):
+    # Draw k of the hash stream scaled to [0, n) by Lemire's multiply-shift (no division):
+    # arcee_fusion's sampled rows and columns, as arcee_fusion.scaled_draws computes them.
+    return np.int64((np.uint64(_hash32(k0, k1, k)) * np.uint64(n)) >> np.uint64(32))
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
@@ -208,10 +209,10 @@ def nearswap(x, base, s, e, t, min_distance, out, out_bf16):
 @njit(nogil=True, cache=True, error_model="numpy")
 def count_sample_rows(k0, k1, s, e, rows, counts):
     """``counts[r]`` += how many draws ``s <= k < e`` of the hash stream ``(k0, k1)`` pick row
-    ``r`` of ``rows`` (multiply-shift, as :func:`_column`). Ranges run in parallel, each with
+    ``r`` of ``rows`` (:func:`_scaled_draw`). Ranges run in parallel, each with
     its own ``counts``; the caller sums them."""
     for k in range(s, e):
-        counts[np.int64((np.uint64(_hash32(k0, k1, k)) * np.uint64(rows)) >> np.uint64(32))] += 1
+        counts[_scaled_draw(k0, k1, k, rows)] += 1
     return counts
 
 

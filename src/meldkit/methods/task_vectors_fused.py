@@ -207,8 +207,7 @@ def _random_masks(module: ModuleType, variant: TaskVectorVariant, others: Sequen
         density = param_float(o.params, "density", 1.0)
         if density >= 1:
             continue
-        key = ctx.stream_key(str(o.index))
-        k0, k1 = key & 0xFFFFFFFF, (key >> 32) & 0xFFFFFFFF
+        k0, k1 = kernel_runner.key_halves(ctx.stream_key(str(o.index)))
         rand[j] = (k0, k1, np.float32(density))
         if not della:
             modes[j] = module.BERNOULLI
@@ -220,7 +219,7 @@ def _random_masks(module: ModuleType, variant: TaskVectorVariant, others: Sequen
         n_rows = n // n_cols
         groups = -(-n_rows // 8)  # rows in groups of 8: whole bytes of the mask
         row_sums = np.empty((n_rows, 2), dtype=np.float64)
-        kernel_runner.parallel(module.della_bits, groups, xs[j], base, np.uint64(k0), np.uint64(k1), n_cols,
+        kernel_runner.parallel(module.della_bits, groups, xs[j], base, k0, k1, n_cols,
                   np.float32(density - epsilon), step, bits[j], row_sums)
         norms[j] = row_sums.sum(axis=0)  # a fixed order of rows: thread-count independent
     return rand, bits, (norms if della else None)
