@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -72,7 +72,13 @@ class LoraAdapter:
     :meth:`apply` on each tensor as it is loaded.
     """
 
-    def __init__(self, folder: Path, config: dict[str, Any], keys: list[str], getter: Any) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        config: dict[str, Any],
+        keys: list[str],
+        getter: Callable[[str], torch.Tensor],
+    ) -> None:
         self.folder = folder
         self.config = config
         self._get = getter  # key -> tensor, reads lazily from the adapter file
@@ -111,7 +117,8 @@ class LoraAdapter:
                 raise InputError(
                     f"cannot read {st_path}: {exc}", hint="the file is corrupt"
                 ) from None
-            keys = list(handle.keys())
+            # safetensors' stub leaves keys() unannotated; it returns the tensor names.
+            keys: list[str] = list(handle.keys())  # type: ignore[no-untyped-call]
             return cls(folder, config, keys, handle.get_tensor)
         if bin_path.is_file():
             try:
