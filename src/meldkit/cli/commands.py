@@ -31,30 +31,8 @@ def _plan_options(args: argparse.Namespace) -> Any:
     )
 
 
-def describe_plan(plan: Any, list_tensors: bool = False) -> str:
-    """A human summary of a plan: inputs, method, tensors, shards, bytes and memory."""
-    from meldkit.io.sizes import format_size
-
-    lines = [f"method: {plan.method.name}", "inputs:"]
-    for key, info in plan.models.items():
-        extra = f" + LoRA {info.lora_folder}" if info.lora_folder else ""
-        lines.append(f"  - {key} ({len(info.index.tensors)} tensors, {info.layout.num_layers} layers){extra}")
-    lines.append(f"output: {len(plan.tensors)} tensors, {plan.output_layers} layers, "
-                 f"{len(plan.shards)} shard{'s' if len(plan.shards) != 1 else ''}")
-    for shard in plan.shards:
-        lines.append(f"  - {shard.filename}: {len(shard.entries)} tensors, {format_size(shard.file_size)}")
-    lines.append(f"bytes to read: {format_size(plan.bytes_to_read)}")
-    lines.append(f"bytes to write: {format_size(plan.bytes_to_write)}")
-    lines.append(f"estimated peak memory: {format_size(plan.peak_memory_estimate)}")
-    if list_tensors:
-        lines.append("tensors:")
-        for t in plan.tensors:
-            srcs = ", ".join(f"{s.model}:{s.name}" for s in t.sources)
-            lines.append(f"  {t.name} {list(t.shape)} {t.out_dtype} <- {srcs}")
-    return "\n".join(lines)
-
-
 def cmd_plan(args: argparse.Namespace) -> int:
+    from meldkit.cli.plan_summary import describe_plan
     from meldkit.plan import plan_merge
 
     plan = plan_merge(args.recipe, _plan_options(args))
