@@ -12,7 +12,7 @@ from meldkit.plan.architecture import set_config_key, tied_head_name
 from meldkit.plan.models import InputModelInfo
 
 if TYPE_CHECKING:
-    from meldkit.plan.planner import TensorPlan
+    from meldkit.plan.types import TensorPlan
 
 __all__ = ["output_config"]
 

@@ -1,0 +1,115 @@
+"""The plan's data: what :func:`~meldkit.plan.plan_merge` decides and execution carries out.
+
+These are plain records with no planning logic, kept apart from :mod:`meldkit.plan.planner`
+so that the modules which read a plan (execution, the model card, the output config) can
+name its types without importing the planner.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from meldkit.config.schema import MergeConfig
+from meldkit.io.header import DTYPE_SIZES, TensorInfo
+from meldkit.io.writer import ShardLayout
+from meldkit.methods.registry import MethodSpec
+from meldkit.plan.models import InputModelInfo
+
+__all__ = ["PlanOptions", "TensorSource", "TensorPlan", "MergePlan"]
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    """Options that change the plan (not how it is executed)."""
+
+    out_shard_size: int = 5_000_000_000
+    unsafe_truncate_embeddings: bool = False
+    strict: bool = False
+    cache_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class TensorSource:
+    """One input tensor: the model's key, the tensor's name in that model, and where it lives."""
+
+    model: str
+    name: str
+    info: TensorInfo
+    # Fused MoE experts: per expert, the tensors concatenated along dim 0, then stacked. `info`
+    # then describes the assembled tensor (shape, dtype) and is never read by offset.
+    parts: tuple[tuple[TensorInfo, ...], ...] = ()
+
+
+@dataclass
+class TensorPlan:
+    """How to produce one output tensor."""
+
+    name: str
+    shape: tuple[int, ...]
+    out_dtype: str
+    sources: tuple[TensorSource, ...]
+    base_index: int | None
+    shared: dict[str, Any]
+    per_input: tuple[dict[str, Any], ...]
+    load_dtype: str | None = None
+    work_dtype: str = "F32"
+    copy: bool = False  # a byte copy of sources[0]: no cast, no math
+    vocab_axis: int | None = None
+    integer: bool = False  # non-float tensor: copied when identical across inputs
+    vocabulary: Any = None  # the OutputVocabulary that re-indexes this tensor's rows
+
+    @property
+    def out_nbytes(self) -> int:
+        """Bytes of the output tensor in ``out_dtype``."""
+        n = DTYPE_SIZES[self.out_dtype]
+        for d in self.shape:
+            n *= d
+        return n
+
+
+@dataclass
+class MergePlan:
+    """The whole merge, decided before any tensor byte is read."""
+
+    config: MergeConfig
+    method: MethodSpec
+    models: dict[str, InputModelInfo]
+    tensors: list[TensorPlan]
+    donor: str
+    out_config: dict[str, Any] | None
+    shards: list[ShardLayout]
+    options: PlanOptions
+    output_layers: int
+    warnings: list[str] = field(default_factory=list)
+    vocabulary: Any = None  # OutputVocabulary when the recipe sets a tokenizer
+    chat_template: str | None = None
+
+    @property
+    def bytes_to_read(self) -> int:
+        """Bytes read from the inputs, each stored tensor counted once however often it is used."""
+        seen: dict[tuple[Any, int], int] = {}
+        for t in self.tensors:
+            for s in t.sources:
+                for info in [p for group in s.parts for p in group] or [s.info]:
+                    seen[(info.file, info.start)] = info.nbytes
+        return sum(seen.values())
+
+    @property
+    def bytes_to_write(self) -> int:
+        """Bytes of the output shards, headers included."""
+        return sum(s.file_size for s in self.shards)
+
+    @property
+    def peak_memory_estimate(self) -> int:
+        """Largest working set: inputs and result of one tensor in the work dtype, plus the
+        raw input buffers of the tensor being prefetched."""
+        worst = 0
+        for t in self.tensors:
+            numel = 1
+            for d in t.shape:
+                numel *= d
+            raw = sum(s.info.nbytes for s in t.sources)
+            work = 0 if t.copy else numel * DTYPE_SIZES[t.work_dtype] * (len(t.sources) + 3)
+            worst = max(worst, raw * 2 + work)
+        return worst
