@@ -10,7 +10,9 @@ exit with 2; failures while merging exit with 1.
 from __future__ import annotations
 
 import difflib
+import errno
 from collections.abc import Iterable
+from pathlib import Path
 
 __all__ = [
     "MeldError",
@@ -18,8 +20,12 @@ __all__ = [
     "InputError",
     "PlanError",
     "MergeRuntimeError",
+    "MergeInterrupted",
     "OutputError",
+    "PublishRefused",
     "did_you_mean",
+    "disk_full",
+    "is_disk_full",
 ]
 
 
@@ -71,6 +77,38 @@ class MergeRuntimeError(MeldError):
     """A failure while computing or writing (disk full, interrupted, device error)."""
 
     exit_code = 1
+
+
+class MergeInterrupted(MergeRuntimeError):
+    """The merge was stopped by a signal; ``exit_code`` is the shell's ``128 + signal``."""
+
+    def __init__(self, message: str, hint: str | None, signum: int) -> None:
+        super().__init__(message, hint)
+        self.signum = signum
+        self.exit_code = 128 + int(signum)
+
+
+class PublishRefused(OutputError):
+    """The destination became occupied while merging; the finished model stays in ``kept``."""
+
+    exit_code = 1  # found at the very end of a run, not before computing
+
+    def __init__(self, message: str, hint: str, kept: Path) -> None:
+        super().__init__(message, hint)
+        self.kept = kept
+
+
+def is_disk_full(exc: OSError) -> bool:
+    """Whether ``exc`` says the file system (or the user's quota on it) has no room left."""
+    return exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+
+
+def disk_full(where: object) -> MergeRuntimeError:
+    """The error for a write to ``where`` (a path, or words naming it) that found the disk full."""
+    return MergeRuntimeError(
+        f"disk full while writing {where}",
+        hint="free space on that disk or choose another output folder",
+    )
 
 
 def did_you_mean(word: str, choices: Iterable[str], n: int = 3) -> str:
