@@ -3,8 +3,10 @@ threads, pickles; plus the dtype helpers (meldkit.io.dtypes) the reader relies o
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from meldkit.errors import InputError, MergeRuntimeError, RecipeError
-from meldkit.io import reader as reader_module
+from meldkit.execute.policy import DEFAULT_POLICY
 from meldkit.io.dtypes import (
     code_of,
     dtype_name,
@@ -27,14 +29,17 @@ from meldkit.io.header import DTYPE_SIZES
 from meldkit.io.index import open_index
 from meldkit.io.reader import TensorReader
 
+NewReader = Callable[[], TensorReader]
+
 
 @pytest.fixture(params=["read", "map"])
-def path_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run a test through both ways of reading a tensor: into a buffer, and mapped (every
-    non-empty tensor, however small, when the map threshold is lowered to one byte)."""
+def new_reader(request: pytest.FixtureRequest) -> NewReader:
+    """Run a test through both ways of reading a tensor: into a buffer (the default reader, for
+    these small tensors), and mapped (every non-empty tensor, however small, when the map
+    threshold is lowered to one byte)."""
     if request.param == "map":
-        monkeypatch.setattr(reader_module, "_MAP_MIN_BYTES", 1)
-    return str(request.param)
+        return functools.partial(TensorReader, map_min_bytes=1)
+    return TensorReader
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:
@@ -71,12 +76,12 @@ def _all_dtypes() -> dict[str, torch.Tensor]:
     }
 
 
-def test_round_trip_every_dtype(tmp_path: Path, path_kind: str) -> None:
+def test_round_trip_every_dtype(tmp_path: Path, new_reader: NewReader) -> None:
     tensors = _all_dtypes()
     save_file(tensors, tmp_path / "model.safetensors")
     idx = open_index(tmp_path)
     assert {idx.tensors[n].dtype for n in tensors} == set(DTYPE_SIZES)  # every code covered
-    with TensorReader() as reader:
+    with new_reader() as reader:
         for name, t in tensors.items():
             got = reader.read(idx.tensors[name])
             assert _same(got, t), name
@@ -85,19 +90,19 @@ def test_round_trip_every_dtype(tmp_path: Path, path_kind: str) -> None:
 @pytest.mark.parametrize("shape", [(), (0,), (2, 0, 3), (1,), (4, 1, 3), (2, 3, 4, 5)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int8])
 def test_shapes_including_scalar_and_empty(
-    tmp_path: Path, shape: tuple[int, ...], dtype: torch.dtype, path_kind: str
+    tmp_path: Path, shape: tuple[int, ...], dtype: torch.dtype, new_reader: NewReader
 ) -> None:
     t = torch.arange(max(1, torch.Size(shape).numel()), dtype=torch.float32)[
         : torch.Size(shape).numel()
     ]
     t = t.reshape(shape).to(dtype)
     save_file({"t": t, "pad": torch.ones(3)}, tmp_path / "model.safetensors")
-    with TensorReader() as reader:
+    with new_reader() as reader:
         got = reader.read(open_index(tmp_path).tensors["t"])
     assert _same(got, t)
 
 
-def test_reading_from_a_sharded_model(tmp_path: Path, path_kind: str) -> None:
+def test_reading_from_a_sharded_model(tmp_path: Path, new_reader: NewReader) -> None:
     shards = {
         "model-00001-of-00002.safetensors": {
             "a": torch.randn(4, 4),
@@ -110,17 +115,17 @@ def test_reading_from_a_sharded_model(tmp_path: Path, path_kind: str) -> None:
     weight_map = {n: fname for fname, ts in shards.items() for n in ts}
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
     idx = open_index(tmp_path)
-    with TensorReader() as reader:
+    with new_reader() as reader:
         for ts in shards.values():
             for name, t in ts.items():
                 assert _same(reader.read(idx.tensors[name]), t)
 
 
-def test_result_is_private_memory(tmp_path: Path, path_kind: str) -> None:
+def test_result_is_private_memory(tmp_path: Path, new_reader: NewReader) -> None:
     t = torch.arange(6, dtype=torch.float32)
     save_file({"t": t}, tmp_path / "model.safetensors")
     info = open_index(tmp_path).tensors["t"]
-    with TensorReader() as reader:
+    with new_reader() as reader:
         first = reader.read(info)
         first.mul_(0)  # in-place math on an input must not leak into a later read
         assert _same(reader.read(info), t)
@@ -133,7 +138,7 @@ def _maps_of(path: Path) -> int:
 
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc/self/maps (Linux)")
 def test_big_tensors_are_mapped_for_as_long_as_they_live(tmp_path: Path) -> None:
-    big = torch.arange(reader_module._MAP_MIN_BYTES // 4, dtype=torch.float32)
+    big = torch.arange(DEFAULT_POLICY.map_min_bytes // 4, dtype=torch.float32)
     path = tmp_path / "model.safetensors"
     save_file({"big": big, "small": torch.ones(8)}, path)
     idx = open_index(tmp_path)
@@ -150,7 +155,7 @@ def test_big_tensors_are_mapped_for_as_long_as_they_live(tmp_path: Path) -> None
     assert _same(small, torch.ones(8))
 
 
-def test_misaligned_tensor_is_read_not_mapped(tmp_path: Path, path_kind: str) -> None:
+def test_misaligned_tensor_is_read_not_mapped(tmp_path: Path, new_reader: NewReader) -> None:
     # safetensors does not require alignment: a float32 tensor at offset 3 of the data section
     # must still come back exact (from an aligned buffer, which the kernels need).
     value = torch.arange(5, dtype=torch.float32)
@@ -160,17 +165,17 @@ def test_misaligned_tensor_is_read_not_mapped(tmp_path: Path, path_kind: str) ->
     raw += b" " * (-len(raw) % 8)
     path = tmp_path / "model.safetensors"
     path.write_bytes(len(raw).to_bytes(8, "little") + raw + b"abc" + value.numpy().tobytes())
-    with TensorReader() as reader:
+    with new_reader() as reader:
         got = reader.read(open_index(tmp_path).tensors["t"])
     assert _same(got, value) and got.data_ptr() % 4 == 0
 
 
-def test_truncated_after_indexing(tmp_path: Path, path_kind: str) -> None:
+def test_truncated_after_indexing(tmp_path: Path, new_reader: NewReader) -> None:
     save_file({"a": torch.ones(10), "b": torch.ones(1000)}, tmp_path / "model.safetensors")
     idx = open_index(tmp_path)
     path = tmp_path / "model.safetensors"
     path.write_bytes(path.read_bytes()[:-100])
-    with TensorReader() as reader:
+    with new_reader() as reader:
         last = max(idx.tensors.values(), key=lambda i: i.end)
         with pytest.raises(InputError) as info:
             reader.read(last)

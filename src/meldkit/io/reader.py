@@ -1,13 +1,15 @@
 """Read single tensors from checkpoint files by byte offset, with bounded memory.
 
-Safetensors tensors of at least :data:`_MAP_MIN_BYTES` are mapped one tensor at a time
-(``mmap``, private: in-place math on the result copies the pages it touches and never reaches
-the file), with a read-ahead hint for the whole range. The mapping lives exactly as long as the
-tensor (and its views) do, so memory stays bounded by what the executor keeps, as with a read
-buffer. A map costs about half of a read into a fresh buffer: the page-cache pages are mapped,
-not copied into newly zeroed memory (0.7 against 1.4-1.6 s of CPU for `med`'s 3.2 GB). Whole
-files are never mapped: the resident memory of a long-lived mapping grows with the bytes
-touched, not with the tensors alive.
+Safetensors tensors of at least ``map_min_bytes`` (1 MB by default; see
+:class:`meldkit.execute.policy.EnginePolicy`) are mapped one tensor at a time (``mmap``,
+private: in-place math on the result copies the pages it touches and never reaches the file),
+with a read-ahead hint for the whole range. The mapping lives exactly as long as the tensor
+(and its views) do, so memory stays bounded by what the executor keeps, as with a read buffer.
+A map costs about half of a read into a fresh buffer: the page-cache pages are mapped, not
+copied into newly zeroed memory (0.7 against 1.4-1.6 s of CPU for `med`'s 3.2 GB); below
+1 MB a map's system calls cost more than the copy they save. Whole files are never mapped:
+the resident memory of a long-lived mapping grows with the bytes touched, not with the
+tensors alive.
 
 Smaller tensors, tensors whose offset in the file is not a multiple of their element size, and
 pinned buffers for a GPU are read with positional reads (``os.preadv``) into a fresh buffer.
@@ -29,6 +31,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from meldkit.errors import InputError
+from meldkit.execute.policy import DEFAULT_POLICY
 from meldkit.io.dtypes import itemsize, torch_dtype
 from meldkit.io.header import TensorInfo
 from meldkit.io.index import PickleTensorInfo, pickle_refusal
@@ -40,10 +43,6 @@ __all__ = ["TensorReader"]
 
 # Linux caps one read at 0x7ffff000 bytes; smaller chunks keep every call well below it.
 _MAX_CHUNK = 1 << 30
-
-#: Tensors of at least this many bytes are mapped instead of read (see the module docstring):
-#: below it a map's system calls cost more than the copy they save.
-_MAP_MIN_BYTES = 1 << 20
 
 
 def _writable_view(buf: torch.Tensor) -> memoryview:
@@ -57,9 +56,12 @@ class TensorReader:
 
     >>> with TensorReader() as reader:
     ...     t = reader.read(index.tensors["model.embed_tokens.weight"])
+
+    ``map_min_bytes``: tensors of at least this many bytes are mapped (None: never).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, map_min_bytes: int | None = DEFAULT_POLICY.map_min_bytes) -> None:
+        self._map_min_bytes = map_min_bytes
         self._lock = threading.Lock()
         self._fds: dict[Path, int] = {}
         self._pickles: dict[Path, dict[str, Any]] = {}
@@ -131,7 +133,7 @@ class TensorReader:
                 f"{info.file}: tensor '{info.name}' is {info.dtype} {list(info.shape)} but "
                 f"spans {nbytes} bytes"
             )
-        if not pinned and nbytes >= max(_MAP_MIN_BYTES, 1) and info.start % itemsize(info.dtype) == 0:
+        if self._maps(nbytes) and not pinned and info.start % itemsize(info.dtype) == 0:
             buf = self._map(info, nbytes)
         else:
             buf = torch.empty(nbytes, dtype=torch.uint8, pin_memory=pinned)
@@ -139,6 +141,10 @@ class TensorReader:
                 self._fill(info, buf)
         # (nbytes,) uint8 -> (numel,) dtype -> shape; a 0-dim tensor is one element, () shape
         return buf.view(dtype).reshape(info.shape)
+
+    def _maps(self, nbytes: int) -> bool:
+        """Whether a tensor of ``nbytes`` is mapped (never an empty one: nothing to map)."""
+        return self._map_min_bytes is not None and nbytes >= max(self._map_min_bytes, 1)
 
     def _map(self, info: TensorInfo, nbytes: int) -> torch.Tensor:
         """The tensor's bytes as a private mapping of its range of the file (uint8)."""

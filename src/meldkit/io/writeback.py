@@ -41,4 +41,4 @@ def start_writeback(fd: int, offset: int, nbytes: int) -> bool:
     fn = _sync_file_range()
     if fn is None or nbytes <= 0:
         return False
-    return fn(fd, offset, nbytes, _SYNC_FILE_RANGE_WRITE) == 0
+    return bool(fn(fd, offset, nbytes, _SYNC_FILE_RANGE_WRITE) == 0)

@@ -25,7 +25,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from meldkit.errors import MergeRuntimeError, OutputError, PlanError
+from meldkit.errors import MergeRuntimeError, OutputError, PlanError, disk_full, is_disk_full
+from meldkit.execute.policy import DEFAULT_POLICY
 from meldkit.io.header import DTYPE_SIZES
 from meldkit.io.writeback import start_writeback
 
@@ -183,11 +184,8 @@ def plan_shards(
 
 
 def _os_error(exc: OSError, path: Path) -> MergeRuntimeError:
-    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
-        return MergeRuntimeError(
-            f"disk full while writing {path}",
-            hint="free space on that disk or choose another output folder",
-        )
+    if is_disk_full(exc):
+        return disk_full(path)
     return MergeRuntimeError(f"cannot write {path}: {exc.strerror or exc}")
 
 
@@ -226,7 +224,8 @@ class ShardedWriter:
     ``on_shard_complete(filename)`` is called (in the writing thread) once per shard, after
     its file is fsynced and closed. ``completed`` names shards already complete on disk from
     an earlier, interrupted run: they are checked (size and header) and left untouched, and
-    their tensors count as written. Use as a context manager: a clean exit calls
+    their tensors count as written. ``writeback`` starts each tensor's disk write as soon as it
+    lands (:mod:`meldkit.io.writeback`). Use as a context manager: a clean exit calls
     :meth:`finish`, an exception calls :meth:`abort`.
     """
 
@@ -236,9 +235,11 @@ class ShardedWriter:
         layouts: Sequence[ShardLayout],
         on_shard_complete: Callable[[str], None] | None = None,
         completed: Iterable[str] = (),
+        writeback: bool = DEFAULT_POLICY.writeback,
     ) -> None:
         self.folder = Path(folder)
         self.layouts = list(layouts)
+        self._writeback = writeback
         self._on_shard_complete = on_shard_complete
         self._where: dict[str, tuple[int, ShardEntry]] = {}
         for i, layout in enumerate(self.layouts):
@@ -376,7 +377,8 @@ class ShardedWriter:
                 _pwrite_all(fd, view, start)
             except OSError as exc:
                 raise _os_error(exc, path) from None
-            start_writeback(fd, start, len(view))  # so the shard's fsync has little left to do
+            if self._writeback:
+                start_writeback(fd, start, len(view))  # so the shard's fsync has little left
             del view, owner
             with self._cond:
                 done = True
