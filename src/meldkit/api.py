@@ -46,8 +46,9 @@ def run_merge(
     ``recipe``: a path, YAML text, a dict or a MergeConfig. ``options``: PlanOptions fields
     (``out_shard_size`` as bytes or "5GB", ``unsafe_truncate_embeddings``, ``strict``,
     ``cache_dir``) and RunOptions fields (``device``, ``threads``, ``seed``, ``quiet``,
-    ``copy_tokenizer``, ``write_model_card``, ``overwrite``, ``resume``). Planning checks
-    everything first; nothing is computed when it fails.
+    ``copy_tokenizer``, ``write_model_card``, ``overwrite``, ``resume``, and ``policy``: an
+    :class:`~meldkit.execute.policy.EnginePolicy`). Planning checks everything first; nothing
+    is computed when it fails.
     """
     from meldkit.execute.runner import execute_plan
 

@@ -9,6 +9,7 @@ import pytest
 
 from meldkit.api import run_merge
 from meldkit.execute import tensors as tensor_module
+from meldkit.execute.policy import EnginePolicy
 from meldkit.methods.registry import get_method
 from meldkit.plan import plan_merge
 
@@ -34,7 +35,7 @@ def test_split_pieces_covers_every_row_once(llama_family):
 
 
 @pytest.mark.parametrize("recipe_kind", ["linear", "passthrough", "task_arithmetic"])
-def test_chunked_merge_equals_whole_tensor_merge(llama_family, tmp_path, monkeypatch, recipe_kind):
+def test_chunked_merge_equals_whole_tensor_merge(llama_family, tmp_path, recipe_kind):
     base, (a, b) = llama_family
     recipe = {
         "linear": _linear(a, b),
@@ -42,8 +43,7 @@ def test_chunked_merge_equals_whole_tensor_merge(llama_family, tmp_path, monkeyp
         "task_arithmetic": f"merge_method: task_arithmetic\nbase_model: {base}\nmodels: [{{model: {a}, parameters: {{weight: 0.5}}}}, {{model: {b}, parameters: {{weight: 0.8}}}}]\n",
     }[recipe_kind]
     run_merge(recipe, tmp_path / "whole", quiet=True)
-    monkeypatch.setattr(tensor_module, "CHUNK_ELEMENTS", 100)
-    run_merge(recipe, tmp_path / "chunked", quiet=True)
+    run_merge(recipe, tmp_path / "chunked", quiet=True, policy=EnginePolicy(chunk_elements=100))
     assert (tmp_path / "whole" / "model.safetensors").read_bytes() == (tmp_path / "chunked" / "model.safetensors").read_bytes()
 
 

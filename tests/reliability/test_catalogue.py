@@ -340,12 +340,12 @@ def test_runtime_failure_exits_1_and_cleans_up(family: Family, tmp_path: Path, c
 
 def test_internal_error_is_one_line_unless_debug(family: Family, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    import meldkit.execute.runner as runner
+    import meldkit.execute.pipeline as pipeline
 
     def broken(*a: object, **kw: object) -> object:
         raise ZeroDivisionError("boom")
 
-    monkeypatch.setattr(runner, "compute_tensor", broken)
+    monkeypatch.setattr(pipeline, "compute_tensor", broken)
     recipe = write_recipe(tmp_path, linear_recipe(family.ft1, family.ft2))
     r = run_cli(capsys, "merge", recipe, tmp_path / "out", "--quiet")
     assert r.code == 1

@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from meldkit.execute.journal import JOURNAL_NAME
-from meldkit.execute.runner import SLOW_WRITE_ENV, partial_path
+from meldkit.execute.pipeline import SLOW_WRITE_ENV
+from meldkit.execute.runner import partial_path
 from tests.reliability.helpers import (
     Family,
     folder_bytes,

@@ -6,6 +6,8 @@ tensors come (embeddings, ``lm_head``: hundreds of MB of inputs), the hundreds o
 the layers left in the heaps still count in the process's resident memory, on top of them:
 140 MB of a 1.07 GB peak on ``med`` in one trace (``benchmarks/memtrace.py``).
 ``malloc_trim(0)`` releases those free pages (a few milliseconds); elsewhere this is a no-op.
+The loader calls it before reads of at least ``EnginePolicy.trim_heap_bytes``
+(:mod:`meldkit.execute.policy`).
 """
 
 from __future__ import annotations
@@ -16,10 +18,7 @@ import sys
 from functools import cache
 from typing import Any
 
-__all__ = ["TRIM_BEFORE_BYTES", "release_free_memory"]
-
-# Reads of at least this many input bytes trim the heap first.
-TRIM_BEFORE_BYTES = 64 << 20
+__all__ = ["release_free_memory"]
 
 
 @cache

@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from meldkit.execute.policy import DEFAULT_POLICY
 from meldkit.io.writer import fsync_dir
 
 if TYPE_CHECKING:
@@ -39,17 +40,20 @@ __all__ = ["JOURNAL_NAME", "Journal", "plan_fingerprint", "crc32_file"]
 JOURNAL_NAME = ".meldkit-journal.json"
 _FORMAT = "meldkit-journal"
 _VERSION = 2  # 2: shards carry a CRC-32 instead of a SHA-256
-_CHUNK = 8 << 20  # hashing reads 8 MiB at a time: bounded memory whatever the shard size
 
 
-def crc32_file(path: Path, stop: threading.Event | None = None) -> str | None:
-    """Hex CRC-32 of a file, read in bounded chunks; None if ``stop`` is set meanwhile."""
+def crc32_file(
+    path: Path,
+    stop: threading.Event | None = None,
+    chunk_bytes: int = DEFAULT_POLICY.hash_chunk_bytes,
+) -> str | None:
+    """Hex CRC-32 of a file, read ``chunk_bytes`` at a time; None if ``stop`` is set meanwhile."""
     crc = 0
     with open(path, "rb") as fh:
         while True:
             if stop is not None and stop.is_set():
                 return None
-            block = fh.read(_CHUNK)
+            block = fh.read(chunk_bytes)
             if not block:
                 break
             crc = zlib.crc32(block, crc)
@@ -111,12 +115,16 @@ def plan_fingerprint(plan: MergePlan, device: str, seed: int | None) -> str:
 
 
 class Journal:
-    """The journal of one temporary folder; :meth:`record` is thread-safe."""
+    """The journal of one temporary folder; :meth:`record` is thread-safe. Shards are hashed
+    ``chunk_bytes`` at a time."""
 
-    def __init__(self, folder: Path, fingerprint: str) -> None:
+    def __init__(
+        self, folder: Path, fingerprint: str, chunk_bytes: int = DEFAULT_POLICY.hash_chunk_bytes
+    ) -> None:
         self.folder = Path(folder)
         self.path = self.folder / JOURNAL_NAME
         self.fingerprint = fingerprint
+        self.chunk_bytes = chunk_bytes
         self.shards: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -168,7 +176,7 @@ class Journal:
                 on_bad(filename, f"it has {actual} bytes instead of {expected_sizes[filename]}")
                 continue
             try:
-                ok = crc32_file(path) == digest
+                ok = crc32_file(path, chunk_bytes=self.chunk_bytes) == digest
             except OSError as exc:
                 on_bad(filename, f"it cannot be read ({exc.strerror or exc})")
                 continue
@@ -187,7 +195,7 @@ class Journal:
         After :meth:`stop_recording` a shard still being hashed is left out: the merge is
         about to be published, and a crash before that only means writing it once more."""
         path = self.folder / filename
-        digest = crc32_file(path, self._stop)
+        digest = crc32_file(path, self._stop, self.chunk_bytes)
         if digest is None:
             return
         entry = {"size": path.stat().st_size, "crc32": digest}

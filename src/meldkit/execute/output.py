@@ -14,7 +14,7 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
-from meldkit.errors import OutputError
+from meldkit.errors import OutputError, PublishRefused
 
 __all__ = [
     "PartialFolder",
@@ -189,23 +189,14 @@ def prepare_partial(out: Path, resume: bool) -> PartialFolder:
     return partial
 
 
-class PublishRefused(OutputError):
-    """The destination became occupied while merging; the finished model stays in ``kept``."""
-
-    exit_code = 1  # found at the very end of a run, not before computing
-
-    def __init__(self, message: str, hint: str, kept: Path) -> None:
-        super().__init__(message, hint)
-        self.kept = kept
-
-
 def publish(tmp: Path, out: Path, overwrite: bool = True) -> None:
     """Move the finished temporary folder to ``out``.
 
     An old output is renamed aside first and deleted only after the new one is in place, so at
     every instant either the old or the new complete model exists under a meldkit-owned name.
     An empty destination folder is simply replaced; one that filled up during the merge is
-    replaced only with ``overwrite`` (otherwise :class:`PublishRefused`, keeping ``tmp``).
+    replaced only with ``overwrite`` (otherwise :class:`~meldkit.errors.PublishRefused`,
+    keeping ``tmp``).
     """
     target = out.resolve()
     old: Path | None = None

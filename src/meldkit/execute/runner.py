@@ -1,16 +1,19 @@
 """Executing a plan: the only place where io and methods meet.
 
-Three stages overlap: a loader thread reads the inputs of the next tensors (``prefetch`` ahead),
-the calling thread runs the method, and a writer thread puts finished tensors in place in their
-shard. At most ``prefetch + 2`` tensors' data is alive at any time, whatever the model size.
+The run is orchestrated here: check the destination, create the temporary output folder
+(:mod:`meldkit.execute.output`) and its resume journal (:mod:`meldkit.execute.journal`), run
+the read -> compute -> write pipeline over the tensors (:mod:`meldkit.execute.pipeline`) while
+config, tokenizer and model card are written beside them, and publish the folder. How the
+pipeline runs (read-ahead, block sizes, threads, order) is the run's
+:class:`~meldkit.execute.policy.EnginePolicy`.
 
-Everything is written into a temporary folder (:mod:`meldkit.execute.output`) that is renamed
-into place at the very end, so no interruption ever leaves a folder that looks complete:
+Everything is written into the temporary folder, which is renamed into place at the very end,
+so no interruption ever leaves a folder that looks complete:
 
 * Ctrl-C or SIGTERM stops the run at the next tensor, waits for the reads and writes in
   progress (bounded: one tensor each), removes the temporary folder and raises
-  :class:`MergeInterrupted`. With ``resume`` the shards already completed (and their journal)
-  are kept instead, so the next ``resume`` run continues from them.
+  :class:`~meldkit.errors.MergeInterrupted`. With ``resume`` the shards already completed (and
+  their journal) are kept instead, so the next ``resume`` run continues from them.
 * Any other failure (a full disk, a corrupt input, a bug) cleans up the same way.
 * A crash (SIGKILL, power cut) leaves the temporary folder; ``resume`` continues from the
   shards its journal vouches for (:mod:`meldkit.execute.journal`), a plain run deletes it.
@@ -18,53 +21,49 @@ into place at the very end, so no interruption ever leaves a folder that looks c
 
 from __future__ import annotations
 
-import errno
-import os
 import shutil
 import signal
-import sys
-import threading
-import time
-from collections import deque
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import torch
 
-from meldkit.errors import MeldError, MergeRuntimeError
+from meldkit.errors import (
+    MeldError,
+    MergeInterrupted,
+    MergeRuntimeError,
+    PublishRefused,
+    disk_full,
+    is_disk_full,
+)
 from meldkit.execute.device import resolve_device
+from meldkit.execute.interrupt import Interrupted, InterruptGuard, signal_name
 from meldkit.execute.journal import Journal, plan_fingerprint
 from meldkit.execute.output import (
     PartialFolder,
-    PublishRefused,
     check_free_space,
     check_output_folder,
     partial_folder,
     prepare_partial,
     publish,
 )
-from meldkit.execute.tensors import Piece, TensorLoader, compute_order, compute_tensor, split_pieces
-from meldkit.io.writer import ShardedWriter
-from meldkit.methods.registry import MergeContext, load_merge_function
+from meldkit.execute.pipeline import run_pipeline
+from meldkit.execute.policy import EnginePolicy, policy_from_environment
 from meldkit.plan.planner import MergePlan
 
-__all__ = ["RunOptions", "MergeInterrupted", "execute_plan", "partial_path", "SLOW_WRITE_ENV"]
-
-#: Test hook: seconds to sleep before each tensor write, so tests can interrupt a tiny merge
-#: reliably while it is busy. Never set it outside tests.
-SLOW_WRITE_ENV = "MELDKIT_TEST_SLOW_WRITE"
-
-_SIGNAL_NAMES = {signal.SIGINT: "Ctrl-C (SIGINT)", signal.SIGTERM: "SIGTERM"}
+__all__ = ["RunOptions", "execute_plan", "partial_path"]
 
 
 @dataclass(frozen=True)
 class RunOptions:
-    """How to execute a plan (the plan itself fixes what is computed)."""
+    """How to execute a plan (the plan itself fixes what is computed).
+
+    ``policy``: the engine's tuning knobs; None takes the defaults with the overrides of the
+    ``MELDKIT_ENGINE_POLICY`` environment variable (:mod:`meldkit.execute.policy`).
+    """
 
     device: str = "cpu"
     threads: int | None = None
@@ -74,91 +73,7 @@ class RunOptions:
     write_model_card: bool = True
     overwrite: bool = False
     resume: bool = False
-    prefetch: int = 2
-
-
-class MergeInterrupted(MergeRuntimeError):
-    """The merge was stopped by a signal; ``exit_code`` is the shell's ``128 + signal``."""
-
-    def __init__(self, message: str, hint: str | None, signum: int) -> None:
-        super().__init__(message, hint)
-        self.signum = signum
-        self.exit_code = 128 + int(signum)
-
-
-class _Interrupted(BaseException):
-    """Raised in the main thread by the first SIGINT/SIGTERM of a run (see _InterruptGuard)."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
-class _InterruptGuard:
-    """Turns SIGINT and SIGTERM into :class:`_Interrupted` in the main thread, once.
-
-    Only the first signal raises: later ones arrive while the run is already cleaning up, and
-    raising again would abandon that cleanup half-way (leaving threads writing into a folder
-    that is being deleted). Inside :meth:`shielded` a first signal is only recorded, and raised
-    when the shielded block ends, so cleanup and the final rename are never cut in two.
-    A signal the process was started ignoring (e.g. SIGINT for ``cmd &``) stays ignored.
-    """
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._raised = False
-        self._shield = 0
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> _InterruptGuard:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                try:
-                    if signal.getsignal(sig) is signal.SIG_IGN:
-                        continue
-                    self._previous[sig] = signal.signal(sig, self._handler)
-                except (ValueError, OSError):  # pragma: no cover - embedded interpreters
-                    continue
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, previous in self._previous.items():
-            signal.signal(sig, previous)
-        self._previous.clear()
-
-    def _handler(self, signum: int, frame: FrameType | None) -> None:
-        if self.signum is not None:
-            return  # already stopping: let the cleanup finish
-        self.signum = signum
-        if self._shield == 0:
-            self._raised = True
-            raise _Interrupted(signum)
-
-    @contextmanager
-    def shielded(self, raise_after: bool = True) -> Iterator[None]:
-        """Defer a first signal until the block ends (then raise it, unless ``raise_after`` is
-        False: used for the final rename, after which the merge is complete anyway)."""
-        self._shield += 1
-        try:
-            yield
-        finally:
-            self._shield -= 1
-        if self._shield == 0 and self.signum is not None and not self._raised:
-            self._raised = True
-            if raise_after:
-                raise _Interrupted(self.signum)
-
-
-def _progress(total: int, quiet: bool) -> Any:
-    from tqdm import tqdm
-
-    return tqdm(
-        total=total,
-        unit="tensor",
-        desc="merging",
-        disable=quiet or not sys.stderr.isatty(),
-        leave=False,
-    )
+    policy: EnginePolicy | None = None
 
 
 def _ignore(message: str) -> None:
@@ -182,45 +97,40 @@ def execute_plan(
     ``on_warning`` receives problems worth a user's attention (NaN inputs, a resume that has to
     start afresh); ``on_info`` progress notes (how much a resume could reuse). Raises
     :class:`~meldkit.errors.OutputError` before any work for an unusable destination,
-    :class:`MergeInterrupted` on SIGINT/SIGTERM and :class:`MergeRuntimeError` for failures
-    while merging; in every case the destination is left as it was.
+    :class:`~meldkit.errors.MergeInterrupted` on SIGINT/SIGTERM and
+    :class:`~meldkit.errors.MergeRuntimeError` for failures while merging; in every case the
+    destination is left as it was.
     """
     options = options or RunOptions()
+    policy = options.policy or policy_from_environment()
     out = Path(out)
     warn = on_warning or _ignore
     info = on_info or _ignore
     check_output_folder(out, _input_folders(plan), options.overwrite)
     device = resolve_device(options.device)
     previous_threads = torch.get_num_threads()
-    torch.set_num_threads(options.threads or default_math_threads())
+    torch.set_num_threads(policy.math_threads(options.threads))
     try:
-        return _execute(plan, out, options, device, warn, info)
+        return _execute(plan, out, options, policy, device, warn, info)
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def default_math_threads() -> int:
-    """Intra-op threads for the math: every core, up to 8. An element-wise method with a few
-    operations per element (ram: 33 s with one thread on med, 19 s with two) needs them as
-    much as the whole-tensor ones; a memory-bound one (linear) runs as fast either way, and
-    the reader and writer threads mostly wait."""
-    return max(1, min(os.cpu_count() or 2, 8))
-
-
-def _execute(plan: MergePlan, out: Path, options: RunOptions, device: str,
+def _execute(plan: MergePlan, out: Path, options: RunOptions, policy: EnginePolicy, device: str,
              warn: Callable[[str], None], info: Callable[[str], None]) -> Path:
     fingerprint = plan_fingerprint(plan, device, options.seed)
     partial: PartialFolder | None = None
     journal: Journal | None = None
     computing = False
-    with _InterruptGuard() as guard:
+    with InterruptGuard() as guard:
         try:
             resumable = 0 if options.resume else _resumable_shards(out, fingerprint)
             partial = prepare_partial(out, options.resume)
             if resumable:
                 info(f"removed an interrupted earlier merge of {out} ({resumable} shard(s) done); "
                      "--resume would have continued it")
-            journal, completed = _start_journal(plan, out, partial.path, fingerprint, options.resume, warn, info)
+            journal, completed = _start_journal(plan, out, partial.path, fingerprint, policy,
+                                                options.resume, warn, info)
             remaining = sum(s.file_size for s in plan.shards if s.filename not in completed)
             check_free_space(out, remaining)
             computing = True
@@ -230,15 +140,16 @@ def _execute(plan: MergePlan, out: Path, options: RunOptions, device: str,
             metadata = ThreadPoolExecutor(1, thread_name_prefix="meldkit-metadata")
             try:
                 written = metadata.submit(_write_metadata, plan, partial.path, options, warn)
-                _write_tensors(plan, partial.path, device, options, warn, journal, completed, guard)
+                run_pipeline(plan, partial.path, device, options.seed, policy, journal,
+                             completed, guard, warn, options.quiet)
                 written.result()
             finally:
                 metadata.shutdown(wait=True)
             with guard.shielded(raise_after=False):
                 journal.discard()
                 publish(partial.path, out, options.overwrite)
-        except (_Interrupted, KeyboardInterrupt) as exc:
-            signum = exc.signum if isinstance(exc, _Interrupted) else int(signal.SIGINT)
+        except (Interrupted, KeyboardInterrupt) as exc:
+            signum = exc.signum if isinstance(exc, Interrupted) else int(signal.SIGINT)
             with guard.shielded(raise_after=False):
                 kept = _abandon(partial, journal, options.resume)
             raise _interrupted_error(out, partial, kept, len(plan.shards), signum) from None
@@ -273,12 +184,13 @@ def _start_journal(
     out: Path,
     tmp: Path,
     fingerprint: str,
+    policy: EnginePolicy,
     resume: bool,
     warn: Callable[[str], None],
     info: Callable[[str], None],
 ) -> tuple[Journal, list[str]]:
     """Open the journal of ``tmp``; with ``resume``, adopt the earlier run's verified shards."""
-    journal = Journal(tmp, fingerprint)
+    journal = Journal(tmp, fingerprint, policy.hash_chunk_bytes)
     completed: list[str] = []
     if resume:
         previous = Journal.read(tmp)
@@ -325,7 +237,7 @@ def _abandon(partial: PartialFolder | None, journal: Journal | None, resume: boo
 
 
 def _interrupted_error(out: Path, partial: PartialFolder | None, kept: int, shards: int, signum: int) -> MergeInterrupted:
-    what = _SIGNAL_NAMES.get(signal.Signals(signum), f"signal {signum}")
+    what = signal_name(signum)
     if kept and partial is not None:
         return MergeInterrupted(
             f"interrupted by {what}; {kept} of {shards} shard(s) are kept in {partial.path} and "
@@ -343,125 +255,9 @@ def _interrupted_error(out: Path, partial: PartialFolder | None, kept: int, shar
 
 def _os_failure(exc: OSError) -> MergeRuntimeError:
     where = exc.filename or "the output"
-    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
-        return MergeRuntimeError(
-            f"disk full while writing {where}",
-            hint="free space on that disk or choose another output folder",
-        )
+    if is_disk_full(exc):
+        return disk_full(where)
     return MergeRuntimeError(f"file error while merging: {where}: {exc.strerror or exc}")
-
-
-def _slow_write_delay() -> float:
-    raw = os.environ.get(SLOW_WRITE_ENV)
-    if not raw:
-        return 0.0
-    try:
-        return max(0.0, float(raw))
-    except ValueError:
-        return 0.0
-
-
-# Input bytes the loader may read ahead of the computation. Methods with whole-tensor
-# statistics already hold one whole tensor's inputs while they compute, so they read less ahead.
-READ_AHEAD_BYTES = 256 * 1024 * 1024
-READ_AHEAD_WHOLE_TENSOR_BYTES = 64 * 1024 * 1024
-
-
-def _write_tensors(
-    plan: MergePlan,
-    tmp: Path,
-    device: str,
-    options: RunOptions,
-    warn: Callable[[str], None],
-    journal: Journal,
-    completed: list[str],
-    guard: _InterruptGuard,
-) -> None:
-    done = set(completed)
-    # Tensors of verified shards are neither read nor computed again.
-    skip = {e.spec.name for s in plan.shards if s.filename in done for e in s.entries}
-    read_ahead = READ_AHEAD_BYTES if plan.method.elementwise else READ_AHEAD_WHOLE_TENSOR_BYTES
-    todo = compute_order([t for t in plan.tensors if t.name not in skip], read_ahead)
-    fn = load_merge_function(plan.method)
-    loader = TensorLoader(plan, device, warn)
-    reads = ThreadPoolExecutor(1, thread_name_prefix="meldkit-read")
-    writes = ThreadPoolExecutor(1, thread_name_prefix="meldkit-write")
-    # Hashing a finished shard for the journal reads it back; a thread of its own keeps that
-    # off the writer's path.
-    hashes = ThreadPoolExecutor(1, thread_name_prefix="meldkit-journal")
-    hash_jobs: list[Future[None]] = []
-    writer: ShardedWriter | None = None
-    bar = _progress(len(todo), options.quiet)
-    window: deque[tuple[Piece, Future[list[torch.Tensor]]]] = deque()
-    in_flight: deque[Future[None]] = deque()
-    delay = _slow_write_delay()
-    try:
-        writer = ShardedWriter(
-            tmp,
-            plan.shards,
-            on_shard_complete=lambda name: hash_jobs.append(hashes.submit(journal.record, name)),
-            completed=done,
-        )
-        write: Callable[..., None] = writer.write
-        if delay:
-            def write(name: str, tensor: torch.Tensor, row_start: int | None = None,
-                      _write: Callable[..., None] = writer.write) -> None:
-                time.sleep(delay)
-                _write(name, tensor, row_start)
-
-        lora_models = {k for k, m in plan.models.items() if m.lora_folder is not None}
-        upcoming = split_pieces(todo, plan.method, lora_models)
-
-        def refill() -> None:
-            # Read ahead up to `prefetch` pieces, but no more than `read_ahead` bytes of input
-            # (always at least one piece), so huge tensors do not pile up in memory.
-            while len(window) <= options.prefetch:
-                queued = sum(p.input_bytes for p, _ in window)
-                if window and queued >= read_ahead:
-                    return
-                nxt = next(upcoming, None)
-                if nxt is None:
-                    return
-                window.append((nxt, reads.submit(loader.load, nxt.tensor, nxt.rows)))
-
-        refill()
-        while window:
-            piece, future = window.popleft()
-            raw = future.result()
-            refill()
-            tensor = piece.tensor
-            ctx = MergeContext(tensor.name, options.seed, device, tensor.out_dtype)
-            result = compute_tensor(tensor, raw, fn, ctx, device, piece.rows, plan.method.native_inputs)
-            del raw
-            loader.check_result(tensor, piece.rows, result)
-            in_flight.append(writes.submit(write, tensor.name, result, piece.rows[0] if piece.rows else None))
-            del result
-            while len(in_flight) > 1 or (in_flight and in_flight[0].done()):
-                in_flight.popleft().result()
-            if piece.last:
-                bar.update(1)
-        while in_flight:
-            in_flight.popleft().result()
-        writer.finish()
-        # Every tensor is written and the folder is about to be published: hashing the last
-        # shards for a resume that can no longer be needed would only delay it.
-        journal.stop_recording()
-    finally:
-        # Order matters: no thread may still touch a descriptor when the writer and the reader
-        # close theirs (the OS could hand the number to another file), nor write into a folder
-        # that the caller is about to delete.
-        with guard.shielded():
-            for _, f in window:
-                f.cancel()
-            reads.shutdown(wait=True, cancel_futures=True)
-            writes.shutdown(wait=True, cancel_futures=True)
-            if writer is not None:
-                writer.abort()
-            hashes.shutdown(wait=True)
-            loader.close()
-            bar.close()
-    for job in hash_jobs:
-        job.result()  # a journal entry that could not be written fails the merge
 
 
 def _write_json(path: Path, data: Any) -> None:

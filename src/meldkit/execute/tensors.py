@@ -13,17 +13,14 @@ import torch
 
 from meldkit.errors import MergeRuntimeError
 from meldkit.execute import heap
+from meldkit.execute.policy import DEFAULT_POLICY, EnginePolicy
 from meldkit.io.dtypes import torch_dtype
 from meldkit.io.header import TensorInfo
 from meldkit.io.reader import TensorReader
 from meldkit.methods.registry import MergeContext, MergeFunction, MethodSpec
 from meldkit.plan.planner import MergePlan, TensorPlan
 
-__all__ = ["TensorLoader", "compute_tensor", "Piece", "compute_order", "split_pieces", "CHUNK_ELEMENTS"]
-
-# Large tensors of element-wise methods are computed in blocks of about this many elements
-# per input (16 MB in float32), so memory stays bounded by the block, not by the tensor.
-CHUNK_ELEMENTS = 4 * 1024 * 1024
+__all__ = ["TensorLoader", "compute_tensor", "Piece", "compute_order", "split_pieces"]
 
 Rows = tuple[int, int]
 
@@ -55,14 +52,11 @@ def _chunkable(tensor: TensorPlan, method: MethodSpec, lora_models: set[str]) ->
     )
 
 
-# A tensor is "big" for compute_order when it has at least this share of the largest one's
-# elements: embeddings and LM heads, not a Llama's MLP matrices (an eighth of them on `med`).
-BIG_SHARE = 0.5
-
-
-def compute_order(tensors: Sequence[TensorPlan], gap_bytes: int = 0) -> list[TensorPlan]:
+def compute_order(tensors: Sequence[TensorPlan], gap_bytes: int = 0,
+                  big_share: float = DEFAULT_POLICY.big_share) -> list[TensorPlan]:
     """The order in which to compute ``tensors`` (the writer puts each in place, in any order):
-    the plan's, except that each big tensor (:data:`BIG_SHARE`) is moved forward, to just
+    the plan's, except that each big tensor (at least ``big_share`` of the largest one's
+    elements; :class:`~meldkit.execute.policy.EnginePolicy`) is moved forward, to just
     after the first point where at least one small tensor and ``gap_bytes`` of small tensors'
     input (the executor's read-ahead) have followed the previous big one. A big tensor never
     moves later, and a small one only by the big ones pulled ahead of it (for a usual
@@ -74,7 +68,7 @@ def compute_order(tensors: Sequence[TensorPlan], gap_bytes: int = 0) -> list[Ten
     about 0.5 s of a `med` merge with little to do. The small tensors between two big ones keep
     the next big one's inputs from being read ahead while the previous one is still held."""
     sizes = [math.prod(t.shape) for t in tensors]
-    threshold = BIG_SHARE * max(sizes, default=0)
+    threshold = big_share * max(sizes, default=0)
     is_big = [bool(n) and n >= threshold for n in sizes]
     bigs = [i for i, b in enumerate(is_big) if b]
     placed = [False] * len(tensors)
@@ -103,9 +97,9 @@ def compute_order(tensors: Sequence[TensorPlan], gap_bytes: int = 0) -> list[Ten
 
 
 def split_pieces(tensors: Iterable[TensorPlan], method: MethodSpec, lora_models: set[str],
-                 max_elements: int | None = None) -> Iterator[Piece]:
-    """The work items for ``tensors``, in order: big element-wise tensors in row blocks."""
-    max_elements = max_elements or CHUNK_ELEMENTS
+                 max_elements: int) -> Iterator[Piece]:
+    """The work items for ``tensors``, in order: element-wise tensors of more than
+    ``max_elements`` elements in blocks of rows of at most that many (at least one row)."""
     for t in tensors:
         numel = math.prod(t.shape)
         if numel <= max_elements or not _chunkable(t, method, lora_models):
@@ -125,13 +119,17 @@ def _rows_of(info: TensorInfo, rows: Rows) -> TensorInfo:
 
 
 class TensorLoader:
-    """Reads the inputs of one TensorPlan; thread-safe. LoRA adapters are applied here."""
+    """Reads the inputs of one TensorPlan; thread-safe. LoRA adapters are applied here.
 
-    def __init__(self, plan: MergePlan, device: str, warn: Callable[[str], None]) -> None:
+    ``policy`` decides which inputs are mapped and before which reads the heap is trimmed."""
+
+    def __init__(self, plan: MergePlan, device: str, warn: Callable[[str], None],
+                 policy: EnginePolicy = DEFAULT_POLICY) -> None:
         self.plan = plan
         self.device = device
         self.warn = warn
-        self.reader = TensorReader()
+        self.reader = TensorReader(map_min_bytes=policy.map_min_bytes)
+        self._trim_bytes = policy.trim_heap_bytes
         self._adapters: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._warned: set[str] = set()
@@ -153,7 +151,8 @@ class TensorLoader:
     def load(self, tensor: TensorPlan, rows: Rows | None = None) -> list[torch.Tensor]:
         """The inputs of ``tensor`` (only ``rows`` of them when given), in source order."""
         out = []
-        if sum(s.info.nbytes for s in tensor.sources if not s.parts) >= heap.TRIM_BEFORE_BYTES:
+        whole = sum(s.info.nbytes for s in tensor.sources if not s.parts)
+        if self._trim_bytes is not None and whole >= self._trim_bytes:
             heap.release_free_memory()  # before, not on top of, this large allocation
         # On a GPU the copy to the device happens here, in the loader thread, from pinned
         # memory, so it overlaps the math on the previous tensor. Byte copies stay on the CPU.
