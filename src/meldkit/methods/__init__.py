@@ -1,4 +1,5 @@
-"""Merge methods: torch-free specs in :mod:`.catalog`, the math in one module per method."""
+"""Merge methods: torch-free specs in :mod:`.catalog`, the reference math in one module per
+method (fast paths live in :mod:`meldkit.kernels`; nothing here imports them)."""
 
 from meldkit.methods.registry import (
     MergeContext,

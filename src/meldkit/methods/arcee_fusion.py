@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from meldkit.methods import kernel_runner, sparsify
+from meldkit.methods import sparsify
 from meldkit.methods.inputs import base_and_other, output_dtype
 from meldkit.methods.registry import MergeContext
 
@@ -45,8 +45,8 @@ def row_kl(x: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
     """``KL(softmax(x) + ε || softmax(b) + ε)`` of each row (last axis), shape ``(..., 1)``,
     in float64. The float32 formula is ill-conditioned: ``p`` and ``q`` of a fine-tune and
     its base agree to about 1e-3 and the sum cancels to second order, so float32 rounding
-    leaves a median relative error of some 10% (MergeKit's result is that noise). The fused
-    CPU kernel (``kernels_pair.row_kl``) gives these values to about 1e-6."""
+    leaves a median relative error of some 10% (MergeKit's result is that noise). The CPU
+    fast path (:mod:`meldkit.kernels.arcee_fusion`) gives these values to about 1e-6."""
     p = torch.softmax(x.to(torch.float64), dim=-1).add_(KL_EPS)
     q = torch.softmax(base.to(torch.float64), dim=-1).add_(KL_EPS)
     ratio = torch.div(p, q, out=q)  # q is not needed afterwards: its buffer takes p / q
@@ -60,24 +60,25 @@ def importance(x: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
     return ((xr - br).abs_() * row_kl(xr, br).to(xr.dtype)).reshape(x.shape)
 
 
+def quartile_ranks(n: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """torch.quantile's linear interpolation for the levels 0.25, 0.5 and 0.75 of ``n`` values
+    of ``dtype``: the fractional ranks ``q·(n-1)`` in that dtype and the order statistics
+    below and above them."""
+    ranks = torch.tensor([0.25, 0.5, 0.75], dtype=dtype) * (n - 1)
+    return ranks, ranks.long(), ranks.ceil().long()
+
+
 def quartiles(sample: torch.Tensor) -> torch.Tensor:
     """``torch.quantile(sample, [0.25, 0.5, 0.75])``, bit for bit, by selecting the few order
-    statistics it interpolates instead of sorting (a sort of the 1M-element sample took
-    0.1 s per tensor; a numba radix selection takes a few ms, numpy's partition 20 ms)."""
+    statistics it interpolates instead of sorting the sample."""
     sample = sample.cpu()  # 1M values at most; a GPU's sample is selected here too
-    levels = torch.tensor([0.25, 0.5, 0.75], dtype=sample.dtype)
     if sample.numel() == 0 or bool(torch.isnan(sample).any()):
+        levels = torch.tensor([0.25, 0.5, 0.75], dtype=sample.dtype)
         return torch.quantile(sample, levels)  # its NaN and empty-input rules
-    # torch's linear interpolation: rank q·(n-1) in the sample dtype, lerp between neighbours.
-    ranks = levels * (sample.numel() - 1)
-    below, above = ranks.long(), ranks.ceil().long()
+    ranks, below, above = quartile_ranks(sample.numel(), sample.dtype)
     wanted = torch.cat([below, above])
-    module = kernel_runner.load("kernels_pair")
-    if module is not None and sample.dtype == torch.float32:
-        picked = torch.from_numpy(module.order_statistics(sample.numpy(), wanted.numpy(), np.empty(6, np.float32)))
-    else:
-        part = np.partition(sample.numpy(), sorted(set(wanted.tolist())))
-        picked = torch.from_numpy(part[wanted.numpy()])
+    part = np.partition(sample.numpy(), sorted(set(wanted.tolist())))
+    picked = torch.from_numpy(part[wanted.numpy()])
     return torch.lerp(picked[:3], picked[3:], ranks - below)
 
 
@@ -85,7 +86,7 @@ def quartiles(sample: torch.Tensor) -> torch.Tensor:
 BLOCK_ELEMENTS = 1 << 20
 
 
-def _keys(ctx: MergeContext) -> tuple[int, int]:
+def sample_keys(ctx: MergeContext) -> tuple[int, int]:
     """The streams of the sample's rows and of its columns."""
     return ctx.stream_key("arcee_fusion/rows"), ctx.stream_key("arcee_fusion/columns")
 
@@ -96,22 +97,18 @@ def scaled_draws(key: int, size: int, n: int) -> torch.Tensor:
     return (sparsify.hash32(key, 0, size) * n) >> 32
 
 
-def sample_starts(key: int, rows: int, size: int, module: Any | None = None) -> np.ndarray:
-    """Where each row's draws start among ``size`` draws: draw ``k`` picks row
-    ``(hash32(key)[k] · rows) >> 32``, and ``starts[r]:starts[r + 1]`` are row ``r``'s (so
-    ``starts`` has ``rows + 1`` entries). ``module``: the numba kernels, counting in parallel
-    ranges (the counts do not depend on them)."""
-    if module is not None:
-        parts = kernel_runner.ranges(size)
-        counts = np.zeros((len(parts), rows), dtype=np.int64)
-        kernel_runner.run_all([(module.count_sample_rows, (*kernel_runner.key_halves(key), a, b, rows, counts[t]))
-                               for t, (a, b) in enumerate(parts)])
-        per_row = counts.sum(axis=0)
-    else:
-        per_row = torch.bincount(scaled_draws(key, size, rows), minlength=rows).numpy()
-    starts = np.zeros(rows + 1, dtype=np.int64)
+def row_starts(per_row: np.ndarray) -> np.ndarray:
+    """``starts`` with ``starts[r]:starts[r + 1]`` the draws of row ``r``, from per-row counts."""
+    starts = np.zeros(len(per_row) + 1, dtype=np.int64)
     np.cumsum(per_row, out=starts[1:])
     return starts
+
+
+def sample_starts(key: int, rows: int, size: int) -> np.ndarray:
+    """Where each row's draws start among ``size`` draws: draw ``k`` picks row
+    ``(hash32(key)[k] · rows) >> 32``, and ``starts[r]:starts[r + 1]`` are row ``r``'s (so
+    ``starts`` has ``rows + 1`` entries)."""
+    return row_starts(torch.bincount(scaled_draws(key, size, rows), minlength=rows).numpy())
 
 
 def sample_index(keys: tuple[int, int], rows: int, length: int, size: int) -> torch.Tensor:
@@ -124,28 +121,12 @@ def sample_index(keys: tuple[int, int], rows: int, length: int, size: int) -> to
     return row_of * length + scaled_draws(keys[1], size, length)
 
 
-def kl_and_sample(b2: torch.Tensor, x2: torch.Tensor, work: torch.dtype, keys: tuple[int, int] | None,
-                  stored: Sequence[np.ndarray] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def kl_and_sample(b2: torch.Tensor, x2: torch.Tensor, work: torch.dtype,
+                  keys: tuple[int, int] | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Pass 1 over the ``(rows, length)`` views: :func:`row_kl` of each row, as ``(rows, 1)`` in
-    ``work``, and the importance ``|x - b| · kl`` at the positions :func:`sample_index` draws
-    from the streams ``keys`` (None: at every position, in order).
-
-    With ``stored`` (the base's and the other's arrays as stored) one numba kernel does both,
-    row by row; otherwise torch computes the KL in blocks of rows and gathers the sample. Both
-    give the sample in the same order."""
+    ``work`` (in blocks of rows), and the importance ``|x - b| · kl`` at the positions
+    :func:`sample_index` draws from the streams ``keys`` (None: at every position, in order)."""
     rows, length = b2.shape
-    if stored is not None:
-        module = kernel_runner.load("kernels_pair")
-        assert module is not None
-        size = rows * length if keys is None else SAMPLE_SIZE
-        starts = np.zeros(rows + 1, dtype=np.int64) if keys is None else sample_starts(keys[0], rows, size, module)
-        c0, c1 = kernel_runner.key_halves(0 if keys is None else keys[1])
-        values = np.empty(rows, dtype=np.float64)
-        sample = np.empty(size, dtype=np.float32)
-        stored_b, stored_x = stored
-        kernel_runner.parallel(module.row_kl, rows, stored_x, stored_b, length, KL_EPS, values, starts, c0, c1,
-                               keys is None, sample)
-        return torch.from_numpy(values).to(work).reshape(rows, 1), torch.from_numpy(sample)
     kl = torch.empty(rows, 1, dtype=work, device=b2.device)
     step = max(1, BLOCK_ELEMENTS // max(length, 1))
     for r0 in range(0, rows, step):
@@ -159,7 +140,7 @@ def kl_and_sample(b2: torch.Tensor, x2: torch.Tensor, work: torch.dtype, keys: t
     return kl, (xb - bb).abs_() * kl.reshape(-1)[index // length]
 
 
-def merge(
+def arcee_fusion(
     inputs: Sequence[torch.Tensor],
     base_index: int | None,
     shared: Mapping[str, Any],
@@ -170,45 +151,39 @@ def merge(
 
     Two passes over blocks of rows of the inputs as stored: each row's KL (kept, one value
     per row), which gives the importance of the sampled positions and so the threshold; then
-    the output (a numba kernel on the CPU). Each row's KL depends on that row only, so the
-    values are those of a whole-tensor pass."""
+    the output. Each row's KL depends on that row only, so the values are those of a
+    whole-tensor pass."""
     pair = base_and_other(inputs, base_index, "arcee_fusion")
     if pair is None:
         return inputs[0]  # a lone optional tensor: the planner's passthrough policy
     base, other = pair
+    out_dtype = output_dtype(inputs, ctx.out_dtype)
     if base.numel() == 0:
-        return torch.empty(base.shape, dtype=output_dtype(inputs, ctx.out_dtype), device=base.device)
+        return torch.empty(base.shape, dtype=out_dtype, device=base.device)
     work = torch.float64 if torch.float64 in (base.dtype, other.dtype) else torch.float32
-    length = base.shape[-1] if base.dim() > 1 else max(base.numel(), 1)
-    rows = base.numel() // length
+    rows, length = row_layout(base)
     b2, x2 = base.reshape(rows, length), other.reshape(rows, length)
-    step = max(1, BLOCK_ELEMENTS // length)
-    blocks = [(r, min(rows, r + step)) for r in range(0, rows, step)]
-
-    module = kernel_runner.load("kernels_pair")
-    fused = module is not None and work == torch.float32 and kernel_runner.cpu_tensors([base, other], ctx.device)
-    stored = kernel_runner.stored_arrays([base, other]) if fused else None  # [base, other]
 
     # Pass 1: each row's KL (the expensive part: softmaxes and logs), one value per row, and
     # the importance at MergeKit's with-replacement sample of positions (all of them when
     # there are at most SAMPLE_SIZE).
-    n = base.numel()
-    kl, sample = kl_and_sample(b2, x2, work, _keys(ctx) if n > SAMPLE_SIZE else None, stored)
+    kl, sample = kl_and_sample(b2, x2, work, sample_keys(ctx) if base.numel() > SAMPLE_SIZE else None)
     q1, median, q3 = quartiles(sample)
     threshold = median + 1.5 * (q3 - q1)
 
     # Pass 2: out = b + (x - b) · [|x - b| · kl >= threshold].
-    out_dtype = output_dtype(inputs, ctx.out_dtype)
-    if stored is not None:
-        assert module is not None
-        out = kernel_runner.output_buffer(n, out_dtype)
-        kernel_runner.parallel(module.keep_important, rows, stored[1], stored[0], length, kl.reshape(-1).numpy(),
-                               np.float32(threshold.item()), kernel_runner.as_numpy(out), out.dtype == torch.bfloat16)
-        return out.reshape(base.shape)
-    out_t = torch.empty(rows, length, dtype=out_dtype, device=base.device)
-    for r0, r1 in blocks:
+    out = torch.empty(rows, length, dtype=out_dtype, device=base.device)
+    step = max(1, BLOCK_ELEMENTS // length)
+    for r0 in range(0, rows, step):
+        r1 = min(rows, r0 + step)
         bb, xb = b2[r0:r1].to(work), x2[r0:r1].to(work)
         delta = xb - bb
         imp = delta.abs() * kl[r0:r1]
-        out_t[r0:r1] = (bb + delta.mul_(imp >= threshold)).to(out_dtype)
-    return out_t.reshape(base.shape)
+        out[r0:r1] = (bb + delta.mul_(imp >= threshold)).to(out_dtype)
+    return out.reshape(base.shape)
+
+
+def row_layout(x: torch.Tensor) -> tuple[int, int]:
+    """``(rows, length)``: rows along the last axis; a 1-D tensor is one row."""
+    length = x.shape[-1] if x.dim() > 1 else max(x.numel(), 1)
+    return x.numel() // length, length

@@ -2,23 +2,25 @@
 
 Names, parameters, scopes and defaults follow MergeKit 0.1.5 so published recipes run
 unchanged; see docs/methods.md for each formula and docs/compatibility.md for the places where
-we deliberately differ. The eight task-vector methods share one pipeline
-(:mod:`meldkit.methods.task_vectors`); :data:`TASK_VECTOR_FAMILY` describes each member and is
-read by both the specs below and the pipeline, so the two cannot drift apart.
+we deliberately differ. The eight task-vector methods share one formula
+(:mod:`meldkit.methods.task_vectors`); :data:`~meldkit.methods.task_vector_family.TASK_VECTOR_FAMILY`
+describes each member and is read by both the specs below and the math.
+
+``impl`` names each method's reference formula (torch), ``fast_impl`` its optimized twin in
+:mod:`meldkit.kernels`, if any; :func:`meldkit.methods.registry.load_merge_function` chooses.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from meldkit.methods.registry import MethodSpec, ParamSpec, register
+from meldkit.methods.task_vector_family import TASK_VECTOR_FAMILY, TaskVectorVariant
 
-__all__ = ["TASK_VECTOR_FAMILY", "TaskVectorVariant"]
+__all__: list[str] = []
 
-Sparsifier = Literal["magnitude", "random", "magnitude_outliers", "della_magprune"]
 
 # ---------------------------------------------------------------------------------------------
 # Cross-parameter checks (called by the planner with one tensor's resolved values).
@@ -96,7 +98,7 @@ register(
         elementwise=True,
         native_inputs=True,
         pretty_name="Linear",
-        impl="meldkit.methods.linear:merge",
+        impl="meldkit.methods.linear:linear",
         params=(
             ParamSpec("weight", "per_input", required=True, doc="weight of each input"),
             ParamSpec("normalize", "shared", kind="bool", default=True,
@@ -115,7 +117,7 @@ register(
         name="passthrough",
         elementwise=True,
         pretty_name="Passthrough",
-        impl="meldkit.methods.passthrough:merge",
+        impl="meldkit.methods.passthrough:passthrough",
         params=(
             ParamSpec("scale", "per_input", default=None, doc="optional factor applied to the tensor"),
         ),
@@ -131,7 +133,8 @@ register(
         name="slerp",
         native_inputs=True,
         pretty_name="SLERP",
-        impl="meldkit.methods.slerp:merge",
+        impl="meldkit.methods.slerp:slerp",
+        fast_impl="meldkit.kernels.combination:slerp",
         params=(
             ParamSpec("t", "shared", required=True,
                       doc="interpolation factor: 0 gives the base, 1 the other model"),
@@ -149,7 +152,8 @@ register(
     MethodSpec(
         name="nuslerp",
         pretty_name="NuSLERP",
-        impl="meldkit.methods.nuslerp:merge",
+        impl="meldkit.methods.nuslerp:nuslerp",
+        fast_impl="meldkit.kernels.combination:nuslerp",
         native_inputs=True,  # blocked Gram + combination passes read the stored dtype
         params=(
             ParamSpec("weight", "per_non_base", required=True,
@@ -174,7 +178,8 @@ register(
     MethodSpec(
         name="multislerp",
         pretty_name="Multi-SLERP",
-        impl="meldkit.methods.multislerp:merge",
+        impl="meldkit.methods.multislerp:multislerp",
+        fast_impl="meldkit.kernels.combination:multislerp",
         native_inputs=True,  # blocked Gram + combination passes read the stored dtype
         params=(
             ParamSpec("weight", "per_non_base", required=True, doc="weight of each model"),
@@ -196,7 +201,8 @@ register(
     MethodSpec(
         name="karcher",
         pretty_name="Karcher Mean",
-        impl="meldkit.methods.karcher:merge",
+        impl="meldkit.methods.karcher:karcher",
+        fast_impl="meldkit.kernels.combination:karcher",
         native_inputs=True,  # blocked Gram + combination passes read the stored dtype
         params=(
             ParamSpec("max_iter", "shared", kind="int", default=10,
@@ -213,49 +219,6 @@ register(
 
 # ---------------------------------------------------------------------------------------------
 # The task-vector family: one pipeline, eight names.
-
-
-@dataclass(frozen=True)
-class TaskVectorVariant:
-    """One member of the task-vector family (MergeKit's GeneralizedTaskArithmeticMerge)."""
-
-    pretty_name: str
-    sparsifier: Sparsifier | None
-    consensus: bool
-    normalize: bool
-    rescale: bool
-    reference_url: str
-    summary: str
-
-
-TASK_VECTOR_FAMILY: dict[str, TaskVectorVariant] = {
-    "task_arithmetic": TaskVectorVariant(
-        "Task Arithmetic", None, False, False, False, "https://arxiv.org/abs/2212.04089",
-        "Adds the weighted task vectors (model - base) to the base."),
-    "ties": TaskVectorVariant(
-        "TIES", "magnitude", True, True, False, "https://arxiv.org/abs/2306.01708",
-        "Keeps the largest task-vector entries, elects a sign, averages the agreeing ones."),
-    "dare_ties": TaskVectorVariant(
-        "DARE TIES", "random", True, False, True, "https://arxiv.org/abs/2311.03099",
-        "Random drop (DARE) with rescaling, then TIES sign election."),
-    "dare_linear": TaskVectorVariant(
-        "Linear DARE", "random", False, False, True, "https://arxiv.org/abs/2311.03099",
-        "Random drop (DARE) with rescaling, then a weighted sum of task vectors."),
-    "breadcrumbs": TaskVectorVariant(
-        "Model Breadcrumbs", "magnitude_outliers", False, False, False,
-        "https://arxiv.org/abs/2312.06795",
-        "Drops the smallest and the largest task-vector entries, then sums."),
-    "breadcrumbs_ties": TaskVectorVariant(
-        "Model Breadcrumbs with TIES", "magnitude_outliers", True, False, False,
-        "https://arxiv.org/abs/2312.06795",
-        "Breadcrumbs sparsification followed by TIES sign election."),
-    "della": TaskVectorVariant(
-        "DELLA", "della_magprune", True, True, True, "https://arxiv.org/abs/2406.11617",
-        "Magnitude-ranked random drop (MagPrune), rescaling and TIES sign election."),
-    "della_linear": TaskVectorVariant(
-        "Linear DELLA", "della_magprune", False, False, True, "https://arxiv.org/abs/2406.11617",
-        "Magnitude-ranked random drop (MagPrune) with rescaling, then a weighted sum."),
-}
 
 
 def _task_vector_params(name: str, variant: TaskVectorVariant) -> tuple[ParamSpec, ...]:
@@ -289,7 +252,8 @@ for _name, _variant in TASK_VECTOR_FAMILY.items():
         MethodSpec(
             name=_name,
             pretty_name=_variant.pretty_name,
-            impl=f"meldkit.methods.{_name}:merge",
+            impl=f"meldkit.methods.task_vectors:{_name}",
+            fast_impl=f"meldkit.kernels.task_vectors:{_name}",
             params=_task_vector_params(_name, _variant),
             base="required",
             min_inputs=1,
@@ -310,7 +274,8 @@ register(
     MethodSpec(
         name="sce",
         pretty_name="SCE",
-        impl="meldkit.methods.sce:merge",
+        impl="meldkit.methods.sce:sce",
+        fast_impl="meldkit.kernels.sce:sce",
         native_inputs=True,  # blocked passes read the stored dtype
         params=(
             ParamSpec("int8_mask", "shared", kind="bool", default=False,
@@ -331,7 +296,8 @@ register(
         elementwise=True,
         native_inputs=True,  # the fused kernels read the stored dtype
         pretty_name="Reinforced Agent Merging",
-        impl="meldkit.methods.ram:merge",
+        impl="meldkit.methods.ram:ram",
+        fast_impl="meldkit.kernels.ram:ram",
         params=(
             ParamSpec("epsilon", "shared", default=1e-5,
                       doc="task-vector entries with |delta| <= epsilon count as inactive"),
@@ -346,7 +312,8 @@ register(
     MethodSpec(
         name="ramplus_tl",
         pretty_name="RAM+ (tensor-local)",
-        impl="meldkit.methods.ramplus_tl:merge",
+        impl="meldkit.methods.ramplus_tl:ramplus_tl",
+        fast_impl="meldkit.kernels.ram:ramplus_tl",
         native_inputs=True,  # two blocked passes read the stored dtype
         params=(
             ParamSpec("epsilon", "shared", default=1e-5,
@@ -364,7 +331,8 @@ register(
     MethodSpec(
         name="model_stock",
         pretty_name="Model Stock",
-        impl="meldkit.methods.model_stock:merge",
+        impl="meldkit.methods.model_stock:model_stock",
+        fast_impl="meldkit.kernels.combination:model_stock",
         native_inputs=True,  # blocked Gram + combination passes read the stored dtype
         params=(
             ParamSpec("filter_wise", "shared", kind="bool", default=False,
@@ -383,7 +351,8 @@ register(
     MethodSpec(
         name="arcee_fusion",
         pretty_name="Arcee Fusion",
-        impl="meldkit.methods.arcee_fusion:merge",
+        impl="meldkit.methods.arcee_fusion:arcee_fusion",
+        fast_impl="meldkit.kernels.arcee_fusion:arcee_fusion",
         native_inputs=True,  # blocked passes read the stored dtype
         params=(),
         base="required",
@@ -401,7 +370,8 @@ register(
         elementwise=True,
         native_inputs=True,  # the fused kernel reads the stored dtype
         pretty_name="NearSwap",
-        impl="meldkit.methods.nearswap:merge",
+        impl="meldkit.methods.nearswap:nearswap",
+        fast_impl="meldkit.kernels.nearswap:nearswap",
         params=(
             ParamSpec("t", "shared", required=True,
                       doc="distance scale: entries closer than t take the other model's value"),

@@ -15,38 +15,25 @@ gets its own Gram matrix and coefficients (model_stock's ``filter_wise``, nusler
 vectors). Memory is the inputs as stored plus the output and a few blocks, whatever the tensor
 size. Blocks have a fixed size (BLOCK_ELEMENTS), so results do not depend on the thread count.
 
-Two implementations:
+Methods take the two passes as a :class:`Passes` argument (default :data:`TORCH`, below), so
+that their formula is written once: the CPU fast path
+(:mod:`meldkit.kernels.combination`) runs the same method functions with numba passes.
 
-* CPU kernels (numba, :mod:`meldkit.methods.kernels_combination`), used when numba is
-  installed and the inputs are contiguous CPU tensors of one shape in bf16, fp32 or fp16
-  (fp16 and mixed dtypes are widened to float32 first). Work items are chunks of at most
-  BLOCK_ELEMENTS elements of one row, run on torch's thread count. The Gram kernel forms
-  ``v = A x`` per element in float32 (for the ±1/0 rows of :func:`differences` exactly
-  ``x_i - x_j``, as the torch path) and sums the products ``v_k v_l`` in float64 (each
-  product is exact in float64) in a fixed interleaved order; each item's partial is then
-  added per row in item order. This is far more accurate than the torch path's float32
-  blocks (relative error ~1e-13 instead of ~1e-6), so Gram matrices differ from it in the
-  last digits. The combination kernel computes ``Σ c_i x_i`` in float32 in input order and
-  writes float32 or bfloat16 (rounded to nearest even) directly; other output dtypes are
-  cast from float32.
-* torch, for everything else (float64 inputs, CUDA tensors, no numba): blocks of rows of
-  about BLOCK_ELEMENTS elements converted to the math dtype; each block's Gram products in
-  the math dtype (one BLAS product), their sum over blocks in float64; the combination block
-  by block in the math dtype, cast to the output dtype.
+The torch passes work on blocks of rows of about BLOCK_ELEMENTS elements converted to the math
+dtype: each block's Gram products in the math dtype (one BLAS product), their sum over blocks
+in float64; the combination block by block in the math dtype, cast to the output dtype. A
+GPU's blocks stay on it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from types import ModuleType
 
-import numpy as np
 import torch
 
-from meldkit.methods import kernel_runner
 from meldkit.methods.inputs import output_dtype
 
-__all__ = ["BLOCK_ELEMENTS", "gram", "combine", "differences", "uses_kernels"]
+__all__ = ["BLOCK_ELEMENTS", "Passes", "TORCH", "gram", "combine", "differences"]
 
 # Elements per input and block: the blocks of all inputs stay in the CPU caches.
 BLOCK_ELEMENTS = 1 << 16
@@ -72,32 +59,6 @@ def _stack(inputs: Sequence[torch.Tensor], rows: int, block: tuple[int, int, int
     return torch.stack([_row_view(x, rows)[r0:r1, c0:c1].to(dtype) for x in inputs])
 
 
-def _kernels(inputs: Sequence[torch.Tensor]) -> ModuleType | None:
-    """The numba kernels when they cover ``inputs`` (CPU, bf16/fp32/fp16, one shape,
-    contiguous), else None: float64 inputs, other devices and no numba take the torch path."""
-    module = kernel_runner.load("kernels_combination")
-    if module is None or not kernel_runner.cpu_tensors(inputs, "cpu"):
-        return None
-    return module
-
-
-def uses_kernels(inputs: Sequence[torch.Tensor]) -> bool:
-    """Whether :func:`gram` and :func:`combine` run the numba kernels for ``inputs``."""
-    return _kernels(inputs) is not None
-
-
-def _layout(numel: int, rows: int) -> tuple[int, int, int]:
-    """``(length, per_row, items)`` of the kernels' work items: each row of the ``(rows,
-    length)`` view cut into ``per_row`` chunks of BLOCK_ELEMENTS (the last ragged)."""
-    if numel == 0:
-        return 0, 1, 0
-    if rows <= 0 or numel % rows:
-        raise ValueError(f"cannot view {numel} elements as {rows} rows")
-    length = numel // rows
-    per_row = kernel_runner.chunk_count(length, BLOCK_ELEMENTS)
-    return length, per_row, (rows * per_row if length else 0)
-
-
 def differences(n_inputs: int, pairs: Sequence[tuple[int, int | None]]) -> torch.Tensor:
     """The ``A`` of :func:`gram` for vectors ``x_i - x_j`` (``j`` None: ``x_i`` itself)."""
     a = torch.zeros(len(pairs), n_inputs, dtype=torch.float64)
@@ -115,9 +76,6 @@ def gram(inputs: Sequence[torch.Tensor], mix: torch.Tensor | None = None, rows: 
     n = len(inputs)
     dtype = output_dtype(inputs, None)
     a = (mix if mix is not None else torch.eye(n, dtype=torch.float64)).to(dtype)
-    module = _kernels(inputs)
-    if module is not None:
-        return _gram_kernel(module, inputs, a, rows)
     # A GPU's blocks stay on it: the float64 sums too; the K x K result comes back to the CPU.
     device = inputs[0].device
     a = a.to(device)
@@ -139,9 +97,6 @@ def combine(inputs: Sequence[torch.Tensor], coeffs: torch.Tensor, dtype: torch.d
     rows = 1 if coeffs.dim() == 1 else coeffs.shape[0]
     math_dtype = output_dtype(inputs, None)
     c = coeffs.reshape(rows, -1).to(math_dtype)
-    module = _kernels(inputs)
-    if module is not None:
-        return _combine_kernel(module, inputs, c, dtype)
     shape = inputs[0].shape
     length = inputs[0].numel() // rows
     c = c.to(inputs[0].device)
@@ -152,34 +107,18 @@ def combine(inputs: Sequence[torch.Tensor], coeffs: torch.Tensor, dtype: torch.d
     return out.reshape(shape)
 
 
-def _gram_kernel(module: ModuleType, inputs: Sequence[torch.Tensor], a: torch.Tensor,
-                 rows: int) -> torch.Tensor:
-    """:func:`gram` with the numba kernel: per work item a float64 ``K x K`` partial (exact
-    float64 products of the float32 ``v``), summed over each row's items in order."""
-    k = a.shape[0]
-    length, per_row, items = _layout(inputs[0].numel(), rows)
-    if items == 0:
-        return torch.zeros(rows, k, k, dtype=torch.float64)
-    xs = tuple(kernel_runner.stored_arrays(inputs))
-    partial = np.zeros((items, k, k), dtype=np.float64)
-    kernel_runner.parallel(module.gram, items, xs, a.contiguous().numpy(), per_row, length, BLOCK_ELEMENTS, partial, lead=1)
-    out = partial.reshape(rows, per_row, k, k)
-    total = out[:, 0].copy()
-    for c in range(1, per_row):  # in item order: independent of the thread count
-        total += out[:, c]
-    return torch.from_numpy(total)
+class Passes:
+    """The two passes over the data a linear-combination method makes, with the contracts of
+    :func:`gram` and :func:`combine`. This class runs them in torch; a fast path subclasses it
+    (:class:`meldkit.kernels.combination.NumbaPasses`)."""
+
+    def gram(self, inputs: Sequence[torch.Tensor], mix: torch.Tensor | None = None,
+             rows: int = 1) -> torch.Tensor:
+        return gram(inputs, mix, rows)
+
+    def combine(self, inputs: Sequence[torch.Tensor], coeffs: torch.Tensor,
+                dtype: torch.dtype) -> torch.Tensor:
+        return combine(inputs, coeffs, dtype)
 
 
-def _combine_kernel(module: ModuleType, inputs: Sequence[torch.Tensor], c: torch.Tensor,
-                    dtype: torch.dtype) -> torch.Tensor:
-    """:func:`combine` with the numba kernel, writing float32 or bfloat16 directly (other
-    output dtypes: float32, then cast)."""
-    shape = inputs[0].shape
-    rows = c.shape[0]
-    length, per_row, items = _layout(inputs[0].numel(), rows)
-    out = kernel_runner.output_buffer(inputs[0].numel(), dtype)
-    if items:
-        xs = tuple(kernel_runner.stored_arrays(inputs))
-        kernel_runner.parallel(module.combine, items, xs, c.contiguous().numpy(), per_row, length,
-                               BLOCK_ELEMENTS, kernel_runner.as_numpy(out), out.dtype == torch.bfloat16, lead=1)
-    return (out if out.dtype == dtype else out.to(dtype)).reshape(shape)
+TORCH = Passes()

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from meldkit.methods import combination
+from meldkit.methods.combination import TORCH, Passes
 from meldkit.methods.inputs import output_dtype, param_float
 from meldkit.methods.registry import MergeContext
 
@@ -90,23 +90,24 @@ def karcher_coefficients(g: torch.Tensor, max_iter: int = 10, tol: float = 1e-5)
 
 
 def karcher_mean(tensors: Sequence[torch.Tensor], max_iter: int = 10, tol: float = 1e-5,
-                 out_dtype: str | None = None) -> torch.Tensor:
+                 out_dtype: str | None = None, passes: Passes = TORCH) -> torch.Tensor:
     """Karcher mean of ``tensors`` with uniform weights: a Gram pass, the iteration on K x K
     matrices, and a combination pass (:mod:`meldkit.methods.combination`)."""
     if len(tensors) == 1:
         return tensors[0]
-    coeffs = karcher_coefficients(combination.gram(tensors)[0], max_iter, tol)
-    return combination.combine(tensors, coeffs, output_dtype(tensors, out_dtype))
+    coeffs = karcher_coefficients(passes.gram(tensors)[0], max_iter, tol)
+    return passes.combine(tensors, coeffs, output_dtype(tensors, out_dtype))
 
 
-def merge(
+def karcher(
     inputs: Sequence[torch.Tensor],
     base_index: int | None,
     shared: Mapping[str, Any],
     per_input: Sequence[Mapping[str, Any]],
     ctx: MergeContext,
+    passes: Passes = TORCH,
 ) -> torch.Tensor:
     """Merge one tensor: every input, the base included, counts equally."""
     max_iter = int(shared.get("max_iter", 10) if shared.get("max_iter") is not None else 10)
     tol = param_float(shared, "tol", 1e-5)
-    return karcher_mean(inputs, max_iter=max_iter, tol=tol, out_dtype=ctx.out_dtype)
+    return karcher_mean(inputs, max_iter=max_iter, tol=tol, out_dtype=ctx.out_dtype, passes=passes)

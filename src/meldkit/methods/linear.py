@@ -18,7 +18,7 @@ import torch
 from meldkit.methods.registry import MergeContext
 
 
-def merge(
+def linear(
     inputs: Sequence[torch.Tensor],
     base_index: int | None,
     shared: Mapping[str, Any],

@@ -26,16 +26,18 @@ from typing import Any
 import torch
 
 from meldkit.methods import combination
+from meldkit.methods.combination import TORCH, Passes
 from meldkit.methods.inputs import non_base, output_dtype
 from meldkit.methods.registry import MergeContext
 
 
-def merge(
+def model_stock(
     inputs: Sequence[torch.Tensor],
     base_index: int | None,
     shared: Mapping[str, Any],
     per_input: Sequence[Mapping[str, Any]],
     ctx: MergeContext,
+    passes: Passes = TORCH,
 ) -> torch.Tensor:
     """Merge one tensor: the base and at least two other models.
 
@@ -51,7 +53,7 @@ def merge(
     rows = base.shape[0] if filter_wise and base.dim() > 1 else 1
 
     mix = combination.differences(len(inputs), [(o.index, base_index) for o in others])
-    g = combination.gram(inputs, mix, rows)  # (rows, n, n): <x_i - b, x_j - b>
+    g = passes.gram(inputs, mix, rows)  # (rows, n, n): <x_i - b, x_j - b>
     norms = g.diagonal(dim1=1, dim2=2).clamp_min(0).sqrt()  # (rows, n)
     cos_sum = torch.zeros(rows, dtype=torch.float64)
     pairs = 0
@@ -68,4 +70,4 @@ def merge(
     for o in others:
         coeffs[:, o.index] = t / n
     coeffs[:, base_index] = 1 - t
-    return combination.combine(inputs, coeffs, output_dtype(inputs, ctx.out_dtype))
+    return passes.combine(inputs, coeffs, output_dtype(inputs, ctx.out_dtype))

@@ -38,16 +38,18 @@ from typing import Any
 import torch
 
 from meldkit.methods import combination
+from meldkit.methods.combination import TORCH, Passes
 from meldkit.methods.inputs import non_base, output_dtype, param_float
 from meldkit.methods.registry import MergeContext
 
 
-def merge(
+def multislerp(
     inputs: Sequence[torch.Tensor],
     base_index: int | None,
     shared: Mapping[str, Any],
     per_input: Sequence[Mapping[str, Any]],
     ctx: MergeContext,
+    passes: Passes = TORCH,
 ) -> torch.Tensor:
     """Merge one tensor: one or more non-base inputs, base optional.
 
@@ -66,7 +68,7 @@ def merge(
             weights = weights / total
     pairs = [(o.index, base_index) for o in others]
     mix = combination.differences(len(inputs), pairs)  # v_i = x_i - base (or x_i)
-    g = combination.gram(inputs, mix)[0]  # (K, K)
+    g = passes.gram(inputs, mix)[0]  # (K, K)
     norms = g.diagonal().clamp_min(0).sqrt()
 
     def norm(c: torch.Tensor) -> float:
@@ -87,4 +89,4 @@ def merge(
     in_coeffs = coeffs @ mix  # over the inputs: Σ c_i (x_i - base) ...
     if base_index is not None:
         in_coeffs[base_index] += 1.0  # ... + base
-    return combination.combine(inputs, in_coeffs, output_dtype(inputs, ctx.out_dtype))
+    return passes.combine(inputs, in_coeffs, output_dtype(inputs, ctx.out_dtype))

@@ -6,8 +6,7 @@ With base ``b``, the other model ``x`` and distance scale ``t``, element-wise::
     out = ω · x + (1 - ω) · b
 
 Entries closer than ``t`` are swapped in completely; farther ones move toward ``x`` by
-``t / distance``. On the CPU with numba one fused kernel computes it from the stored inputs
-(:mod:`meldkit.methods.kernels_pair`, the same bits). Planning rule (MergeKit's optional-tensor policy): a tensor present in only
+``t / distance``. Planning rule (MergeKit's optional-tensor policy): a tensor present in only
 one input is copied only when that input is the base.
 
 ```yaml
@@ -23,17 +22,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 
-from meldkit.methods import kernel_runner
-from meldkit.methods.inputs import base_and_other, output_dtype
+from meldkit.methods.inputs import base_and_other
 from meldkit.methods.registry import MergeContext
 
 MIN_DISTANCE = 1e-6
 
 
-def merge(
+def nearswap(
     inputs: Sequence[torch.Tensor],
     base_index: int | None,
     shared: Mapping[str, Any],
@@ -46,14 +43,6 @@ def merge(
         return inputs[0]  # a lone optional tensor: the planner's passthrough policy
     t = float(shared["t"])
     base, other = pair
-    module = kernel_runner.load("kernels_pair")
-    if module is not None and kernel_runner.cpu_tensors([base, other], ctx.device):
-        out_flat = kernel_runner.output_buffer(base.numel(), output_dtype(inputs, ctx.out_dtype))
-        stored_x, stored_b = kernel_runner.stored_arrays([other, base])
-        kernel_runner.parallel(module.nearswap, base.numel(), stored_x, stored_b, np.float32(t),
-                               np.float32(MIN_DISTANCE), kernel_runner.as_numpy(out_flat),
-                               out_flat.dtype == torch.bfloat16)
-        return out_flat.reshape(base.shape)
     # Inputs may arrive as stored (native_inputs): the math is in float32 (float64).
     work = torch.float64 if torch.float64 in (base.dtype, other.dtype) else torch.float32
     base, other = base.to(work), other.to(work)

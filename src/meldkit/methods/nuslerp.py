@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from meldkit.methods import combination
+from meldkit.methods.combination import TORCH, Passes
 from meldkit.methods.inputs import non_base, output_dtype, param_float
 from meldkit.methods.registry import MergeContext
 
@@ -83,12 +84,13 @@ def _slerp_coefficients(g: torch.Tensor, t: float) -> tuple[torch.Tensor, torch.
     return c0, c1
 
 
-def merge(
+def nuslerp(
     inputs: Sequence[torch.Tensor],
     base_index: int | None,
     shared: Mapping[str, Any],
     per_input: Sequence[Mapping[str, Any]],
     ctx: MergeContext,
+    passes: Passes = TORCH,
 ) -> torch.Tensor:
     """Merge one tensor: exactly two non-base inputs, base optional.
 
@@ -107,11 +109,11 @@ def merge(
     if flatten or len(shape) <= 1 or not row_wise:
         rows = 1 if flatten or len(shape) <= 1 else inputs[0].numel() // shape[-1]
         mix = combination.differences(len(inputs), [(first.index, base_index), (second.index, base_index)])
-        c0, c1 = _slerp_coefficients(combination.gram(inputs, mix, rows), t)
+        c0, c1 = _slerp_coefficients(passes.gram(inputs, mix, rows), t)
         coeffs = torch.stack([c0, c1], dim=1) @ mix  # (rows, inputs)
         if base_index is not None:
             coeffs[:, base_index] += 1.0
-        return combination.combine(inputs, coeffs, output_dtype(inputs, ctx.out_dtype))
+        return passes.combine(inputs, coeffs, output_dtype(inputs, ctx.out_dtype))
     work = torch.float64 if any(x.dtype == torch.float64 for x in inputs) else torch.float32
     a, b = first.tensor.to(work), second.tensor.to(work)
     if base_index is None:

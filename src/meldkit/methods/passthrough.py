@@ -18,7 +18,7 @@ import torch
 from meldkit.methods.registry import MergeContext
 
 
-def merge(
+def passthrough(
     inputs: Sequence[torch.Tensor],
     base_index: int | None,
     shared: Mapping[str, Any],

@@ -7,8 +7,7 @@ With task vectors ``δ_i = x_i - b``, ``active_i = |δ_i| > epsilon`` and the pe
 
 Entries at or below ``epsilon`` are dropped. Because a unique entry (c == 1) is its own sum,
 both parts are one running sum divided by ``max(c, 1)``: two passes over the models, no
-``(N, ...)`` stack. On the CPU with numba the whole formula is one fused pass over the inputs as
-stored (:mod:`meldkit.methods.kernels_ram`, the same bits).
+``(N, ...)`` stack.
 
 ```yaml
 merge_method: ram
@@ -21,14 +20,11 @@ parameters: {epsilon: 1.0e-5}
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from types import ModuleType
 from typing import Any
 
-import numpy as np
 import torch
 
-from meldkit.methods import kernel_runner
-from meldkit.methods.inputs import non_base, output_dtype, param_float
+from meldkit.methods.inputs import non_base, param_float
 from meldkit.methods.registry import MergeContext
 
 
@@ -40,7 +36,7 @@ def active_count(base: torch.Tensor, others: Sequence[torch.Tensor], epsilon: fl
     return count
 
 
-def merge(
+def ram(
     inputs: Sequence[torch.Tensor],
     base_index: int | None,
     shared: Mapping[str, Any],
@@ -54,14 +50,6 @@ def merge(
     if not others:
         return base
     epsilon = param_float(shared, "epsilon", 1e-5)
-    module = fused_kernels(inputs, ctx)
-    if module is not None:
-        out = kernel_runner.output_buffer(base.numel(), output_dtype(inputs, ctx.out_dtype))
-        xs, b = stored(base, others)
-        kernel_runner.parallel(module.ram_mix, kernel_runner.chunk_count(b.shape[0], module.CHUNK), xs, b,
-                               np.float32(epsilon),
-                               kernel_runner.as_numpy(out), out.dtype == torch.bfloat16)
-        return out.reshape(base.shape)
     # Inputs may arrive as stored (native_inputs): `x - base` with a float32 base widens x exactly.
     base = base.to(torch.float64 if any(x.dtype == torch.float64 for x in inputs) else torch.float32)
     count = active_count(base, others, epsilon)
@@ -70,17 +58,3 @@ def merge(
         delta = x - base
         total.add_(delta * (delta.abs() > epsilon))
     return base + total.div_(count.clamp_min_(1))
-
-
-def fused_kernels(inputs: Sequence[torch.Tensor], ctx: MergeContext) -> ModuleType | None:
-    """The RAM kernels when they cover these inputs (CPU, numba installed, no float64), else None."""
-    module = kernel_runner.load("kernels_ram")
-    if module is None or not kernel_runner.cpu_tensors(inputs, ctx.device):
-        return None
-    return module
-
-
-def stored(base: torch.Tensor, others: Sequence[torch.Tensor]) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
-    """The others and the base as the kernels read them (one stored dtype)."""
-    *xs, b = kernel_runner.stored_arrays([*others, base])
-    return tuple(xs), b

@@ -21,10 +21,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 
-from meldkit.methods import kernel_runner, ram
 from meldkit.methods.inputs import non_base, output_dtype, param_float
 from meldkit.methods.registry import MergeContext
 
@@ -36,7 +34,7 @@ def _blocks(n: int) -> list[tuple[int, int]]:
     return [(s, min(n, s + BLOCK_ELEMENTS)) for s in range(0, n, BLOCK_ELEMENTS)] or [(0, 0)]
 
 
-def merge(
+def ramplus_tl(
     inputs: Sequence[torch.Tensor],
     base_index: int | None,
     shared: Mapping[str, Any],
@@ -46,9 +44,7 @@ def merge(
     """Merge one tensor: the base and any number of other models.
 
     Two passes over the inputs as stored: the overlap counts ``ρ_i`` (integers, so chunk by
-    chunk is exact), then the output, element-wise exactly as a whole-tensor pass. Fused
-    kernels (:mod:`meldkit.methods.kernels_ram`) make both on the CPU; blocks of eager torch
-    otherwise."""
+    chunk is exact), then the output, element-wise exactly as a whole-tensor pass."""
     assert base_index is not None, "ramplus_tl needs a base model"
     base_t = inputs[base_index]
     others_t = [o.tensor for o in non_base(inputs, base_index, per_input)]
@@ -57,19 +53,6 @@ def merge(
     epsilon = param_float(shared, "epsilon", 1e-5)
     r = param_float(shared, "r", 0.1)
     alpha = param_float(shared, "alpha", 0.2)
-    module = ram.fused_kernels(inputs, ctx)
-    if module is not None:
-        xs, base_arr = ram.stored(base_t, others_t)
-        n_chunks = kernel_runner.chunk_count(base_arr.shape[0], module.CHUNK)
-        counts = np.zeros((n_chunks, len(xs), 2), dtype=np.int64)
-        eps = np.float32(epsilon)
-        kernel_runner.parallel(module.ramplus_counts, n_chunks, xs, base_arr, eps, counts)
-        totals = counts.sum(axis=0)
-        lams = _boosts([int(t) for t in totals[:, 0]], [int(t) for t in totals[:, 1]], r, alpha, epsilon)
-        out = kernel_runner.output_buffer(base_t.numel(), output_dtype(inputs, ctx.out_dtype))
-        kernel_runner.parallel(module.ramplus_mix, n_chunks, xs, base_arr, eps, np.array(lams, dtype=np.float32),
-                               kernel_runner.as_numpy(out), out.dtype == torch.bfloat16)
-        return out.reshape(base_t.shape)
     work = torch.float64 if any(x.dtype == torch.float64 for x in inputs) else torch.float32
     flat_base = base_t.reshape(-1)
     flat_others = [x.reshape(-1) for x in others_t]
@@ -91,7 +74,7 @@ def merge(
             active = d.abs() > epsilon
             mine_total[i] += int((active & (count == 1)).sum())
             common_total[i] += int((active & (count > 1)).sum())
-    lams = _boosts(mine_total, common_total, r, alpha, epsilon)
+    lams = boosts(mine_total, common_total, r, alpha, epsilon)
 
     out_dtype = output_dtype(inputs, ctx.out_dtype)
     out = torch.empty(flat_base.numel(), dtype=out_dtype, device=base_t.device)
@@ -108,7 +91,7 @@ def merge(
     return out.reshape(base_t.shape)
 
 
-def _boosts(mine: list[int], common: list[int], r: float, alpha: float, epsilon: float) -> list[float]:
+def boosts(mine: list[int], common: list[int], r: float, alpha: float, epsilon: float) -> list[float]:
     """``λ_i = 1 + r · clamp(common_i / max(mine_i, epsilon), 0, alpha)``.
 
     With ``epsilon <= 0`` and no unique entries the ratio is ``common / 0``: +inf (capped at

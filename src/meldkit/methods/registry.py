@@ -5,14 +5,21 @@ A method is two things:
 * a :class:`MethodSpec` (name, parameters with scopes and defaults, input contract, paper),
   listed in :mod:`meldkit.methods.catalog`. Specs are plain data, so planning and
   ``meldkit methods`` never import torch;
-* a merge function in its own module (``impl = "meldkit.methods.linear:merge"``) with the
-  signature of :class:`MergeFunction`, imported only when a tensor is computed.
+* a merge function in its own module, named like the method (``impl =
+  "meldkit.methods.linear:linear"``), with the signature of :class:`MergeFunction`: the
+  reference formula in torch, imported only when a tensor is computed.
+
+A method may also name a fast path (``fast_impl = "meldkit.kernels.nearswap:nearswap"``): a
+:class:`FastPath` whose ``supports`` says which calls it covers. :func:`load_merge_function`
+is the one place where the choice is made, per call; the math modules never import the fast
+paths, and ``MELDKIT_REFERENCE_MATH=1`` turns every fast path off (to compare, or to debug).
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -27,6 +34,7 @@ __all__ = [
     "MethodSpec",
     "MergeContext",
     "MergeFunction",
+    "FastPath",
     "register",
     "get_method",
     "list_methods",
@@ -73,6 +81,8 @@ class MethodSpec:
     name: str
     pretty_name: str
     impl: str
+    # "module:attribute" of a FastPath (an optimized twin of ``impl``), or None.
+    fast_impl: str | None = None
     params: tuple[ParamSpec, ...] = ()
     base: BaseRule = "optional"
     min_inputs: int = 1
@@ -151,14 +161,33 @@ class MergeFunction(Protocol):
     ) -> torch.Tensor: ...
 
 
+@dataclass(frozen=True)
+class FastPath:
+    """A faster implementation of a method's formula for the calls it covers.
+
+    ``supports`` receives the arguments of a :class:`MergeFunction` call and says whether
+    ``merge`` covers it (e.g. CPU tensors in bf16 or fp32, numba installed); otherwise the
+    reference runs. The reference is the truth: a fast path gives the same bytes wherever
+    reproducibility depends on it (random masks, selections, tie order) and differs in float
+    sums only within a tolerance its tests pin (see docs/adding_a_method.md).
+    """
+
+    supports: Callable[
+        [Sequence[torch.Tensor], int | None, Mapping[str, Any], Sequence[Mapping[str, Any]], MergeContext],
+        bool,
+    ]
+    merge: MergeFunction
+
+
 _REGISTRY: dict[str, MethodSpec] = {}
-_LOADED: dict[str, MergeFunction] = {}
+_LOADED: dict[tuple[str, bool], MergeFunction] = {}  # (name, with fast path)
 
 
 def register(spec: MethodSpec) -> MethodSpec:
     """Add a method; a second registration under the same name replaces the first."""
     _REGISTRY[spec.name] = spec
-    _LOADED.pop(spec.name, None)
+    _LOADED.pop((spec.name, True), None)
+    _LOADED.pop((spec.name, False), None)
     return spec
 
 
@@ -186,11 +215,40 @@ def list_methods() -> list[MethodSpec]:
     return [_REGISTRY[n] for n in sorted(_REGISTRY)]
 
 
+def reference_math_only() -> bool:
+    """Whether ``MELDKIT_REFERENCE_MATH`` asks for the reference formulas, with no fast path."""
+    return os.environ.get("MELDKIT_REFERENCE_MATH", "") not in ("", "0")
+
+
+def _import(target: str, default_attr: str) -> Any:
+    module_name, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module_name), attr or default_attr)
+
+
 def load_merge_function(spec: MethodSpec) -> MergeFunction:
-    """Import the method's math (``module:function``) on first use."""
-    fn = _LOADED.get(spec.name)
+    """The method's merge function (imported on first use): its reference formula, or, when the
+    spec names a fast path, a function that runs the fast path for the calls it supports and
+    the reference for the others."""
+    key = (spec.name, spec.fast_impl is not None and not reference_math_only())
+    fn = _LOADED.get(key)
     if fn is None:
-        module_name, _, attr = spec.impl.partition(":")
-        fn = getattr(importlib.import_module(module_name), attr or "merge")
-        _LOADED[spec.name] = fn
+        reference: MergeFunction = _import(spec.impl, spec.name)
+        fn = _dispatch(reference, _import(spec.fast_impl, spec.name)) if key[1] else reference
+        _LOADED[key] = fn
     return fn
+
+
+def _dispatch(reference: MergeFunction, fast: FastPath) -> MergeFunction:
+    def merge(
+        inputs: Sequence[torch.Tensor],
+        base_index: int | None,
+        shared: Mapping[str, Any],
+        per_input: Sequence[Mapping[str, Any]],
+        ctx: MergeContext,
+    ) -> torch.Tensor:
+        chosen = fast.merge if fast.supports(inputs, base_index, shared, per_input, ctx) else reference
+        return chosen(inputs, base_index, shared, per_input, ctx)
+
+    merge.__doc__ = reference.__doc__
+    merge.__name__ = getattr(reference, "__name__", "merge")
+    return merge

@@ -1,4 +1,5 @@
-"""The task-vector pipeline shared by task_arithmetic, ties, dare_*, breadcrumbs*, della*.
+"""The task-vector family: task_arithmetic, ties, dare_ties, dare_linear, breadcrumbs,
+breadcrumbs_ties, della and della_linear, one formula with switches.
 
 For base ``b``, models ``x_i`` with weights ``w_i``, and ``δ_i = x_i - b``::
 
@@ -16,9 +17,32 @@ For base ``b``, models ``x_i`` with weights ``w_i``, and ``δ_i = x_i - b``::
     mixed *= lambda                        (normalize first, then lambda)
     out = b + mixed
 
-Which sparsifier and whether to elect signs is set per method in
-:data:`meldkit.methods.catalog.TASK_VECTOR_FAMILY`; each family member's module is a thin entry
-calling :func:`merge_task_vectors`. With only the base as input, the base is returned.
+The sparsifiers (:mod:`meldkit.methods.sparsify`), with ``N`` elements per tensor:
+
+* ``magnitude`` (TIES): keep the ``k = max(1, floor(density * N))`` largest ``|δ|``;
+* ``random`` (DARE): keep each element with probability ``density``;
+* ``magnitude_outliers`` (Breadcrumbs): with ``target = floor(density * N)``, ``n_top =
+  floor(gamma * N)`` and ``n_bot = max(0, N - target - n_top)``, keep the ascending ``|δ|``
+  ranks ``[n_bot, n_bot + target)``;
+* ``della_magprune`` (DELLA): per row, keep with probability ``density - epsilon + 2 epsilon
+  r / (n - 1)`` where ``r`` is the ascending ``|δ|`` rank in the row of ``n``;
+* with ``rescale``, the kept ``δ`` is scaled by ``||δ||_1 / ||kept||_1``.
+
+Random sparsifiers draw from counter-based streams keyed by (seed, tensor name, input index).
+
+| method | sparsifier | signs | normalize | rescale |
+|---|---|---|---|---|
+| task_arithmetic | none | no | false | false |
+| ties | magnitude | yes | true | false |
+| dare_ties | random | yes | false | true |
+| dare_linear | random | no | false | true |
+| breadcrumbs | magnitude_outliers | no | false | false |
+| breadcrumbs_ties | magnitude_outliers | yes | false | false |
+| della | della_magprune | yes | true | true |
+| della_linear | della_magprune | no | false | true |
+
+(:data:`~meldkit.methods.task_vector_family.TASK_VECTOR_FAMILY` holds this table.) With only
+the base as input, the base is returned.
 
 Unlike MergeKit, which stacks all deltas and masks into ``(N, ...)`` tensors and computes in
 the input dtype (bf16 stays bf16), the math runs in float32 (float64 for float64 inputs) on
@@ -33,7 +57,6 @@ models:
 parameters: {normalize: true, lambda: 1.0}
 ```
 """
-
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -41,12 +64,12 @@ from typing import Any
 
 import torch
 
-from meldkit.methods import sparsify, task_vectors_fused
-from meldkit.methods.catalog import TASK_VECTOR_FAMILY, TaskVectorVariant
+from meldkit.methods import sparsify
 from meldkit.methods.inputs import Operand, non_base, param_float
-from meldkit.methods.registry import MergeContext
+from meldkit.methods.registry import MergeContext, MergeFunction
+from meldkit.methods.task_vector_family import TASK_VECTOR_FAMILY, TaskVectorVariant
 
-__all__ = ["merge_task_vectors", "sparsify_delta", "agreement"]
+__all__ = ["merge_task_vectors", "sparsify_delta", "agreement", *TASK_VECTOR_FAMILY]
 
 
 def sparsify_delta(
@@ -92,9 +115,6 @@ def merge_task_vectors(
     """Merge one tensor with the task-vector family member ``method`` (e.g. ``"ties"``)."""
     variant = TASK_VECTOR_FAMILY[method]
     assert base_index is not None, f"{method} needs a base model"
-    if len(inputs) > 1 and task_vectors_fused.supports(variant, inputs, ctx):
-        others = non_base(inputs, base_index, per_input)
-        return task_vectors_fused.merge_task_vectors_fused(inputs[base_index], others, variant, shared, ctx)
     # Inputs may arrive in their stored dtype (the family sets native_inputs): `x - base` with a
     # float32 base converts x exactly on the fly, so no upcast copy of every input is made.
     work = torch.float64 if any(x.dtype == torch.float64 for x in inputs) else torch.float32
@@ -176,3 +196,30 @@ def _elect_and_mix(base: torch.Tensor, weighted: list[torch.Tensor], w_tensor: t
             mixed.mul_(lam)
         torch.add(flat_base[start:end], mixed, out=flat_out[start:end])
     return out
+
+
+def _member(method: str) -> MergeFunction:
+    """The merge function of the family member ``method`` (named like it)."""
+
+    def merge(
+        inputs: Sequence[torch.Tensor],
+        base_index: int | None,
+        shared: Mapping[str, Any],
+        per_input: Sequence[Mapping[str, Any]],
+        ctx: MergeContext,
+    ) -> torch.Tensor:
+        return merge_task_vectors(inputs, base_index, shared, per_input, ctx, method=method)
+
+    merge.__name__ = merge.__qualname__ = method
+    merge.__doc__ = f"Merge one tensor with ``{method}`` (see the module docstring)."
+    return merge
+
+
+task_arithmetic = _member("task_arithmetic")
+ties = _member("ties")
+dare_ties = _member("dare_ties")
+dare_linear = _member("dare_linear")
+breadcrumbs = _member("breadcrumbs")
+breadcrumbs_ties = _member("breadcrumbs_ties")
+della = _member("della")
+della_linear = _member("della_linear")

@@ -19,7 +19,7 @@ count.
 
 No fast-math: no reassociation and no fused multiply-add, so results are reproducible.
 
-Import through :func:`meldkit.methods.kernel_runner.load` (``load("kernels_combination")``).
+Import through :func:`meldkit.kernels.runner.load` (``load("combination_numba")``).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from meldkit.methods.kernels import _load, _to_bf16_bits
+from meldkit.kernels.primitives import load, to_bf16_bits
 
 # Elements of every input loaded (as float32) and mixed at a time, so that the buffers stay
 # in L1; in the Gram kernel also the number of interleaved float64 sums per product (one per
@@ -54,7 +54,7 @@ def _mix_into(xs, mix, s, size, xbuf, v):
         x = xs[n]
         xb = xbuf[n]
         for t in range(size):
-            xb[t] = _load(x, s + t)
+            xb[t] = load(x, s + t)
     for k in range(mix.shape[0]):
         vk = v[k]
         first = True
@@ -125,15 +125,15 @@ def combine(xs, w0, w1, coeffs, per_row, length, block, out, out_bf16):
             x = xs[0]
             a = c[0]
             for t in range(size):
-                acc[t] = _load(x, b0 + t) * a
+                acc[t] = load(x, b0 + t) * a
             for n in range(1, n_inputs):
                 x = xs[n]
                 a = c[n]
                 for t in range(size):
-                    acc[t] = acc[t] + _load(x, b0 + t) * a
+                    acc[t] = acc[t] + load(x, b0 + t) * a
             if out_bf16:
                 for t in range(size):
-                    out[b0 + t] = _to_bf16_bits(acc[t])
+                    out[b0 + t] = to_bf16_bits(acc[t])
             else:
                 for t in range(size):
                     out[b0 + t] = acc[t]

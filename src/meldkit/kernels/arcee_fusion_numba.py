@@ -1,19 +1,18 @@
-"""Fused CPU kernels (numba) for the methods of a base and one other model.
+"""Fused CPU kernels (numba) for arcee_fusion (:mod:`meldkit.methods.arcee_fusion`).
 
 * :func:`row_kl`: arcee_fusion's ``KL(softmax(x) + ε || softmax(b) + ε)`` of each row, in float64
   from float32 exponentials (the float32 formula loses most of its digits, see its docstring);
 * :func:`keep_important`: arcee_fusion's output, ``b + (x - b) · [|x - b| · kl[row] >= thr]``;
 * :func:`count_sample_rows`: how many of arcee_fusion's sampled positions fall in each row (the
   columns are drawn inside :func:`row_kl`), and :func:`order_statistics`: the few order
-  statistics its quartiles interpolate;
-* :func:`nearswap`: ``ω x + (1 - ω) b`` with ``ω = clamp(t / max(|b - x|, 1e-6), 0, 1)``.
+  statistics its quartiles interpolate.
 
 They read the inputs as stored (bfloat16 bits or float32) and write float32 or bfloat16
 (rounded to nearest even), with the eager path's float32 operations in the same order (the
 tests compare the bits); :func:`row_kl` instead matches the eager path's float64 KL to about
 1e-6 relative (numba has no vectorized exp or log, so it brings its own).
 
-Import through :func:`meldkit.methods.kernel_runner.load` (``load("kernels_pair")``).
+Import through :func:`meldkit.kernels.runner.load` (``load("arcee_fusion_numba")``).
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from meldkit.methods.kernels import _hash32, _load, _store
+from meldkit.kernels.primitives import load, scaled_draw, store
 
 # exp and log as polynomials that LLVM vectorizes (libm's are scalar calls). Constants from
 # the usual Cody-Waite range reductions; accuracy is checked by the tests against numpy.
@@ -120,7 +119,7 @@ def row_kl(x, base, r0, r1, length, eps, kl, starts, c0, c1, every, sample):
     the importance ``|x - b| · float32(kl[r])`` of its sampled positions (float32, as the
     eager path). With ``every``, ``sample`` is the importance of every position in order;
     otherwise ``sample[k]`` for ``starts[r] <= k < starts[r + 1]`` is that of the column
-    ``_scaled_draw(c0, c1, k, length)`` of row ``r`` (see
+    ``scaled_draw(c0, c1, k, length)`` of row ``r`` (see
     :func:`meldkit.methods.arcee_fusion.sample_index`).
 
     The exponentials are float32 (within 2 ulp); normalising, the ratio, its log and the sums
@@ -134,8 +133,8 @@ def row_kl(x, base, r0, r1, length, eps, kl, starts, c0, c1, every, sample):
     for r in range(r0, r1):
         s = r * length
         for k in range(length):
-            ex[k] = _load(x, s + k)
-            eb[k] = _load(base, s + k)
+            ex[k] = load(x, s + k)
+            eb[k] = load(base, s + k)
         top_x, top_b = ex.max(), eb.max()
         for k in range(length):
             ex[k] = _exp32(ex[k] - top_x)
@@ -160,19 +159,12 @@ def row_kl(x, base, r0, r1, length, eps, kl, starts, c0, c1, every, sample):
         scale = np.float32(kl[r])
         if every:
             for k in range(length):
-                sample[s + k] = abs(_load(x, s + k) - _load(base, s + k)) * scale
+                sample[s + k] = abs(load(x, s + k) - load(base, s + k)) * scale
         else:
             for k in range(starts[r], starts[r + 1]):
-                i = s + _scaled_draw(c0, c1, k, length)
-                sample[k] = abs(_load(x, i) - _load(base, i)) * scale
+                i = s + scaled_draw(c0, c1, k, length)
+                sample[k] = abs(load(x, i) - load(base, i)) * scale
     return kl
-
-
-@njit(inline="always")
-def _scaled_draw(k0, k1, k, n):
-    # Draw k of the hash stream scaled to [0, n) by Lemire's multiply-shift (no division):
-    # arcee_fusion's sampled rows and columns, as arcee_fusion.scaled_draws computes them.
-    return np.int64((np.uint64(_hash32(k0, k1, k)) * np.uint64(n)) >> np.uint64(32))
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
@@ -182,27 +174,10 @@ def keep_important(x, base, r0, r1, length, kl, threshold, out, out_bf16):
         scale = kl[r]
         s = r * length
         for k in range(length):
-            b = _load(base, s + k)
-            d = _load(x, s + k) - b
+            b = load(base, s + k)
+            d = load(x, s + k) - b
             keep = np.float32(1.0) if abs(d) * scale >= threshold else np.float32(0.0)
-            _store(out, out_bf16, s + k, np.float32(b + d * keep))
-    return out
-
-
-@njit(nogil=True, cache=True, error_model="numpy")
-def nearswap(x, base, s, e, t, min_distance, out, out_bf16):
-    """Elements ``s <= i < e``. As eager torch: ``t / d`` is ``(1 / d) · t`` (torch's reflected
-    division), and the clamps let NaN through."""
-    one = np.float32(1.0)
-    for i in range(s, e):
-        b = _load(base, i)
-        o = _load(x, i)
-        d = abs(b - o)
-        d = min_distance if d < min_distance else d
-        w = (one / d) * t
-        w = np.float32(0.0) if w < 0 else w
-        w = one if w > one else w
-        _store(out, out_bf16, i, np.float32(o * w + b * (one - w)))
+            store(out, out_bf16, s + k, np.float32(b + d * keep))
     return out
 
 
@@ -212,7 +187,7 @@ def count_sample_rows(k0, k1, s, e, rows, counts):
     ``r`` of ``rows`` (:func:`_scaled_draw`). Ranges run in parallel, each with
     its own ``counts``; the caller sums them."""
     for k in range(s, e):
-        counts[_scaled_draw(k0, k1, k, rows)] += 1
+        counts[scaled_draw(k0, k1, k, rows)] += 1
     return counts
 
 

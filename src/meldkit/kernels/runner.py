@@ -1,7 +1,7 @@
 """Running numba CPU kernels: loading them when numba is installed, the inputs as numpy
 arrays of their stored bits, and fixed work ranges on a pool of threads.
 
-Kernels (``methods/kernels*.py``) are ``@njit(nogil=True)`` functions that take a range of
+Kernels (``kernels/*_numba.py``) are ``@njit(nogil=True)`` functions that take a range of
 work items and write into arrays the caller passes; :func:`parallel` runs one range per math
 thread. Results never depend on how the work is split: kernels accumulate per fixed-size
 chunk, and the caller combines chunks in order.
@@ -29,9 +29,9 @@ ACCEPTED = (torch.bfloat16, torch.float32, torch.float16)
 
 @cache
 def load(name: str) -> ModuleType | None:
-    """The kernels module ``meldkit.methods.<name>``, or None when numba cannot be imported."""
+    """The kernels module ``meldkit.kernels.<name>``, or None when numba cannot be imported."""
     try:
-        return importlib.import_module(f"meldkit.methods.{name}")
+        return importlib.import_module(f"meldkit.kernels.{name}")
     except ImportError:
         return None
 

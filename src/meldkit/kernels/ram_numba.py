@@ -7,7 +7,7 @@ cache-resident chunk buffers; inputs are read as stored (bfloat16 bits or float3
 operations are the eager path's, in the same order and without fast-math, so both give the
 same bits (the tests compare them).
 
-Import through :func:`meldkit.methods.kernel_runner.load` (``load("kernels_ram")``).
+Import through :func:`meldkit.kernels.runner.load` (``load("ram_numba")``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from meldkit.methods.kernels import CHUNK, _load, _store
+from meldkit.kernels.primitives import CHUNK, load, store
 
 
 @njit(inline="always")
@@ -30,7 +30,7 @@ def _count_active(xs, base, s, size, eps, count):
     for j in range(len(xs)):
         x = xs[j]
         for k in range(size):
-            count[k] = count[k] + _active(_load(x, s + k) - _load(base, s + k), eps)
+            count[k] = count[k] + _active(load(x, s + k) - load(base, s + k), eps)
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
@@ -48,10 +48,10 @@ def ram_mix(xs, base, c0, c1, eps, out, out_bf16):
         for j in range(len(xs)):
             x = xs[j]
             for k in range(size):
-                d = _load(x, s + k) - _load(base, s + k)
+                d = load(x, s + k) - load(base, s + k)
                 total[k] = total[k] + d * _active(d, eps)
         for k in range(size):
-            _store(out, out_bf16, s + k, np.float32(_load(base, s + k) + total[k] / max(count[k], np.float32(1.0))))
+            store(out, out_bf16, s + k, np.float32(load(base, s + k) + total[k] / max(count[k], np.float32(1.0))))
     return out
 
 
@@ -69,7 +69,7 @@ def ramplus_counts(xs, base, c0, c1, eps, counts):
             mine = 0
             common = 0
             for k in range(size):
-                a = abs(_load(x, s + k) - _load(base, s + k)) > eps
+                a = abs(load(x, s + k) - load(base, s + k)) > eps
                 mine += 1 if a and count[k] == 1 else 0
                 common += 1 if a and count[k] > 1 else 0
             counts[c, j, 0] = mine
@@ -95,13 +95,13 @@ def ramplus_mix(xs, base, c0, c1, eps, lams, out, out_bf16):
             x = xs[j]
             lam = lams[j]
             for k in range(size):
-                d = _load(x, s + k) - _load(base, s + k)
+                d = load(x, s + k) - load(base, s + k)
                 a = abs(d) > eps
                 only = np.float32(1.0) if a and count[k] == 1 else np.float32(0.0)
                 shared = np.float32(1.0) if a and count[k] > 1 else np.float32(0.0)
                 unique[k] = unique[k] + (d * only) * lam
                 overlap[k] = overlap[k] + d * shared
         for k in range(size):
-            v = np.float32(_load(base, s + k) + unique[k])
-            _store(out, out_bf16, s + k, np.float32(v + overlap[k] / max(count[k], np.float32(1.0))))
+            v = np.float32(load(base, s + k) + unique[k])
+            store(out, out_bf16, s + k, np.float32(v + overlap[k] / max(count[k], np.float32(1.0))))
     return out

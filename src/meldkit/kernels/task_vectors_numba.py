@@ -22,24 +22,16 @@ compares them. Kernels release the GIL and take a range of work items; the calle
 on several threads. Chunks have a fixed size, independent of the thread count, so sums and
 tie resolution do not depend on how many threads run.
 
-Import this module only through :func:`meldkit.methods.kernel_runner.load` (``load("kernels")``),
-which returns None when numba is not installed.
-
-The other kernel modules (``kernels_*.py``) inline :func:`_load` and :func:`_to_bf16_bits`
-from here. numba's on-disk cache notices changes to a kernel's own file only: after editing
-these helpers, touch the ``kernels_*.py`` files (or delete ``__pycache__/*.nbi``) in a
-working tree; installed releases replace every file and start afresh.
+Import this module only through :func:`meldkit.kernels.runner.load`
+(``load("task_vectors_numba")``), which returns None when numba is not installed.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from llvmlite import ir
-from numba import njit, types
-from numba.extending import intrinsic, overload
+from numba import njit
 
-# Elements per chunk: the unit of parallel work, of float64 partial sums and of tie counting.
-CHUNK = 1 << 14
+from meldkit.kernels.primitives import CHUNK, abs_bits, load, to_bf16_bits, uniform
 
 # Sparsification modes (per model).
 KEEP_ALL = 0  # δ
@@ -47,33 +39,6 @@ ZERO = 1  # a literal +0 (a density <= 0 gives zeros_like, not δ * 0)
 WINDOW = 2  # keep |δ| ranks in a window given by up to two cut-offs (TIES, Breadcrumbs)
 BITS = 3  # keep where the packed mask has a 1 (DELLA)
 BERNOULLI = 4  # keep where the element's uniform draw is below the density (DARE)
-
-
-def _load(a, i):  # pragma: no cover - replaced by the overload below inside kernels
-    raise NotImplementedError
-
-
-@overload(_load, inline="always")
-def _load_impl(a, i):
-    # An unsigned index: numba then skips the negative-index wrap-around, which otherwise
-    # keeps LLVM from vectorizing the loops.
-    if a.dtype == types.uint16:  # bfloat16 bits: the float32 with the same top 16 bits
-
-        def impl(a, i):
-            return np.uint32(np.uint32(a[np.uint64(i)]) << np.uint32(16)).view(np.float32)
-
-        return impl
-
-    def impl_f32(a, i):
-        return np.float32(a[np.uint64(i)])
-
-    return impl_f32
-
-
-@njit(inline="always")
-def _abs_bits(d):
-    # |d| as float32 bits: non-negative floats order like their bit patterns.
-    return np.float32(d).view(np.uint32) & np.uint32(0x7FFFFFFF)
 
 
 _BLOCK = 2048  # elements whose |δ| bits are computed (vectorized) before they are counted
@@ -93,7 +58,7 @@ def hist_high(xs, base, s, e, hist):
         for b0 in range(s, e, _BLOCK):
             size = min(_BLOCK, e - b0)
             for k in range(size):
-                buf[k] = _abs_bits(_load(x, b0 + k) - _load(base, b0 + k)) >> np.uint32(16)
+                buf[k] = abs_bits(load(x, b0 + k) - load(base, b0 + k)) >> np.uint32(16)
             for k in range(0, size - 1, 2):
                 pair[0, buf[k]] += 1
                 pair[1, buf[k + 1]] += 1
@@ -118,7 +83,7 @@ def hist_low(xs, base, s, e, digits, hist):
         for b0 in range(s, e, _BLOCK):
             size = min(_BLOCK, e - b0)
             for k in range(size):
-                buf[k] = _abs_bits(_load(x, b0 + k) - _load(base, b0 + k))
+                buf[k] = abs_bits(load(x, b0 + k) - load(base, b0 + k))
             for k in range(size):  # few elements match: a well-predicted branch
                 a = buf[k]
                 hi = np.int64(a >> np.uint32(16))
@@ -145,55 +110,10 @@ def tie_counts(xs, base, c0, c1, cuts, active, counts):
                 cut = cuts[j, k]
                 m = 0
                 for i in range(s, e):
-                    if _abs_bits(_load(x, i) - _load(base, i)) == cut:
+                    if abs_bits(load(x, i) - load(base, i)) == cut:
                         m += 1
                 counts[c, j, k] = m
     return counts
-
-
-@intrinsic
-def _mix32(typingctx, x):  # type: ignore[no-untyped-def]
-    """lowbias32 of a uint32, in 32-bit arithmetic. numba widens uint32 products to 64 bits,
-    and LLVM then vectorizes the hash 4 lanes wide with emulated 64-bit multiplies; as 32-bit
-    IR it runs 8 lanes wide (vpmulld), about twice as fast (0.7 against 1.5 ns a draw)."""
-    if x != types.uint32:
-        return None
-
-    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
-        i32 = ir.IntType(32)
-        (v,) = args
-        v = builder.xor(v, builder.lshr(v, ir.Constant(i32, 16)))
-        v = builder.mul(v, ir.Constant(i32, 0x7FEB352D))
-        v = builder.xor(v, builder.lshr(v, ir.Constant(i32, 15)))
-        v = builder.mul(v, ir.Constant(i32, 0x846CA68B))
-        return builder.xor(v, builder.lshr(v, ir.Constant(i32, 16)))
-
-    return types.uint32(types.uint32), codegen
-
-
-@njit(inline="always")
-def _hash32(k0, k1, i):
-    """Element ``i`` of the 32-bit hash stream with key halves ``k0``/``k1`` (uint32):
-    sparsify.hash32, bit for bit."""
-    i = np.uint64(i)
-    h = _mix32(np.uint32(np.uint32(i & np.uint64(0xFFFFFFFF)) ^ np.uint32(k0)))  # type: ignore[call-arg,var-annotated]
-    return _mix32(np.uint32(h ^ np.uint32(i >> np.uint64(32)) ^ np.uint32(k1)))  # type: ignore[call-arg]
-
-
-@njit(inline="always")
-def _uniform(k0, k1, i):
-    """Element ``i`` of the stream with key halves ``k0``/``k1``: sparsify.uniform, bit for bit."""
-    # 24 bits convert exactly through int32, which AVX2 converts 8 lanes at a time.
-    return np.float32(np.int32(_hash32(k0, k1, i) >> np.uint32(8))) * np.float32(2.0**-24)
-
-
-@njit(cache=True)
-def uniform_range(k0, k1, start, out):
-    """``out[i] = uniform(key)[start + i]``: the kernels' stream, for checking it against
-    :func:`meldkit.methods.sparsify.uniform`."""
-    for i in range(out.shape[0]):
-        out[i] = _uniform(k0, k1, start + i)
-    return out
 
 
 # DELLA's row ranking. Only the draws that fall between a row's lowest and highest keep
@@ -242,9 +162,9 @@ def della_bits(x, base, g0, g1, k0, k1, n_cols, density_minus_eps, step, bits, s
         for row in range(g * 8, min(n_rows, g * 8 + 8)):
             off = row * n_cols
             for c in range(n_cols):
-                keys[c] = _abs_bits(_load(x, off + c) - _load(base, off + c))
+                keys[c] = abs_bits(load(x, off + c) - load(base, off + c))
             for c in range(n_cols):
-                draws[c] = _uniform(k0, k1, off + c)
+                draws[c] = uniform(k0, k1, off + c)
             magnitudes = keys.view(np.float32)
             sums[row, 0] = _abs_sum(magnitudes, n_cols)
             _bucket_bounds(keys, slot, count, density_minus_eps, step, bounds)
@@ -473,16 +393,16 @@ def _sparsify_chunk(x, base, s, e, mode, cuts, thr, rule, partial, ties, bits, r
             dest[i - s] = np.float32(0.0)
     elif mode == KEEP_ALL:
         for i in range(s, e):
-            dest[i - s] = _load(x, i) - _load(base, i)
+            dest[i - s] = load(x, i) - load(base, i)
     elif mode == BITS:
         for i in range(s, e):
-            dest[i - s] = _load(x, i) - _load(base, i)
+            dest[i - s] = load(x, i) - load(base, i)
         _mask_by_bits(dest, bits, s, e - s, dest)
     elif mode == BERNOULLI:
         k0, k1, density = np.uint64(rand[0]), np.uint64(rand[1]), np.float32(rand[2])
         for i in range(s, e):
-            d = _load(x, i) - _load(base, i)
-            dest[i - s] = d * np.float32(_uniform(k0, k1, i) < density)
+            d = load(x, i) - load(base, i)
+            dest[i - s] = d * np.float32(uniform(k0, k1, i) < density)
     else:
         lo, hi = thr[0], thr[1]
         t_lo, t_hi = ties[0, 0], ties[1, 0]
@@ -505,13 +425,13 @@ def _sparsify_chunk(x, base, s, e, mode, cuts, thr, rule, partial, ties, bits, r
                 by_ordinal = True
         if not by_ordinal:
             for i in range(s, e):
-                d = _load(x, i) - _load(base, i)
-                a = np.int64(_abs_bits(d))
+                d = load(x, i) - load(base, i)
+                a = np.int64(abs_bits(d))
                 dest[i - s] = d * np.float32((a >= lo) & (a <= hi))
         else:
             for i in range(s, e):
-                d = _load(x, i) - _load(base, i)
-                a = np.int64(_abs_bits(d))
+                d = load(x, i) - load(base, i)
+                a = np.int64(abs_bits(d))
                 eq_lo = partial[0] and a == cut_lo
                 eq_hi = partial[1] and a == cut_hi
                 ok_lo = (t_lo >= drop_lo) if eq_lo else a >= lo
@@ -561,23 +481,6 @@ def l1_sums(xs, base, c0, c1, modes, cuts, thr, rule, partial, ties, bits, rand,
             sums[c, j, 0] = _abs_sum(delta, e - s)
             sums[c, j, 1] = _abs_sum(kept, e - s)
     return sums
-
-
-@njit(inline="always")
-def _to_bf16_bits(v):
-    # Round to nearest even, as torch converts float32 to bfloat16.
-    u = np.float32(v).view(np.uint32)
-    bias = ((u >> np.uint32(16)) & np.uint32(1)) + np.uint32(0x7FFF)
-    return np.uint16(0x7FC0) if v != v else np.uint16((u + bias) >> np.uint32(16))
-
-
-@njit(inline="always")
-def _store(out, out_bf16, i, v):
-    """``out[i] = v``: a float32 array, or bfloat16 bits (rounded to nearest even)."""
-    if out_bf16:
-        out[i] = _to_bf16_bits(v)
-    else:
-        out[i] = v
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
@@ -643,8 +546,8 @@ def mix(xs, base, c0, c1, out, out_bf16, modes, cuts, thr, rule, partial, ties, 
                 mixed[k] = mixed[k] * lam
         if out_bf16:
             for k in range(size):
-                out[s + k] = _to_bf16_bits(np.float32(_load(base, s + k) + mixed[k]))
+                out[s + k] = to_bf16_bits(np.float32(load(base, s + k) + mixed[k]))
         else:
             for k in range(size):
-                out[s + k] = np.float32(_load(base, s + k) + mixed[k])
+                out[s + k] = np.float32(load(base, s + k) + mixed[k])
     return out

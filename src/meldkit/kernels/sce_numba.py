@@ -1,9 +1,9 @@
 """Fused CPU kernels (numba) for sce: a few passes over the stored inputs, no temporaries.
 
 Every kernel computes, per element, the deltas ``δ_j = x_j - b`` from the stored inputs
-(bfloat16 bits or float32, read by :func:`meldkit.methods.kernels._load`) and the selection
+(bfloat16 bits or float32, read by :func:`meldkit.kernels.primitives.load`) and the selection
 key, the population variance of the deltas by Welford's update exactly as
-:func:`meldkit.methods.sce._variance` does it (float32, same operations in the same order,
+:func:`meldkit.methods.sce.variance` does it (float32, same operations in the same order,
 ``|var|`` as float32 bits), in cache-resident buffers of a chunk:
 
 * :func:`hist_high` / :func:`hist_low`: the two 16-bit digit histograms of the key that locate
@@ -21,8 +21,8 @@ Arithmetic is the eager path's, operation for operation, without fast-math. torc
 FMA; the kernels take a ``fused`` flag (probed from torch by the driver) and use
 ``llvm.fma`` then, a separate multiply and add otherwise.
 
-Import this module only through :func:`meldkit.methods.kernel_runner.load`
-(``load("kernels_sce")``), which returns None when numba is not installed.
+Import this module only through :func:`meldkit.kernels.runner.load`
+(``load("sce_numba")``), which returns None when numba is not installed.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from meldkit.methods.kernels import CHUNK, _load, _to_bf16_bits
+from meldkit.kernels.primitives import CHUNK, load, to_bf16_bits
 
 __all__ = ["CHUNK", "LANES", "KEEP_ALL", "ZERO", "SELECT", "fma32", "square_lanes", "variance_keys",
            "hist_high", "hist_low", "energy_lanes", "energy_lanes_resolved", "mix"]
@@ -88,7 +88,7 @@ def _keys(xs, base, s, size, fused, mean, m2, key):
         x = xs[j]
         alpha = np.float32(1.0 / (j + 1))
         for k in range(size):
-            d = _load(x, s + k) - _load(base, s + k)
+            d = load(x, s + k) - load(base, s + k)
             diff = d - mean[k]
             mu = _madd(diff, alpha, mean[k], fused)  # mean.add_(diff, alpha=1/k)
             mean[k] = mu
@@ -259,14 +259,14 @@ def energy_lanes(xs, base, c0, c1, fused, mode, cut, lanes, ties):
             x = xs[j]
             if mode == SELECT:
                 for k in range(size):
-                    d = _load(x, s + k) - _load(base, s + k)
+                    d = load(x, s + k) - load(base, s + k)
                     a = key[k]
                     gt[k] = d * np.float32(a > cut)
                     ge[k] = d * np.float32(a >= cut)
                 _square_lanes(gt, size, lanes[c, 0, j])
             else:
                 for k in range(size):
-                    ge[k] = _load(x, s + k) - _load(base, s + k)
+                    ge[k] = load(x, s + k) - load(base, s + k)
             _square_lanes(ge, size, lanes[c, 1, j])
     return lanes
 
@@ -288,7 +288,7 @@ def energy_lanes_resolved(xs, base, c, fused, cut, drop, first, count, lanes):
     for j in range(len(xs)):
         x = xs[j]
         for k in range(size):
-            v[k] = (_load(x, s + k) - _load(base, s + k)) * keep[k]
+            v[k] = (load(x, s + k) - load(base, s + k)) * keep[k]
         _square_lanes(v, size, lanes[j])
     return lanes
 
@@ -324,10 +324,10 @@ def mix(xs, base, c0, c1, fused, mode, cut, drop, first, ties, omega, out, out_b
                     vj[k] = np.float32(0.0)
             elif mode == SELECT:
                 for k in range(size):
-                    vj[k] = (_load(x, s + k) - _load(base, s + k)) * keep[k]  # d.mul_(keep)
+                    vj[k] = (load(x, s + k) - load(base, s + k)) * keep[k]  # d.mul_(keep)
             else:
                 for k in range(size):
-                    vj[k] = _load(x, s + k) - _load(base, s + k)
+                    vj[k] = load(x, s + k) - load(base, s + k)
         # positive = Σ_j δ_j >= 0, summed in model order (an exact 0 elects +, NaN elects -)
         v0 = v[0]
         for k in range(size):
@@ -352,10 +352,10 @@ def mix(xs, base, c0, c1, fused, mode, cut, drop, first, ties, omega, out, out_b
             for k in range(size):
                 dv = div[k]
                 dv = floor if dv < floor else dv  # clamp_min_(1e-6); NaN stays
-                out[s + k] = _to_bf16_bits(np.float32(_load(base, s + k) + mixed[k] / dv))
+                out[s + k] = to_bf16_bits(np.float32(load(base, s + k) + mixed[k] / dv))
         else:
             for k in range(size):
                 dv = div[k]
                 dv = floor if dv < floor else dv
-                out[s + k] = np.float32(_load(base, s + k) + mixed[k] / dv)
+                out[s + k] = np.float32(load(base, s + k) + mixed[k] / dv)
     return out

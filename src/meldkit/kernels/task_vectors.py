@@ -1,4 +1,5 @@
-"""The task-vector family on the CPU with fused kernels: a few passes over the stored inputs.
+"""The fast path of the task-vector family (task_arithmetic, ties, dare_*, breadcrumbs*,
+della*): a few fused numba passes over the stored inputs.
 
 :func:`merge_task_vectors_fused` computes exactly what
 :func:`meldkit.methods.task_vectors.merge_task_vectors` computes (same operations, same
@@ -31,12 +32,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from meldkit.methods import kernel_runner, sparsify
-from meldkit.methods.catalog import TaskVectorVariant
-from meldkit.methods.inputs import Operand, output_dtype, param_float
-from meldkit.methods.registry import MergeContext
+from meldkit.kernels import runner
+from meldkit.methods import sparsify
+from meldkit.methods.inputs import Operand, non_base, output_dtype, param_float
+from meldkit.methods.registry import FastPath, MergeContext
+from meldkit.methods.task_vector_family import TASK_VECTOR_FAMILY, TaskVectorVariant
 
-__all__ = ["available", "kernels", "supports", "merge_task_vectors_fused"]
+__all__ = ["available", "kernels", "supports", "merge_task_vectors_fused", *TASK_VECTOR_FAMILY]
 
 _HIGH = 1 << 15  # |δ| bits have a 0 sign bit: 15 high-digit bits
 _LOW = 1 << 16
@@ -44,7 +46,7 @@ _LOW = 1 << 16
 
 def kernels() -> ModuleType | None:
     """The numba kernels module, or None when numba cannot be imported."""
-    return kernel_runner.load("kernels")
+    return runner.load("task_vectors_numba")
 
 
 def available() -> bool:
@@ -54,7 +56,7 @@ def available() -> bool:
 
 def supports(variant: TaskVectorVariant, inputs: Sequence[torch.Tensor], ctx: MergeContext) -> bool:
     """Whether :func:`merge_task_vectors_fused` covers this call."""
-    if not available() or not kernel_runner.cpu_tensors(inputs, ctx.device):
+    if not available() or not runner.cpu_tensors(inputs, ctx.device):
         return False
     shape = inputs[0].shape
     if variant.sparsifier == "della_magprune":
@@ -67,7 +69,7 @@ def _each_range(fn: Callable[..., Any], parts: list[tuple[int, int]], xs: tuple[
                 base: np.ndarray, hists: np.ndarray, *extra: Any) -> None:
     """``fn(xs, base, a, b, *extra, hists[p])`` for each part ``p = [a, b)``, in parallel: each
     thread counts into its own histogram (summed afterwards; counts do not depend on order)."""
-    kernel_runner.run_all([(fn, (xs, base, a, b, *extra, hists[p])) for p, (a, b) in enumerate(parts)])
+    runner.run_all([(fn, (xs, base, a, b, *extra, hists[p])) for p, (a, b) in enumerate(parts)])
 
 
 class _Cuts:
@@ -134,8 +136,8 @@ def _locate_cuts(module: ModuleType, xs: tuple[np.ndarray, ...], base: np.ndarra
     ``(hi+1)``-th smallest (the smallest dropped)."""
     m = len(xs)
     n = base.shape[0]
-    parts = kernel_runner.ranges(n)
-    high = kernel_runner.zeroed_scratch("high", (len(parts), m, _HIGH))
+    parts = runner.ranges(n)
+    high = runner.zeroed_scratch("high", (len(parts), m, _HIGH))
     _each_range(module.hist_high, parts, xs, base, high)
     cum_high = high.sum(axis=0).cumsum(axis=1)
     ranks = np.full((m, 2), -1, dtype=np.int64)  # 1-based rank of each cut-off value
@@ -155,7 +157,7 @@ def _locate_cuts(module: ModuleType, xs: tuple[np.ndarray, ...], base: np.ndarra
                 d = int(np.searchsorted(cum_high[j], ranks[j, k]))
                 digits[j, k] = d
                 before[j, k] = cum_high[j, d - 1] if d else 0
-    low = kernel_runner.zeroed_scratch("low", (len(parts), m, 2, _LOW))
+    low = runner.zeroed_scratch("low", (len(parts), m, 2, _LOW))
     _each_range(module.hist_low, parts, xs, base, low, digits)
     cuts = _Cuts(m)
     for j in range(m):
@@ -186,7 +188,7 @@ def _chunk_ties(module: ModuleType, xs: tuple[np.ndarray, ...], base: np.ndarray
     ties = np.zeros((n_chunks, m, 2, 2), dtype=np.int64)
     if cuts.partial.any():
         counts = np.zeros((n_chunks, m, 2), dtype=np.int64)
-        kernel_runner.parallel(module.tie_counts, n_chunks, xs, base, cuts.cuts, cuts.partial, counts)
+        runner.parallel(module.tie_counts, n_chunks, xs, base, cuts.cuts, cuts.partial, counts)
         ties[1:, :, :, 0] = counts.cumsum(axis=0)[:-1]
         ties[:, :, :, 1] = counts
     return ties
@@ -207,7 +209,7 @@ def _random_masks(module: ModuleType, variant: TaskVectorVariant, others: Sequen
         density = param_float(o.params, "density", 1.0)
         if density >= 1:
             continue
-        k0, k1 = kernel_runner.key_halves(ctx.stream_key(str(o.index)))
+        k0, k1 = runner.key_halves(ctx.stream_key(str(o.index)))
         rand[j] = (k0, k1, np.float32(density))
         if not della:
             modes[j] = module.BERNOULLI
@@ -219,7 +221,7 @@ def _random_masks(module: ModuleType, variant: TaskVectorVariant, others: Sequen
         n_rows = n // n_cols
         groups = -(-n_rows // 8)  # rows in groups of 8: whole bytes of the mask
         row_sums = np.empty((n_rows, 2), dtype=np.float64)
-        kernel_runner.parallel(module.della_bits, groups, xs[j], base, k0, k1, n_cols,
+        runner.parallel(module.della_bits, groups, xs[j], base, k0, k1, n_cols,
                   np.float32(density - epsilon), step, bits[j], row_sums)
         norms[j] = row_sums.sum(axis=0)  # a fixed order of rows: thread-count independent
     return rand, bits, (norms if della else None)
@@ -239,13 +241,13 @@ def merge_task_vectors_fused(
     shape = base_t.shape
     n = base_t.numel()
     m = len(others)
-    *stored, base = kernel_runner.stored_arrays([o.tensor for o in others] + [base_t])
+    *stored, base = runner.stored_arrays([o.tensor for o in others] + [base_t])
     xs = tuple(stored)
     normalize = bool(shared.get("normalize", variant.normalize))
     rescale = bool(shared.get("rescale", variant.rescale))
     lam = param_float(shared, "lambda", 1.0)
     weights = [param_float(o.params, "weight", 1.0) for o in others]
-    n_chunks = kernel_runner.chunk_count(n, module.CHUNK)
+    n_chunks = runner.chunk_count(n, module.CHUNK)
 
     modes = np.full(m, module.KEEP_ALL, dtype=np.int64)
     cuts = _Cuts(m)
@@ -272,7 +274,7 @@ def merge_task_vectors_fused(
             totals = norms
         else:
             sums = np.zeros((n_chunks, m, 2), dtype=np.float64)
-            kernel_runner.parallel(module.l1_sums, n_chunks, xs, base, modes, cuts.cuts, cuts.thr, cuts.rule,
+            runner.parallel(module.l1_sums, n_chunks, xs, base, modes, cuts.cuts, cuts.thr, cuts.rule,
                       cuts.partial, ties, bits, rand, sums)
             totals = sums.sum(axis=0)  # fixed chunks, summed in order: thread-count independent
         for j in range(m):
@@ -287,8 +289,8 @@ def merge_task_vectors_fused(
     divisor = w_tensor.sum()
     if float(divisor.abs()) < 1e-8:
         divisor = torch.ones_like(divisor)
-    out = kernel_runner.output_buffer(n, output_dtype([base_t], ctx.out_dtype))
-    kernel_runner.parallel(module.mix, n_chunks, xs, base, kernel_runner.as_numpy(out), out.dtype == torch.bfloat16, modes, cuts.cuts, cuts.thr, cuts.rule,
+    out = runner.output_buffer(n, output_dtype([base_t], ctx.out_dtype))
+    runner.parallel(module.mix, n_chunks, xs, base, runner.as_numpy(out), out.dtype == torch.bfloat16, modes, cuts.cuts, cuts.thr, cuts.rule,
                cuts.partial, ties, bits, rand, scale, has_scale, w_tensor.numpy(),
                variant.consensus, normalize, np.float32(divisor.item()), np.float32(lam), lam != 1)
     return out.reshape(shape)
@@ -300,3 +302,30 @@ def _zeroed(variant: TaskVectorVariant, operand: Operand, n: int) -> bool:
     if variant.sparsifier == "magnitude":
         return density <= 0
     return int(density * n) <= 0  # magnitude_outliers
+
+
+def _member(method: str) -> FastPath:
+    """The fast path of the family member ``method``."""
+    variant = TASK_VECTOR_FAMILY[method]
+
+    def covers(inputs: Sequence[torch.Tensor], base_index: int | None, shared: Mapping[str, Any],
+               per_input: Sequence[Mapping[str, Any]], ctx: MergeContext) -> bool:
+        return base_index is not None and len(inputs) > 1 and supports(variant, inputs, ctx)
+
+    def merge(inputs: Sequence[torch.Tensor], base_index: int | None, shared: Mapping[str, Any],
+              per_input: Sequence[Mapping[str, Any]], ctx: MergeContext) -> torch.Tensor:
+        assert base_index is not None
+        others = non_base(inputs, base_index, per_input)
+        return merge_task_vectors_fused(inputs[base_index], others, variant, shared, ctx)
+
+    return FastPath(covers, merge)
+
+
+task_arithmetic = _member("task_arithmetic")
+ties = _member("ties")
+dare_ties = _member("dare_ties")
+dare_linear = _member("dare_linear")
+breadcrumbs = _member("breadcrumbs")
+breadcrumbs_ties = _member("breadcrumbs_ties")
+della = _member("della")
+della_linear = _member("della_linear")

@@ -1,10 +1,13 @@
-"""sce on the CPU with fused kernels (:mod:`meldkit.methods.kernels_sce`).
+"""The fast path of sce: fused numba kernels (:mod:`meldkit.kernels.sce_numba`).
 
-:func:`merge_sce_fused` computes exactly what the blocked eager path of
-:mod:`meldkit.methods.sce` computes (same operations and rounding, same tie rule, the same
-float64 energy sums) but never makes a float32 copy of an input or a delta. For ``0 <
-select_topk < 1`` it makes four passes over the stored inputs, every one computing the
-variance key per element in registers:
+:func:`merge_sce_fused` computes what :func:`meldkit.methods.sce.sce` computes (the same
+float32 operations and rounding, the same selection and tie rule) but never makes a float32
+copy of an input or a delta. The one difference is the order of the float64 energy sums: each
+fixed chunk of :data:`CHUNK` elements sums its squares in :data:`LANES` lanes (element ``i``
+into lane ``i % LANES``), then lanes and chunks are added in order; so ω can differ from the
+reference's in its last float32 bit, and outputs by about one ulp where it does (the
+tolerance tests/kernels/test_sce.py pins). For ``0 < select_topk < 1`` it makes four passes
+over the stored inputs, every one computing the variance key per element in registers:
 
 1. a histogram of the key's high 16 bits and the number of zero keys (so ``k``);
 2. a histogram of the low 16 bits within the cut-off's high digit: the exact cut-off and how
@@ -26,17 +29,23 @@ missing, or for inputs the kernels do not read (float64, other devices), the eag
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import cache
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import torch
 
-from meldkit.methods import kernel_runner
-from meldkit.methods.registry import MergeContext
+from meldkit.kernels import runner
+from meldkit.methods.inputs import non_base, output_dtype, param_float
+from meldkit.methods.registry import FastPath, MergeContext
 
-__all__ = ["kernels", "available", "supports", "torch_fma", "merge_sce_fused"]
+__all__ = ["kernels", "available", "supports", "torch_fma", "energy_weights", "merge_sce_fused", "sce"]
+
+# Elements per chunk of the energy sums, and lanes per chunk (the kernels' layout).
+CHUNK = 1 << 14
+LANES = 16
 
 _HIGH = 1 << 15  # keys have a 0 sign bit: 15 high-digit bits
 _LOW = 1 << 16
@@ -44,7 +53,7 @@ _LOW = 1 << 16
 
 def kernels() -> ModuleType | None:
     """The numba kernels module, or None when numba cannot be imported."""
-    return kernel_runner.load("kernels_sce")
+    return runner.load("sce_numba")
 
 
 @cache
@@ -72,22 +81,22 @@ def available() -> bool:
 
 def supports(inputs: Sequence[torch.Tensor], ctx: MergeContext) -> bool:
     """Whether :func:`merge_sce_fused` covers this call."""
-    return available() and kernel_runner.cpu_tensors(inputs, ctx.device)
+    return available() and runner.cpu_tensors(inputs, ctx.device)
 
 
 def _select(module: ModuleType, xs: tuple[np.ndarray, ...], base: np.ndarray, topk: float,
             fused: bool) -> tuple[int, int, int]:
     """``(mode, cut, drop)``: the masking mode, and for SELECT the cut-off key and how many of
-    the elements tied at it are dropped (the first ones in flat order), as sce._blocked."""
+    the elements tied at it are dropped (the first ones in flat order), as sce.select."""
     n = base.shape[0]
     if topk >= 1:
         return module.KEEP_ALL, 0, 0
     if not 0 < topk < 1:
         return module.ZERO, 0, 0
-    parts = kernel_runner.ranges(n)
-    high = kernel_runner.zeroed_scratch("sce_high", (len(parts), _HIGH))
+    parts = runner.ranges(n)
+    high = runner.zeroed_scratch("sce_high", (len(parts), _HIGH))
     zeros = np.zeros((len(parts), 1), dtype=np.int64)
-    kernel_runner.run_all([(module.hist_high, (xs, base, a, b, fused, high[p], zeros[p]))
+    runner.run_all([(module.hist_high, (xs, base, a, b, fused, high[p], zeros[p]))
                            for p, (a, b) in enumerate(parts)])
     k = int((n - int(zeros.sum())) * topk)
     if k == n:
@@ -98,8 +107,8 @@ def _select(module: ModuleType, xs: tuple[np.ndarray, ...], base: np.ndarray, to
     cum_high = high.sum(axis=0).cumsum()
     digit = int(np.searchsorted(cum_high, lo))
     before = int(cum_high[digit - 1]) if digit else 0
-    low = kernel_runner.zeroed_scratch("sce_low", (len(parts), _LOW))
-    kernel_runner.run_all([(module.hist_low, (xs, base, a, b, fused, digit, low[p]))
+    low = runner.zeroed_scratch("sce_low", (len(parts), _LOW))
+    runner.run_all([(module.hist_low, (xs, base, a, b, fused, digit, low[p]))
                            for p, (a, b) in enumerate(parts)])
     cum_low = low.sum(axis=0).cumsum()
     low_digit = int(np.searchsorted(cum_low, lo - before))
@@ -107,20 +116,32 @@ def _select(module: ModuleType, xs: tuple[np.ndarray, ...], base: np.ndarray, to
     return module.SELECT, (digit << 16) | low_digit, (n - below) - k
 
 
+def energy_weights(lanes: Any, n: int) -> torch.Tensor:
+    """ω (float32) from the per-chunk energy lane sums (chunks x models x LANES, float64):
+    each chunk's lanes summed in order, then the chunks in order (cumsum adds one by one),
+    divided by ``n``; uniform when the energies sum (nearly) to zero."""
+    lanes = torch.as_tensor(lanes, dtype=torch.float64)
+    per_chunk = lanes.cumsum(-1)[..., -1]
+    energy = per_chunk.cumsum(0)[-1]  # there is always a chunk, if empty
+    energies = torch.tensor([float(v) / max(n, 1) for v in energy], dtype=torch.float32)
+    total = float(energies.sum())
+    if abs(total) < 1e-6:
+        return torch.full_like(energies, 1.0 / len(energies))
+    return energies / total
+
+
 def merge_sce_fused(base_t: torch.Tensor, others_t: Sequence[torch.Tensor], topk: float,
                     out_dtype: torch.dtype) -> torch.Tensor:
     """sce of ``others_t`` over ``base_t`` (see the module docstring), in ``out_dtype``."""
-    from meldkit.methods.sce import CHUNK, LANES, energy_weights
-
     module = kernels()
     fused = torch_fma()
     assert module is not None and fused is not None and module.CHUNK == CHUNK and module.LANES == LANES
     shape = base_t.shape
     n = base_t.numel()
     m = len(others_t)
-    *stored, base = kernel_runner.stored_arrays([*others_t, base_t])
+    *stored, base = runner.stored_arrays([*others_t, base_t])
     xs = tuple(stored)
-    n_chunks = kernel_runner.chunk_count(n, CHUNK)
+    n_chunks = runner.chunk_count(n, CHUNK)
 
     mode, cut, drop = _select(module, xs, base, topk, fused)
     cut_u = np.uint32(cut)
@@ -128,7 +149,7 @@ def merge_sce_fused(base_t: torch.Tensor, others_t: Sequence[torch.Tensor], topk
     ties = np.zeros(n_chunks, dtype=np.int64)
     first = np.zeros(n_chunks, dtype=np.int64)
     if mode != module.ZERO:
-        kernel_runner.parallel(module.energy_lanes, n_chunks, xs, base, fused, mode, cut_u, lanes, ties)
+        runner.parallel(module.energy_lanes, n_chunks, xs, base, fused, mode, cut_u, lanes, ties)
     if mode == module.SELECT:
         first[1:] = np.cumsum(ties)[:-1]
     # Each chunk's lanes with its ties as the flat-order rule has them: all dropped (variant
@@ -140,7 +161,23 @@ def merge_sce_fused(base_t: torch.Tensor, others_t: Sequence[torch.Tensor], topk
             module.energy_lanes_resolved(xs, base, int(c), fused, cut_u, drop, first[c], ties[c], chosen[c])
     omega = energy_weights(chosen, n).numpy()
 
-    out = kernel_runner.output_buffer(n, out_dtype)
-    kernel_runner.parallel(module.mix, n_chunks, xs, base, fused, mode, cut_u, drop, first, ties, omega,
-                           kernel_runner.as_numpy(out), out.dtype == torch.bfloat16)
+    out = runner.output_buffer(n, out_dtype)
+    runner.parallel(module.mix, n_chunks, xs, base, fused, mode, cut_u, drop, first, ties, omega,
+                           runner.as_numpy(out), out.dtype == torch.bfloat16)
     return (out if out.dtype == out_dtype else out.to(out_dtype)).reshape(shape)
+
+
+def _supports(inputs: Sequence[torch.Tensor], base_index: int | None, shared: Mapping[str, Any],
+              per_input: Sequence[Mapping[str, Any]], ctx: MergeContext) -> bool:
+    return base_index is not None and len(inputs) > 1 and supports(inputs, ctx)
+
+
+def _sce(inputs: Sequence[torch.Tensor], base_index: int | None, shared: Mapping[str, Any],
+         per_input: Sequence[Mapping[str, Any]], ctx: MergeContext) -> torch.Tensor:
+    assert base_index is not None
+    others = [o.tensor for o in non_base(inputs, base_index, per_input)]
+    topk = param_float(shared, "select_topk", 1.0)
+    return merge_sce_fused(inputs[base_index], others, topk, output_dtype(inputs, ctx.out_dtype))
+
+
+sce = FastPath(_supports, _sce)
