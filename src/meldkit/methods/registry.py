@@ -229,11 +229,13 @@ def load_merge_function(spec: MethodSpec) -> MergeFunction:
     """The method's merge function (imported on first use): its reference formula, or, when the
     spec names a fast path, a function that runs the fast path for the calls it supports and
     the reference for the others."""
-    key = (spec.name, spec.fast_impl is not None and not reference_math_only())
+    fast_impl = None if reference_math_only() else spec.fast_impl
+    key = (spec.name, fast_impl is not None)
     fn = _LOADED.get(key)
     if fn is None:
-        reference: MergeFunction = _import(spec.impl, spec.name)
-        fn = _dispatch(reference, _import(spec.fast_impl, spec.name)) if key[1] else reference
+        fn = reference = _import(spec.impl, spec.name)
+        if fast_impl is not None:
+            fn = _dispatch(reference, _import(fast_impl, spec.name))
         _LOADED[key] = fn
     return fn
 
