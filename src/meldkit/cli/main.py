@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from typing import Any, NoReturn
 
 from meldkit import __version__
-from meldkit.cli import commands
+from meldkit.cli import commands, process
 
 __all__ = ["main", "run", "build_parser"]
 
@@ -221,20 +221,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run() -> NoReturn:
-    """The ``meldkit`` console command (and ``python -m meldkit``): :func:`main`, then exit
-    without the interpreter's teardown. Library callers and tests call :func:`main`."""
-    # torch's OpenMP workers spin for a while after every parallel region by default, taking
-    # CPU from the reader, writer and kernel threads beside them (about 1 s of CPU in a `med`
-    # merge); sleeping at once costs microseconds per region. It must be set before torch is
-    # imported (only subcommands that compute import it); a value the user set wins.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    code = main()
-    # When main returns, everything it wrote is complete (fsynced and renamed into place).
-    # The teardown that os._exit skips garbage-collects torch's and numba's module graphs:
-    # 0.3-0.6 s of a merge's wall time for nothing the finished command needs.
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # a closed pipe or stream: nothing left to tell anyone
-            pass
-    os._exit(code)
+    """The ``meldkit`` console command (and ``python -m meldkit``): :func:`main` inside the
+    process-level settings of :mod:`meldkit.cli.process`, then exit without the interpreter's
+    teardown. Library callers and tests call :func:`main`."""
+    process.prepare()
+    process.finish(main())
