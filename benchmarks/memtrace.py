@@ -4,7 +4,7 @@
 
 Runs the merge in this process (``meldkit.run_merge``), samples the resident set from
 /proc/self/statm every ``--interval`` seconds in a thread, and wraps the engine's
-``compute_tensor`` to know which tensor (or block of rows) is being computed. Prints the RSS
+``pipeline.compute_tensor`` to know which tensor (or block of rows) is being computed. Prints the RSS
 after imports, the peak and the tensor it happened in, and the tensors with the highest RSS.
 Linux only. Saves nothing; the output folder is a temporary directory.
 """
@@ -39,7 +39,7 @@ def main() -> int:
     import torch  # noqa: F401  (measured separately: the cost of importing torch)
 
     import meldkit
-    import meldkit.execute.runner as runner
+    import meldkit.execute.pipeline as pipeline
 
     after_import = rss()
     current: dict[str, Any] = {"name": "(planning / setup)"}
@@ -55,7 +55,7 @@ def main() -> int:
                 per_tensor[name] = value
             stop.wait(a.interval)
 
-    original = runner.compute_tensor
+    original = pipeline.compute_tensor
 
     def traced(tensor: Any, raw: Any, *args: Any, **kwargs: Any) -> Any:
         rows = args[3] if len(args) > 3 else kwargs.get("rows")
@@ -67,7 +67,7 @@ def main() -> int:
         finally:
             current["name"] = f"(after {name}: writing / reading ahead)"
 
-    runner.compute_tensor = traced  # type: ignore[assignment]
+    pipeline.compute_tensor = traced  # type: ignore[assignment]
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     began = time.perf_counter()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import sys
 from typing import Any
@@ -50,16 +49,10 @@ def cmd_merge(args: argparse.Namespace) -> int:
         _warn("--no-safe-serialization is ignored: meldkit always writes safetensors")
     device = args.device or ("cuda" if (args.cuda or args.gpu_rich) else "cpu")
     plan = plan_merge(args.recipe, _plan_options(args))
-    # Importing torch creates some million long-lived objects, and the cyclic collector
-    # rescans them as they come (0.3 s of a 3 s import here) and in every full collection
-    # after (0.4 s while numba loads its kernels): none of them is garbage. Collection stays
-    # off during the import, and freezing moves them out of its sight for the CLI's run.
-    gc.disable()
-    try:
+    from meldkit.cli import process
+
+    with process.engine_import():  # after planning: a recipe that fails never imports torch
         from meldkit.execute.runner import RunOptions, execute_plan
-    finally:
-        gc.freeze()
-        gc.enable()
     for w in plan.warnings:
         _warn(w)
     run = RunOptions(
