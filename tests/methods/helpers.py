@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
-from meldkit.methods import MergeContext, get_method, load_merge_function
-from meldkit.methods.registry import MethodSpec
+from meldkit.methods import MergeContext, arcee_fusion, get_method, load_merge_function, sparsify
+from meldkit.methods.registry import MergeFunction, MethodSpec
 
 
 def resolve_params(
@@ -75,3 +76,40 @@ def tied_inputs(shape: tuple[int, ...], n_models: int, dtype: torch.dtype, seed:
     base = torch.randn(shape, generator=g)
     deltas = [torch.randint(-6, 7, shape, generator=g).float() / 8 for _ in range(n_models)]
     return [base.to(dtype)] + [(base + d).to(dtype) for d in deltas]
+
+
+def reference_function(name: str) -> MergeFunction:
+    """The reference formula of method ``name`` (its spec's ``impl``), never a fast path."""
+    module_name, _, attr = get_method(name).impl.partition(":")
+    return getattr(importlib.import_module(module_name), attr or name)
+
+
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal dtype, shape and bits (NaN payloads and the sign of zero included)."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    bits = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
+    return torch.equal(a.contiguous().view(bits), b.contiguous().view(bits))
+
+
+def arcee_formula(base: torch.Tensor, other: torch.Tensor, ctx: MergeContext,
+                  kl: torch.Tensor) -> torch.Tensor:
+    """arcee_fusion on whole float32 tensors given each row's KL (``(rows, 1)`` float32): the
+    importance, the with-replacement sample of MergeKit's size (each draw's row, then, rows in
+    order, each draw's column: multiply-shift of the seeded hash streams), torch.quantile's
+    quartiles and the threshold; float32."""
+    shape = base.shape
+    b, x = base.float(), other.float()
+    length = shape[-1] if len(shape) > 1 else max(b.numel(), 1)
+    rows = b.numel() // length
+    imp = ((x - b).abs().reshape(rows, -1) * kl).reshape(-1)
+    n = imp.numel()
+    if n > arcee_fusion.SAMPLE_SIZE:
+        size = arcee_fusion.SAMPLE_SIZE
+        row_draws = (sparsify.hash32(ctx.stream_key("arcee_fusion/rows"), 0, size) * rows) >> 32
+        columns = (sparsify.hash32(ctx.stream_key("arcee_fusion/columns"), 0, size) * length) >> 32
+        sample = imp[row_draws.sort().values * length + columns]
+    else:
+        sample = imp
+    q1, median, q3 = torch.quantile(sample, torch.tensor([0.25, 0.5, 0.75]))
+    return b + (x - b) * (imp.reshape(shape) >= median + 1.5 * (q3 - q1))

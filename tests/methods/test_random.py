@@ -175,3 +175,13 @@ def test_arcee_fusion_sampling_is_reproducible(restore_threads: None) -> None:
     assert torch.equal(a, b)
     changed = float((a != base).float().mean())
     assert 0.0 < changed < 0.5  # only outliers of the importance are taken
+
+
+def test_uniform_stream_statistics() -> None:
+    u = sparsify.uniform(MergeContext("w", 0).stream_key("x"), 0, 1 << 20)
+    assert float(u.min()) >= 0 and float(u.max()) < 1
+    assert abs(float(u.mean()) - 0.5) < 0.002
+    # Neighbouring draws are uncorrelated, and two keys give unrelated streams.
+    assert abs(float(torch.corrcoef(torch.stack([u[:-1], u[1:]]))[0, 1])) < 0.01
+    v = sparsify.uniform(MergeContext("w", 0).stream_key("y"), 0, 1 << 20)
+    assert abs(float(torch.corrcoef(torch.stack([u, v]))[0, 1])) < 0.01
