@@ -49,21 +49,23 @@ def kernels_section(xb: torch.Tensor, yb: torch.Tensor, length: int, row: Callab
     thread, on the same bf16 pair viewed as rows of ``length`` (skipped without numba)."""
     import numpy as np
 
-    from meldkit.methods import arcee_fusion, kernel_runner
+    from meldkit.kernels import runner
+    from meldkit.methods import arcee_fusion
 
-    tv, pair = kernel_runner.load("kernels"), kernel_runner.load("kernels_pair")
-    if tv is None or pair is None:
+    primitives, tv = runner.load("primitives"), runner.load("task_vectors_numba")
+    pair = runner.load("arcee_fusion_numba")
+    if primitives is None or tv is None or pair is None:
         return
     rows = xb.numel() // length
     x2, b2 = yb[: rows * length].reshape(rows, length), xb[: rows * length].reshape(rows, length)
-    xs, bs = kernel_runner.stored_arrays([x2, b2])
+    xs, bs = runner.stored_arrays([x2, b2])
     print(f"-- numba kernels, one thread, rows of {length}")
     bits = np.zeros((rows * length + 7) // 8, dtype=np.uint8)
     sums = np.empty((rows, 2))
     step = np.float32(0.2 / (length - 1))
     draws = np.empty(rows * length, dtype=np.float32)
     row("uniform_range (the DARE/DELLA draws: two 32-bit hash rounds each)",
-        lambda: tv.uniform_range(np.uint64(1), np.uint64(2), 0, draws))
+        lambda: primitives.uniform_range(np.uint64(1), np.uint64(2), 0, draws))
     row("della_bits (masks and L1 norms, density 0.5, epsilon 0.1)",
         lambda: tv.della_bits(xs, bs, 0, -(-rows // 8), np.uint64(1), np.uint64(2), length, np.float32(0.4),
                               step, bits, sums))
