@@ -185,14 +185,6 @@ def test_special_values(topk: float) -> None:
     assert same_bits(_fast(inputs, topk), _lane_formula(inputs, topk, None))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "src bug: the reference's select (methods/sce.py: top_k_mask on var; sparsify.py "
-        "rank_window_mask: `keep = flat >= cut`) drops NaN variances and keeps fewer than k, "
-        "while the kernels rank |NaN| bits above +inf and keep exactly k"
-    ),
-)
 def test_special_values_with_a_selection() -> None:
     inputs = _special_inputs()
     assert same_bits(_fast(inputs, 0.5), _lane_formula(inputs, 0.5, None))

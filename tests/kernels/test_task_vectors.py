@@ -131,14 +131,6 @@ def test_non_finite_deltas_without_rescale(method: str) -> None:
     torch.testing.assert_close(fast, reference, rtol=0, atol=0, equal_nan=True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "src bug: with a NaN L1 norm sparsify.rescale_l1 (`float(old) < RESCALE_EPS or ...` is "
-        "False) scales by NaN, while kernels/task_vectors.py skips the scale (`old >= RESCALE_EPS "
-        "and ...` is False): every output is NaN on one path, two on the other"
-    ),
-)
 @pytest.mark.parametrize("method", ["dare_ties", "dare_linear"])
 def test_non_finite_deltas_with_rescale(method: str) -> None:
     inputs = _non_finite((40, 50), (0, 5), (0, 17))
@@ -146,13 +138,6 @@ def test_non_finite_deltas_with_rescale(method: str) -> None:
     torch.testing.assert_close(fast, reference, rtol=0, atol=0, equal_nan=True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "src bug: sparsify.rank_window_mask (`keep = flat >= cut`) drops NaN magnitudes and keeps "
-        "fewer than k, while the kernels' radix select ranks |NaN| bits above +inf and keeps k"
-    ),
-)
 @pytest.mark.parametrize("method", ["ties", "breadcrumbs"])
 def test_non_finite_deltas_select_the_same_positions(method: str) -> None:
     inputs = _non_finite((4000,), (5,), (17,))

@@ -12,9 +12,10 @@ fp16 and mixed dtypes are widened first). Work items are chunks of at most
   :func:`~meldkit.methods.combination.differences` exactly ``x_i - x_j``, as the torch
   pass) and sums the products ``v_k v_l`` in float64 (each product is exact in float64) in a
   fixed interleaved order; each item's partial is then added per row in item order. This is
-  more accurate than the torch pass's float32 blocks (relative error ~1e-13 instead of
-  ~1e-6), so the Gram matrices differ from it in the last digits: the documented tolerance
-  of this fast path (tests/kernels/test_combination.py pins it);
+  more accurate than the torch pass's float32 blocks (relative error ~1e-13 instead of up to
+  ~1e-5), so the Gram matrices differ from it in the last digits, and the methods' outputs by
+  up to about 2e-6 of their largest value: the tolerances tests/kernels/test_combination.py
+  pins;
 * the combination kernel computes ``Σ c_i x_i`` in float32 in input order and writes float32
   or bfloat16 (rounded to nearest even) directly; other output dtypes are cast from float32.
 """

@@ -53,7 +53,7 @@ def select(deltas: list[torch.Tensor], topk: float) -> None:
         return
     k = 0
     if topk > 0:
-        var = variance(deltas)
+        var = variance(deltas).abs_()  # a NaN variance may carry a sign bit: clear it
         k = int(int(torch.count_nonzero(var)) * topk)
     if k <= 0:
         for d in deltas:

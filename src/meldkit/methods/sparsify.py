@@ -64,10 +64,10 @@ def kth_smallest(flat: torch.Tensor, k: int) -> torch.Tensor:
     131M elements on an H100), where a multi-block ``topk`` of the smaller side takes ~3 ms.
     """
     if flat.device.type == "cpu":
-        if flat.dtype == torch.float32 and flat.numel() >= _RADIX_MIN:
+        if flat.dtype in (torch.float32, torch.int32) and flat.numel() >= _RADIX_MIN:
             bits = flat.view(torch.int32)
-            if not bool((bits < 0).any()):  # scores are magnitudes: no sign bit set
-                return _radix_kth(bits, k).view(torch.float32).reshape(())
+            if not bool((bits < 0).any()):  # magnitudes (or their keys): no sign bit set
+                return _radix_kth(bits, k).view(flat.dtype).reshape(())
         return torch.kthvalue(flat, k).values
     n = flat.numel()
     if k <= n - k + 1:
@@ -96,14 +96,28 @@ def _radix_kth(bits: torch.Tensor, k: int) -> torch.Tensor:
     return torch.tensor([(digit << 16) | low_digit], dtype=torch.int32)
 
 
+_KEY_DTYPES = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _order_keys(scores: torch.Tensor) -> torch.Tensor:
+    """Integer keys ordering like ``scores`` when they are magnitudes (non-negative floats,
+    whose bit patterns order like their values), with NaN above +inf as in the CPU kernels;
+    scores with a sign bit set are compared as values."""
+    if not scores.dtype.is_floating_point:
+        return scores
+    keys = scores.view(_KEY_DTYPES[scores.element_size()])
+    return scores if bool((keys < 0).any()) else keys
+
+
 def rank_window_mask(scores: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
     """Boolean mask (same shape as ``scores``) of the elements of ascending rank ``[lo, hi)``.
 
     Exactly ``hi - lo`` elements are kept (after clipping to ``[0, N]``). Ties at either
     cut-off are broken by flat index: the first tied elements are dropped at the low end and
-    the last ones at the high end.
+    the last ones at the high end. ``scores`` are magnitudes (``|δ|``, a variance); a NaN
+    ranks above every number.
     """
-    flat = scores.reshape(-1)
+    flat = _order_keys(scores.reshape(-1))
     n = flat.numel()
     lo, hi = max(lo, 0), min(hi, n)
     if hi <= lo:
@@ -171,7 +185,7 @@ def rescale_l1(original: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
     """Scale ``masked`` in place so its L1 norm matches ``original``'s (MergeKit's rescale)."""
     old = l1_norm(original)
     new = l1_norm(masked)
-    if float(old) < RESCALE_EPS or float(new) < RESCALE_EPS:
+    if not (float(old) >= RESCALE_EPS and float(new) >= RESCALE_EPS):  # tiny, or NaN: as is
         return masked
     return masked.mul_(float(old / new))  # one float32-rounded factor on every device
 
