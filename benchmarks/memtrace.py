@@ -77,12 +77,19 @@ def main() -> int:
     stop.set()
     sampler.join()
     peak_name = max(per_tensor, key=lambda k: per_tensor[k])
-    print(f"RSS at start {start_rss / 1e6:.0f} MB, after importing torch and meldkit {after_import / 1e6:.0f} MB")
-    print(f"merge {wall:.1f} s in-process; sampled peak {per_tensor[peak_name] / 1e6:.0f} MB while computing {peak_name}")
+    print(
+        f"RSS at start {start_rss / 1e6:.0f} MB, after importing torch and meldkit {after_import / 1e6:.0f} MB"
+    )
+    print(
+        f"merge {wall:.1f} s in-process; sampled peak {per_tensor[peak_name] / 1e6:.0f} MB while computing {peak_name}"
+    )
     print(f"top {a.top} by RSS while computing (MB; tensor elements):")
     for name in sorted(per_tensor, key=lambda k: -per_tensor[k])[: a.top]:
         n = sizes.get(name)
-        print(f"  {per_tensor[name] / 1e6:7.0f}  {name}" + (f"  ({n:,} elements, {n * 4 / 1e6:.0f} MB in fp32)" if n else ""))
+        print(
+            f"  {per_tensor[name] / 1e6:7.0f}  {name}"
+            + (f"  ({n:,} elements, {n * 4 / 1e6:.0f} MB in fp32)" if n else "")
+        )
     return 0
 
 

@@ -44,7 +44,9 @@ def sampled_kth(d: torch.Tensor, k: int, sample: int = 1 << 18) -> torch.Tensor:
     return torch.kthvalue(band, k - below).values
 
 
-def kernels_section(xb: torch.Tensor, yb: torch.Tensor, length: int, row: Callable[..., None]) -> None:
+def kernels_section(
+    xb: torch.Tensor, yb: torch.Tensor, length: int, row: Callable[..., None]
+) -> None:
     """The numba kernels of the DARE/DELLA draws, DELLA's masks and arcee_fusion's KL, one
     thread, on the same bf16 pair viewed as rows of ``length`` (skipped without numba)."""
     import numpy as np
@@ -64,15 +66,38 @@ def kernels_section(xb: torch.Tensor, yb: torch.Tensor, length: int, row: Callab
     sums = np.empty((rows, 2))
     step = np.float32(0.2 / (length - 1))
     draws = np.empty(rows * length, dtype=np.float32)
-    row("uniform_range (the DARE/DELLA draws: two 32-bit hash rounds each)",
-        lambda: primitives.uniform_range(np.uint64(1), np.uint64(2), 0, draws))
-    row("della_bits (masks and L1 norms, density 0.5, epsilon 0.1)",
-        lambda: tv.della_bits(xs, bs, 0, -(-rows // 8), np.uint64(1), np.uint64(2), length, np.float32(0.4),
-                              step, bits, sums))
+    row(
+        "uniform_range (the DARE/DELLA draws: two 32-bit hash rounds each)",
+        lambda: primitives.uniform_range(np.uint64(1), np.uint64(2), 0, draws),
+    )
+    row(
+        "della_bits (masks and L1 norms, density 0.5, epsilon 0.1)",
+        lambda: tv.della_bits(
+            xs,
+            bs,
+            0,
+            -(-rows // 8),
+            np.uint64(1),
+            np.uint64(2),
+            length,
+            np.float32(0.4),
+            step,
+            bits,
+            sums,
+        ),
+    )
     kl = np.empty(rows)
-    no_sample = (np.zeros(rows + 1, dtype=np.int64), np.uint64(0), np.uint64(0), False, np.empty(0, dtype=np.float32))
-    row("arcee row_kl kernel (float64 KL)",
-        lambda: pair.row_kl(xs, bs, 0, rows, length, arcee_fusion.KL_EPS, kl, *no_sample))
+    no_sample = (
+        np.zeros(rows + 1, dtype=np.int64),
+        np.uint64(0),
+        np.uint64(0),
+        False,
+        np.empty(0, dtype=np.float32),
+    )
+    row(
+        "arcee row_kl kernel (float64 KL)",
+        lambda: pair.row_kl(xs, bs, 0, rows, length, arcee_fusion.KL_EPS, kl, *no_sample),
+    )
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
 
@@ -94,9 +119,15 @@ def main() -> int:
     ap.add_argument("--numel", type=int, default=32000 * 1536)
     ap.add_argument("--row", type=int, default=4096)
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch threads (meldkit uses one per spare core: 1 on a 2-core machine)")
-    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "micro.json")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (meldkit uses one per spare core: 1 on a 2-core machine)",
+    )
+    ap.add_argument(
+        "--out", type=Path, default=Path(__file__).resolve().parent / "results" / "micro.json"
+    )
     a = ap.parse_args()
     n, r = a.numel, a.repeat
     if a.threads:
@@ -108,7 +139,7 @@ def main() -> int:
     out = torch.empty_like(xf)
     d = (yb.float() - xf).abs_()
     k = n // 2
-    rows = (torch.randn(max(1, n // a.row), a.row) * 0.001)
+    rows = torch.randn(max(1, n // a.row), a.row) * 0.001
     rows_abs = rows.abs()
     results: dict[str, float] = {}
 
@@ -128,7 +159,10 @@ def main() -> int:
     row("a - b                    (new tensor)", lambda: xf - xf)
     row("torch.sub(a, b, out=)    (reused buffer)", lambda: torch.sub(xf, xf, out=out))
     row("a * (a > 0)              (two new tensors)", lambda: xf * (xf > 0))
-    row("torch.where(p, v>0, v<0) (three new bool tensors)", lambda: torch.where(xf >= 0, xf > 0, xf < 0))
+    row(
+        "torch.where(p, v>0, v<0) (three new bool tensors)",
+        lambda: torch.where(xf >= 0, xf > 0, xf < 0),
+    )
     print("-- TIES/breadcrumbs: k-th largest |delta| (k = N/2)")
     row("torch.kthvalue(|d|, k)", lambda: torch.kthvalue(d, k), 2)
     row("sampled exact select (same value)", lambda: sampled_kth(d, k), 2)
@@ -139,27 +173,54 @@ def main() -> int:
     print("-- DARE/DELLA rescale: L1 norm of one delta")
     blocks = n // 16384
     head = d[: blocks * 16384].reshape(blocks, 16384)
-    row("abs + (rows,16384).sum(dim=1, dtype=f64) (current _blocked_sum)",
-        lambda: xf.abs()[: blocks * 16384].reshape(blocks, 16384).sum(dim=1, dtype=torch.float64).sum())
-    row("vector_norm(rows, 1, dim=1, dtype=f64)   (same fp64 accumulation, no abs copy)",
-        lambda: torch.linalg.vector_norm(head, 1, dim=1, dtype=torch.float64).sum())
-    row("vector_norm(rows, 1, dim=1) fp32, rows summed in f64",
-        lambda: torch.linalg.vector_norm(head, 1, dim=1).double().sum())
+    row(
+        "abs + (rows,16384).sum(dim=1, dtype=f64) (current _blocked_sum)",
+        lambda: (
+            xf.abs()[: blocks * 16384].reshape(blocks, 16384).sum(dim=1, dtype=torch.float64).sum()
+        ),
+    )
+    row(
+        "vector_norm(rows, 1, dim=1, dtype=f64)   (same fp64 accumulation, no abs copy)",
+        lambda: torch.linalg.vector_norm(head, 1, dim=1, dtype=torch.float64).sum(),
+    )
+    row(
+        "vector_norm(rows, 1, dim=1) fp32, rows summed in f64",
+        lambda: torch.linalg.vector_norm(head, 1, dim=1).double().sum(),
+    )
     print(f"-- DELLA: per-row magnitude ranks, rows of {a.row}")
-    row("argsort(|d|, dim=1) + scatter_ (current)", lambda: torch.empty_like(rows_abs).scatter_(
-        1, torch.argsort(rows_abs, dim=1), torch.arange(a.row, dtype=rows.dtype).expand_as(rows_abs).contiguous()), 2)
-    row("argsort(argsort(|d|))    (ranks, no scatter)", lambda: torch.argsort(torch.argsort(rows_abs, dim=1), dim=1), 2)
+    row(
+        "argsort(|d|, dim=1) + scatter_ (current)",
+        lambda: torch.empty_like(rows_abs).scatter_(
+            1,
+            torch.argsort(rows_abs, dim=1),
+            torch.arange(a.row, dtype=rows.dtype).expand_as(rows_abs).contiguous(),
+        ),
+        2,
+    )
+    row(
+        "argsort(argsort(|d|))    (ranks, no scatter)",
+        lambda: torch.argsort(torch.argsort(rows_abs, dim=1), dim=1),
+        2,
+    )
     row("sort(|d|, dim=1)         (values only)", lambda: torch.sort(rows_abs, dim=1), 2)
     row("argsort(|d|, dim=1, stable=True)", lambda: torch.argsort(rows_abs, dim=1, stable=True), 2)
-    row("sort(|d| as int32 keys, stable=True) (same order for |d| >= 0)",
-        lambda: torch.sort(rows_abs.view(torch.int32), dim=1, stable=True), 2)
+    row(
+        "sort(|d| as int32 keys, stable=True) (same order for |d| >= 0)",
+        lambda: torch.sort(rows_abs.view(torch.int32), dim=1, stable=True),
+        2,
+    )
     print("-- random draws (DARE/DELLA), N uniforms")
     g = torch.Generator().manual_seed(0)
     row("torch.rand(N, generator=g)  (mt19937, 1 thread)", lambda: torch.rand(n, generator=g))
     kernels_section(xb, yb, a.row, row)
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps({"numel": n, "row": a.row, "threads": torch.get_num_threads(),
-                                 "seconds": results}, indent=2) + "\n")
+    a.out.write_text(
+        json.dumps(
+            {"numel": n, "row": a.row, "threads": torch.get_num_threads(), "seconds": results},
+            indent=2,
+        )
+        + "\n"
+    )
     print(f"saved {a.out}")
     return 0
 

@@ -25,11 +25,24 @@ REPO = Path(__file__).resolve().parent.parent
 _THREAD = re.compile(r"^thread \(\d+\): ?(.*)$")
 _PY_FRAME = re.compile(r"^(?P<func>.+) \((?P<file>[^()]*\.py):(?P<line>\d+)\)$")
 _OP = re.compile(r"at::_ops::(\w+)::")
-_WAIT = ("PyThread_acquire_lock_timed", "_queue_SimpleQueue_get", "Condition.wait", "Event.wait",
-         "Future.result", "take_gil", "pthread_cond")
+_WAIT = (
+    "PyThread_acquire_lock_timed",
+    "_queue_SimpleQueue_get",
+    "Condition.wait",
+    "Event.wait",
+    "Future.result",
+    "take_gil",
+    "pthread_cond",
+)
 _SYSCALLS = {
-    "preadv": "preadv", "_pread_into": "preadv", "pwrite": "pwrite", "_pwrite_all": "pwrite",
-    "fsync": "fsync", "_complete": "fsync", "ftruncate": "ftruncate", "open": "open",
+    "preadv": "preadv",
+    "_pread_into": "preadv",
+    "pwrite": "pwrite",
+    "_pwrite_all": "pwrite",
+    "fsync": "fsync",
+    "_complete": "fsync",
+    "ftruncate": "ftruncate",
+    "open": "open",
 }
 
 
@@ -53,8 +66,11 @@ def classify(frames: list[str]) -> tuple[str, str]:
     last_py = None
     for f in frames:
         m = _PY_FRAME.match(f)
-        if m and ("meldkit" in m.group("file") or "safetensors" in m.group("file")
-                  or "floor" in m.group("file")):
+        if m and (
+            "meldkit" in m.group("file")
+            or "safetensors" in m.group("file")
+            or "floor" in m.group("file")
+        ):
             last_py = m
     op = None
     for f in frames:
@@ -67,7 +83,9 @@ def classify(frames: list[str]) -> tuple[str, str]:
         for f in reversed(frames):
             m = _PY_FRAME.match(f)
             if m and "concurrent" not in m.group("file") and "threading" not in m.group("file"):
-                where = f"waiting in {Path(m.group('file')).name}:{m.group('line')} {m.group('func')}"
+                where = (
+                    f"waiting in {Path(m.group('file')).name}:{m.group('line')} {m.group('func')}"
+                )
                 break
         return "idle", where
     if last_py is None:
@@ -96,8 +114,10 @@ def summarise(path: Path, top: int = 12, rate: int = 50) -> str:
             state, where = classify(frames)
             states[state] += count
             places[where] += count
-        out.append(f"\n== {name}: {total} samples ({total / rate:.1f} s); "
-                   f"busy {states['busy'] / total:.0%}, idle {states['idle'] / total:.0%}")
+        out.append(
+            f"\n== {name}: {total} samples ({total / rate:.1f} s); "
+            f"busy {states['busy'] / total:.0%}, idle {states['idle'] / total:.0%}"
+        )
         for where, count in places.most_common(top):
             out.append(f"  {count / total:6.1%}  {count / rate:6.1f} s  {where}")
     return "\n".join(out)
@@ -112,7 +132,9 @@ def main() -> int:
     ap.add_argument("--rate", type=int, default=50)
     ap.add_argument("--top", type=int, default=12)
     ap.add_argument("--summarise", type=Path, default=None, help="only summarise this raw file")
-    ap.add_argument("--floor", action="store_true", help="profile floor.py over the recipe's inputs instead")
+    ap.add_argument(
+        "--floor", action="store_true", help="profile floor.py over the recipe's inputs instead"
+    )
     args = ap.parse_args()
     if args.summarise:
         print(summarise(args.summarise, args.top, args.rate))
@@ -131,19 +153,50 @@ def main() -> int:
         import yaml
 
         r = yaml.safe_load(recipe.read_text())
-        inputs = ([r["base_model"]] if r.get("base_model") else []) + [m["model"] for m in r["models"]]
+        inputs = ([r["base_model"]] if r.get("base_model") else []) + [
+            m["model"] for m in r["models"]
+        ]
         floor = REPO.parent / "shared" / "bench" / "floor.py"
-        cmd = [sys.executable, str(floor)] if floor.is_file() else [
-            sys.executable, str(REPO / "benchmarks" / "reference.py"), "floor"]
+        cmd = (
+            [sys.executable, str(floor)]
+            if floor.is_file()
+            else [sys.executable, str(REPO / "benchmarks" / "reference.py"), "floor"]
+        )
         cmd += [str(out)] + inputs
         raw = prof / f"{args.set}_{args.method}_floor.txt"
     else:
-        cmd = [sys.executable, "-m", "meldkit", "merge", str(recipe), str(out), "--quiet", "--overwrite",
-               "--seed", "0"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "meldkit",
+            "merge",
+            str(recipe),
+            str(out),
+            "--quiet",
+            "--overwrite",
+            "--seed",
+            "0",
+        ]
         raw = prof / f"{args.set}_{args.method}.txt"
     subprocess.run(["sync"], check=False)
-    subprocess.run([pyspy, "record", "--threads", "--idle", "--native", "-r", str(args.rate), "-f", "raw",
-                    "-o", str(raw), "--", *cmd], check=True)
+    subprocess.run(
+        [
+            pyspy,
+            "record",
+            "--threads",
+            "--idle",
+            "--native",
+            "-r",
+            str(args.rate),
+            "-f",
+            "raw",
+            "-o",
+            str(raw),
+            "--",
+            *cmd,
+        ],
+        check=True,
+    )
     shutil.rmtree(out, ignore_errors=True)
     print(summarise(raw, args.top, args.rate))
     return 0

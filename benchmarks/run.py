@@ -174,8 +174,11 @@ def make_set(name: str, data: Path, timeout: float) -> dict[str, Any]:
         return {"folder": str(folder), "made": False}
     shape = SETS[name]
     script = SHARED / "make_models.py"
-    argv = [sys.executable, str(script)] if script.is_file() else [
-        sys.executable, str(HERE / "reference.py"), "make"]
+    argv = (
+        [sys.executable, str(script)]
+        if script.is_file()
+        else [sys.executable, str(HERE / "reference.py"), "make"]
+    )
     argv += [str(folder)] + [f"--{k}={v}" for k, v in shape.items()] + [f"--n={N_FINETUNES}"]
     print(f"making set {name} in {folder} ...", flush=True)
     run = timed(f"make {name}", argv, data / "logs" / f"make_{name}.log", timeout)
@@ -300,23 +303,39 @@ def meldkit_exe() -> list[str]:
 
 def cli_latency(data: Path, repeat: int, timeout: float) -> dict[str, Any]:
     logs = data / "logs"
-    help_runs = [timed("help", meldkit_exe() + ["--help"], logs / "help.log", timeout)
-                 for _ in range(repeat)]
+    help_runs = [
+        timed("help", meldkit_exe() + ["--help"], logs / "help.log", timeout) for _ in range(repeat)
+    ]
     folder = data / "h70b"
     names = ["m1", "m2", "m3"]
     if not all((folder / n / "config.json").is_file() for n in names):
-        code = ("import sys; from meldkit.testing import make_header_only_model as m; "
-                "[m(p) for p in sys.argv[1:]]")
-        made = timed("make h70b", [sys.executable, "-c", code] + [str(folder / n) for n in names],
-                     logs / "make_h70b.log", timeout)
+        code = (
+            "import sys; from meldkit.testing import make_header_only_model as m; "
+            "[m(p) for p in sys.argv[1:]]"
+        )
+        made = timed(
+            "make h70b",
+            [sys.executable, "-c", code] + [str(folder / n) for n in names],
+            logs / "make_h70b.log",
+            timeout,
+        )
         if made.returncode:
             raise SystemExit(f"make_header_only_model failed; see {made.log}")
     recipes = {
-        "linear": {"merge_method": "linear", "dtype": "bfloat16",
-                   "models": [{"model": str(folder / n), "parameters": {"weight": 1.0}} for n in names]},
-        "ties": {"merge_method": "ties", "dtype": "bfloat16", "base_model": str(folder / "m1"),
-                 "models": [{"model": str(folder / n), "parameters": {"weight": 0.5, "density": 0.5}}
-                            for n in names[1:]]},
+        "linear": {
+            "merge_method": "linear",
+            "dtype": "bfloat16",
+            "models": [{"model": str(folder / n), "parameters": {"weight": 1.0}} for n in names],
+        },
+        "ties": {
+            "merge_method": "ties",
+            "dtype": "bfloat16",
+            "base_model": str(folder / "m1"),
+            "models": [
+                {"model": str(folder / n), "parameters": {"weight": 0.5, "density": 0.5}}
+                for n in names[1:]
+            ],
+        },
     }
     result: dict[str, Any] = {
         "help_s": [round(r.wall_s, 3) for r in help_runs],
@@ -326,8 +345,15 @@ def cli_latency(data: Path, repeat: int, timeout: float) -> dict[str, Any]:
     for key, recipe in recipes.items():
         path = data / "recipes" / f"h70b_{key}.yml"
         write_yaml(path, recipe)
-        runs = [timed(f"plan {key}", meldkit_exe() + ["plan", str(path)], logs / f"plan_{key}.log", timeout)
-                for _ in range(repeat)]
+        runs = [
+            timed(
+                f"plan {key}",
+                meldkit_exe() + ["plan", str(path)],
+                logs / f"plan_{key}.log",
+                timeout,
+            )
+            for _ in range(repeat)
+        ]
         result["plan"][key] = {
             "wall_s": [round(r.wall_s, 3) for r in runs],
             "rss_mb": round(max(r.rss_bytes for r in runs) / 1e6, 1),
@@ -387,15 +413,26 @@ class Row:
 
 def floor_argv(out: Path, inputs: list[Path]) -> list[str]:
     script = SHARED / "floor.py"
-    head = [sys.executable, str(script)] if script.is_file() else [
-        sys.executable, str(HERE / "reference.py"), "floor"]
+    head = (
+        [sys.executable, str(script)]
+        if script.is_file()
+        else [sys.executable, str(HERE / "reference.py"), "floor"]
+    )
     return head + [str(out)] + [str(p) for p in inputs]
 
 
 def merge_argv(spec: Any, recipe: Path, out: Path) -> list[str]:
     """The merge as every timed row runs it."""
-    return [sys.executable, "-m", "meldkit", "merge", str(recipe), str(out),
-            "--quiet", "--overwrite"] + (["--seed", "0"] if spec.randomized else [])
+    return [
+        sys.executable,
+        "-m",
+        "meldkit",
+        "merge",
+        str(recipe),
+        str(out),
+        "--quiet",
+        "--overwrite",
+    ] + (["--seed", "0"] if spec.randomized else [])
 
 
 def compile_kernels(data: Path, specs: list[Any], timeout: float) -> float:
@@ -412,8 +449,12 @@ def compile_kernels(data: Path, specs: list[Any], timeout: float) -> float:
         path = data / "recipes" / f"compile_{spec.name}.yml"
         write_yaml(path, made[0])
         prepare(outs / spec.name, False)
-        run = timed(f"compile {spec.name}", merge_argv(spec, path, outs / spec.name),
-                    data / "logs" / "compile" / f"{spec.name}.log", timeout)
+        run = timed(
+            f"compile {spec.name}",
+            merge_argv(spec, path, outs / spec.name),
+            data / "logs" / "compile" / f"{spec.name}.log",
+            timeout,
+        )
         if run.returncode:  # the timed row will fail the same way and report it
             print(f"compiling for {spec.name} failed; see {run.log}", flush=True)
     shutil.rmtree(outs, ignore_errors=True)
@@ -441,10 +482,19 @@ def bench_set(name: str, data: Path, specs: list[Any], args: argparse.Namespace)
         row = Row(spec.name, name, label)
         for r in range(args.repeat):
             prepare(outs / "floor", args.cold)
-            fl = timed("floor", floor_argv(outs / "floor", inputs), logs / f"floor_{spec.name}_{r}.log", args.timeout)
+            fl = timed(
+                "floor",
+                floor_argv(outs / "floor", inputs),
+                logs / f"floor_{spec.name}_{r}.log",
+                args.timeout,
+            )
             prepare(outs / spec.name, args.cold)
-            run = timed(spec.name, merge_argv(spec, path, outs / spec.name), logs / f"{spec.name}_{r}.log",
-                        args.timeout)
+            run = timed(
+                spec.name,
+                merge_argv(spec, path, outs / spec.name),
+                logs / f"{spec.name}_{r}.log",
+                args.timeout,
+            )
             if fl.returncode:
                 row.returncode, row.error = fl.returncode, f"floor failed; see {fl.log}"
             if run.returncode:
@@ -471,8 +521,10 @@ def bench_set(name: str, data: Path, specs: list[Any], args: argparse.Namespace)
 # ---------------------------------------------------------------------------------------------
 # Reporting
 
-HEADER = ("| method | set | inputs | wall s | floor s | ratio | target | peak RSS MB | floor RSS MB | "
-          "CPU s method/floor | other load | result |")
+HEADER = (
+    "| method | set | inputs | wall s | floor s | ratio | target | peak RSS MB | floor RSS MB | "
+    "CPU s method/floor | other load | result |"
+)
 RULE = "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"
 
 
@@ -492,9 +544,11 @@ def format_row(row: Row) -> str:
     floor_cpu = statistics.median(row.floor_cpu_s) if row.floor_cpu_s else 0
     load = max(row.other_load + row.floor_other_load, default=0)
     rss_target = " / ≤1000 MB" if row.set in ("small", "med", "tiny") else ""
-    return (f"| {row.method} | {row.set} | {row.inputs} | {row.wall:.1f} | {row.floor:.1f} | "
-            f"{row.ratio:.2f} | ≤{row.ratio_target:g}{rss_target} | {row.rss / 1e6:.0f} | {floor_rss:.0f} | "
-            f"{cpu:.1f}/{floor_cpu:.1f} | {load:.1f} | {result} |")
+    return (
+        f"| {row.method} | {row.set} | {row.inputs} | {row.wall:.1f} | {row.floor:.1f} | "
+        f"{row.ratio:.2f} | ≤{row.ratio_target:g}{rss_target} | {row.rss / 1e6:.0f} | {floor_rss:.0f} | "
+        f"{cpu:.1f}/{floor_cpu:.1f} | {load:.1f} | {result} |"
+    )
 
 
 def scaling_table(rows: list[Row], stats: dict[str, dict[str, Any]]) -> list[str]:
@@ -503,9 +557,11 @@ def scaling_table(rows: list[Row], stats: dict[str, dict[str, Any]]) -> list[str
     if len(order) < 2:
         return []
     by = {(r.method, r.set): r for r in rows if r.rss_bytes and not r.returncode}
-    lines = ["| method | " + " | ".join(f"RSS {s} MB" for s in order) + " | growth "
-             f"{order[-2]}→{order[-1]} MB | largest-tensor working-set growth MB | growth within it |",
-             "|---|" + "---:|" * len(order) + "---:|---:|---|"]
+    lines = [
+        "| method | " + " | ".join(f"RSS {s} MB" for s in order) + " | growth "
+        f"{order[-2]}→{order[-1]} MB | largest-tensor working-set growth MB | growth within it |",
+        "|---|" + "---:|" * len(order) + "---:|---:|---|",
+    ]
     a, b = stats[order[-2]], stats[order[-1]]
     methods = sorted({r.method for r in rows})
     for m in methods:
@@ -513,9 +569,14 @@ def scaling_table(rows: list[Row], stats: dict[str, dict[str, Any]]) -> list[str
             continue
         n_inputs = sum(int(x) for x in by[(m, order[-1])].inputs.replace("base+", "1+").split("+"))
         grow = (by[(m, order[-1])].rss - by[(m, order[-2])].rss) / 1e6
-        budget = working_set(b["largest_numel"], n_inputs) - working_set(a["largest_numel"], n_inputs)
-        lines.append(f"| {m} | " + " | ".join(f"{by[(m, s)].rss / 1e6:.0f}" for s in order)
-                     + f" | {grow:.0f} | {budget / 1e6:.0f} | {'yes' if grow <= budget / 1e6 else 'NO'} |")
+        budget = working_set(b["largest_numel"], n_inputs) - working_set(
+            a["largest_numel"], n_inputs
+        )
+        lines.append(
+            f"| {m} | "
+            + " | ".join(f"{by[(m, s)].rss / 1e6:.0f}" for s in order)
+            + f" | {grow:.0f} | {budget / 1e6:.0f} | {'yes' if grow <= budget / 1e6 else 'NO'} |"
+        )
     return lines
 
 
@@ -542,10 +603,15 @@ def use_sources(data: Path, snapshot: bool) -> Path:
         if not (root / "meldkit").is_dir():
             tmp = root.with_name(root.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(REPO / "src" / "meldkit", tmp / "meldkit",
-                            ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(
+                REPO / "src" / "meldkit",
+                tmp / "meldkit",
+                ignore=shutil.ignore_patterns("__pycache__"),
+            )
             tmp.rename(root)
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(root)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [str(root)] + [p for p in [os.environ.get("PYTHONPATH")] if p]
+    )
     sys.path.insert(0, str(root))
     return root
 
@@ -559,7 +625,11 @@ def machine() -> dict[str, Any]:
     try:
         meminfo = Path("/proc/meminfo").read_text().splitlines()
         info["ram_gib"] = round(int(meminfo[0].split()[1]) / 2**20, 1)
-        cpu = [ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")]
+        cpu = [
+            ln
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ]
         info["cpu"] = cpu[0].split(":", 1)[1].strip() if cpu else platform.processor()
     except OSError:
         pass
@@ -572,10 +642,20 @@ def machine() -> dict[str, Any]:
     except ImportError:
         pass
     try:
-        info["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
-                                        capture_output=True, text=True, check=False).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], cwd=REPO,
-                               capture_output=True, text=True, check=False).stdout
+        info["commit"] = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "src"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout
         info["src_modified"] = bool(dirty.strip())
     except OSError:
         pass
@@ -602,8 +682,16 @@ def render_markdown(report: dict[str, Any], rows: list[Row]) -> str:
         f"torch {m.get('torch')}; meldkit at {m.get('commit')}"
         + (" with uncommitted changes under src/" if m.get("src_modified") else "")
         + f" (sources sha256 {m.get('src_sha256')}"
-        + (f", frozen in {_short(Path(report['sources']))}" if "snapshots" in report.get("sources", "") else "")
-        + (f"; the live tree changed to {report['src_sha256_end']} during the run" if report.get("src_sha256_end", m.get("src_sha256")) != m.get("src_sha256") else "")
+        + (
+            f", frozen in {_short(Path(report['sources']))}"
+            if "snapshots" in report.get("sources", "")
+            else ""
+        )
+        + (
+            f"; the live tree changed to {report['src_sha256_end']} during the run"
+            if report.get("src_sha256_end", m.get("src_sha256")) != m.get("src_sha256")
+            else ""
+        )
         + ").",
         f"Caches: {report['cache_policy']}",
         "",
@@ -612,30 +700,44 @@ def render_markdown(report: dict[str, Any], rows: list[Row]) -> str:
     ]
     out += [format_row(r) for r in rows]
     if report.get("skipped"):
-        out += ["", "Not run: " + "; ".join(f"{s['method']} ({s['why']})" for s in report["skipped"]) + "."]
+        out += [
+            "",
+            "Not run: " + "; ".join(f"{s['method']} ({s['why']})" for s in report["skipped"]) + ".",
+        ]
     scaling = scaling_table(rows, report["sets"])
     if scaling:
-        out += ["", "Peak RSS across sets (the last columns compare the RSS growth between the two "
-                "largest sets with the growth of the largest tensor's working set, see "
-                "`working_set` in benchmarks/run.py; the absolute level is what the 1 GB target checks):",
-                ""] + scaling
+        out += [
+            "",
+            "Peak RSS across sets (the last columns compare the RSS growth between the two "
+            "largest sets with the growth of the largest tensor's working set, see "
+            "`working_set` in benchmarks/run.py; the absolute level is what the 1 GB target checks):",
+            "",
+        ] + scaling
     cli = report.get("cli")
     if cli:
         h = statistics.median(cli["help_s"])
-        out += ["", "| command | wall s (median) | target | result |", "|---|---:|---:|---|",
-                f"| `meldkit --help` | {h:.3f} | <{HELP_TARGET_S} | {'PASS' if h < HELP_TARGET_S and not cli['help_rc'] else 'FAIL'} |"]
+        out += [
+            "",
+            "| command | wall s (median) | target | result |",
+            "|---|---:|---:|---|",
+            f"| `meldkit --help` | {h:.3f} | <{HELP_TARGET_S} | {'PASS' if h < HELP_TARGET_S and not cli['help_rc'] else 'FAIL'} |",
+        ]
         for key, p in cli["plan"].items():
             w = statistics.median(p["wall_s"])
             ok = w < PLAN_TARGET_S and not p["rc"]
-            out.append(f"| `meldkit plan` {key} over three 70B-shaped header-only checkpoints | {w:.3f} | "
-                       f"<{PLAN_TARGET_S:g} | {'PASS' if ok else 'FAIL'} |")
+            out.append(
+                f"| `meldkit plan` {key} over three 70B-shaped header-only checkpoints | {w:.3f} | "
+                f"<{PLAN_TARGET_S:g} | {'PASS' if ok else 'FAIL'} |"
+            )
     return "\n".join(out) + "\n"
 
 
 def write_doc(markdown: str) -> None:
     doc = REPO / "docs" / "performance.md"
     begin, end = "<!-- results:begin -->", "<!-- results:end -->"
-    text = doc.read_text(encoding="utf-8") if doc.is_file() else f"# Performance\n\n{begin}\n{end}\n"
+    text = (
+        doc.read_text(encoding="utf-8") if doc.is_file() else f"# Performance\n\n{begin}\n{end}\n"
+    )
     if begin not in text or end not in text:
         text += f"\n{begin}\n{end}\n"
     head, rest = text.split(begin, 1)
@@ -659,23 +761,41 @@ def rerender(path: Path, doc: bool) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--sets", nargs="+", default=["small", "med"], choices=list(SETS))
     ap.add_argument("--methods", nargs="+", default=["all"], help="'all' or method names")
     ap.add_argument("--repeat", type=int, default=1, help="floor/method pairs per method (median)")
-    ap.add_argument("--data", type=Path, default=REPO / "bench-data", help="where sets and outputs go")
+    ap.add_argument(
+        "--data", type=Path, default=REPO / "bench-data", help="where sets and outputs go"
+    )
     ap.add_argument("--results", type=Path, default=HERE / "results")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per process")
-    ap.add_argument("--cold", action="store_true", help="drop the page cache before each timed run (root)")
+    ap.add_argument(
+        "--cold", action="store_true", help="drop the page cache before each timed run (root)"
+    )
     ap.add_argument("--no-cli", action="store_true", help="skip the --help / plan latency checks")
-    ap.add_argument("--no-compile", action="store_true",
-                    help="skip the untimed merges on `tiny` that compile the numba kernels first")
-    ap.add_argument("--write-doc", action="store_true", help="update the results block of docs/performance.md")
-    ap.add_argument("--no-snapshot", dest="snapshot", action="store_false",
-                    help="run the live src/ tree instead of a frozen copy of it")
-    ap.add_argument("--from-json", type=Path, default=None,
-                    help="run nothing: re-render a saved results JSON (with --write-doc, into the doc)")
+    ap.add_argument(
+        "--no-compile",
+        action="store_true",
+        help="skip the untimed merges on `tiny` that compile the numba kernels first",
+    )
+    ap.add_argument(
+        "--write-doc", action="store_true", help="update the results block of docs/performance.md"
+    )
+    ap.add_argument(
+        "--no-snapshot",
+        dest="snapshot",
+        action="store_false",
+        help="run the live src/ tree instead of a frozen copy of it",
+    )
+    ap.add_argument(
+        "--from-json",
+        type=Path,
+        default=None,
+        help="run nothing: re-render a saved results JSON (with --write-doc, into the doc)",
+    )
     args = ap.parse_args(argv)
     if args.from_json:
         return rerender(args.from_json, args.write_doc)
@@ -691,13 +811,21 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "disk_free_gb": round(shutil.disk_usage(args.data).free / 1e9, 1),
         "sources": str(src),
-        "cache_policy": ("page cache dropped before every timed process" if args.cold else
-                         "warm: one untimed floor over base+3 reads every input into the page cache; "
-                         "then floor and method alternate; outputs deleted and `sync` run between "
-                         "processes, untimed"),
-        "targets": {"ratio": RATIO_TARGET, "ratio_iterative": RATIO_TARGET_ITERATIVE,
-                    "iterative": sorted(ITERATIVE), "rss_bytes": RSS_TARGET,
-                    "help_s": HELP_TARGET_S, "plan_s": PLAN_TARGET_S},
+        "cache_policy": (
+            "page cache dropped before every timed process"
+            if args.cold
+            else "warm: one untimed floor over base+3 reads every input into the page cache; "
+            "then floor and method alternate; outputs deleted and `sync` run between "
+            "processes, untimed"
+        ),
+        "targets": {
+            "ratio": RATIO_TARGET,
+            "ratio_iterative": RATIO_TARGET_ITERATIVE,
+            "iterative": sorted(ITERATIVE),
+            "rss_bytes": RSS_TARGET,
+            "help_s": HELP_TARGET_S,
+            "plan_s": PLAN_TARGET_S,
+        },
         "sets": {},
     }
     specs, skipped = select_methods(args.methods)
@@ -709,9 +837,14 @@ def main(argv: list[str] | None = None) -> int:
         report["sets"][name] = {**SETS[name], **made, **set_stats(args.data / name)}
     if not args.no_cli:
         report["cli"] = cli_latency(args.data, 5, args.timeout)
-        print(f"meldkit --help: {statistics.median(report['cli']['help_s']):.3f} s; plan 3x70B: "
-              + ", ".join(f"{k} {statistics.median(v['wall_s']):.3f} s" for k, v in report["cli"]["plan"].items()),
-              flush=True)
+        print(
+            f"meldkit --help: {statistics.median(report['cli']['help_s']):.3f} s; plan 3x70B: "
+            + ", ".join(
+                f"{k} {statistics.median(v['wall_s']):.3f} s"
+                for k, v in report["cli"]["plan"].items()
+            ),
+            flush=True,
+        )
     if not args.no_compile:
         report["compile_s"] = round(compile_kernels(args.data, specs, args.timeout), 1)
         print(f"kernels compiled (untimed merges on tiny): {report['compile_s']} s", flush=True)
@@ -720,8 +853,15 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.sets:
         rows += bench_set(name, args.data, specs, args)
     report["rows"] = [
-        {**asdict(r), "wall_median_s": r.wall, "floor_median_s": r.floor, "ratio": r.ratio,
-         "peak_rss_bytes": r.rss, "ratio_target": r.ratio_target, **r.verdict()}
+        {
+            **asdict(r),
+            "wall_median_s": r.wall,
+            "floor_median_s": r.floor,
+            "ratio": r.ratio,
+            "peak_rss_bytes": r.rss,
+            "ratio_target": r.ratio_target,
+            **r.verdict(),
+        }
         for r in rows
     ]
     report["src_sha256_end"] = src_digest()

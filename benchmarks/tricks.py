@@ -79,7 +79,8 @@ def use_tree(src: Path | None, data: Path) -> Path:
         return bench.use_sources(data, snapshot=True)
     root = src.resolve()
     os.environ["PYTHONPATH"] = os.pathsep.join(
-        [str(root)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
+        [str(root)] + [p for p in [os.environ.get("PYTHONPATH")] if p]
+    )
     sys.path.insert(0, str(root))
     return root
 
@@ -91,8 +92,16 @@ def merge_once(recipe: Path, out: Path, log: Path, off: str | None, timeout: flo
         os.environ[OFF_ENV] = off
     try:
         bench.prepare(out, cold=False)
-        argv = [sys.executable, "-m", "meldkit", "merge", str(recipe), str(out), "--quiet",
-                "--overwrite"]
+        argv = [
+            sys.executable,
+            "-m",
+            "meldkit",
+            "merge",
+            str(recipe),
+            str(out),
+            "--quiet",
+            "--overwrite",
+        ]
         run = bench.timed(f"{recipe.stem} {off or 'on'}", argv, log, timeout)
     finally:
         os.environ.pop(OFF_ENV, None)
@@ -127,9 +136,11 @@ def paired(row: dict[str, Any], key: str) -> float:
 def table(rows: list[dict[str, Any]]) -> str:
     """The results as Markdown: medians, on/off ratios (below 1: the trick pays) and the
     paired differences (above 0: the trick pays)."""
-    lines = ["| trick | method | wall on / off s | ratio | paired off-on | "
-             "CPU on / off s | ratio | paired off-on | RSS on / off MB | others' CPU s |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| trick | method | wall on / off s | ratio | paired off-on | "
+        "CPU on / off s | ratio | paired off-on | RSS on / off MB | others' CPU s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         on, off = summary(r["runs"]["on"]), summary(r["runs"]["off"])
         lines.append(
@@ -137,7 +148,8 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"{on['wall_s'] / off['wall_s']:.2f} | {paired(r, 'wall_s'):+.2f} | "
             f"{on['cpu_s']:.2f} / {off['cpu_s']:.2f} | {on['cpu_s'] / off['cpu_s']:.2f} | "
             f"{paired(r, 'cpu'):+.2f} | {on['rss_mb']:.0f} / {off['rss_mb']:.0f} | "
-            f"{on['other_cpu_s']:.0f} |")
+            f"{on['other_cpu_s']:.0f} |"
+        )
     return "\n".join(lines)
 
 
@@ -145,16 +157,30 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--set", default="small", choices=list(bench.SETS), dest="set_name")
     ap.add_argument("--methods", nargs="+", default=["ties", "della"])
-    ap.add_argument("--tricks", nargs="+", default=None,
-                    help="tricks to switch off in turn (default: all of meldkit.cli.process)")
+    ap.add_argument(
+        "--tricks",
+        nargs="+",
+        default=None,
+        help="tricks to switch off in turn (default: all of meldkit.cli.process)",
+    )
     ap.add_argument("--repeat", type=int, default=5, help="runs of each variant per method")
     ap.add_argument("--data", type=Path, default=bench.REPO / "bench-data")
-    ap.add_argument("--src", type=Path, default=None,
-                    help="folder holding the meldkit package to time (default: a snapshot of src/)")
+    ap.add_argument(
+        "--src",
+        type=Path,
+        default=None,
+        help="folder holding the meldkit package to time (default: a snapshot of src/)",
+    )
     ap.add_argument("--timeout", type=float, default=600, help="seconds per process")
     ap.add_argument("--json", type=Path, default=HERE / "results" / "tricks.json")
-    ap.add_argument("--show", type=Path, nargs="+", default=None, metavar="JSON",
-                    help="print the table of saved results instead of measuring")
+    ap.add_argument(
+        "--show",
+        type=Path,
+        nargs="+",
+        default=None,
+        metavar="JSON",
+        help="print the table of saved results instead of measuring",
+    )
     a = ap.parse_args()
     if a.show:
         print(table([row for f in a.show for row in json.loads(f.read_text())["rows"]]))
@@ -184,13 +210,19 @@ def main() -> int:
         variants: list[str | None] = [None, *tricks]  # None: every trick on
         runs: dict[str | None, list[bench.Run]] = {v: [] for v in variants}
         for i in range(a.repeat):
-            for off in variants[i % len(variants):] + variants[: i % len(variants)]:
+            for off in variants[i % len(variants) :] + variants[: i % len(variants)]:
                 log = logs / f"{spec.name}-{off or 'on'}-{i}.log"
                 runs[off].append(merge_once(recipe, out, log, off, a.timeout))
         for trick in tricks:
-            row = {"trick": trick, "method": spec.name, "set": a.set_name,
-                   "runs": {"on": [asdict(r) for r in runs[None]],
-                            "off": [asdict(r) for r in runs[trick]]}}
+            row = {
+                "trick": trick,
+                "method": spec.name,
+                "set": a.set_name,
+                "runs": {
+                    "on": [asdict(r) for r in runs[None]],
+                    "off": [asdict(r) for r in runs[trick]],
+                },
+            }
             rows.append(row)
             print(table([row]).splitlines()[-1], flush=True)
     print()

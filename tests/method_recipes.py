@@ -10,8 +10,15 @@ from pathlib import Path
 from meldkit.methods.registry import MethodSpec
 
 # Values for parameters a recipe must or may set; anything else keeps its default.
-_VALUES = {"weight": [0.6, 0.4, 0.5], "t": 0.3, "density": 0.6, "epsilon": 0.05, "gamma": 0.05,
-           "select_topk": 0.5, "lambda": 0.9}
+_VALUES = {
+    "weight": [0.6, 0.4, 0.5],
+    "t": 0.3,
+    "density": 0.6,
+    "epsilon": 0.05,
+    "gamma": 0.05,
+    "select_topk": 0.5,
+    "lambda": 0.9,
+}
 
 
 def recipe_for(spec: MethodSpec, base: Path, models: list[Path], dtype: str = "float32") -> str:
@@ -31,7 +38,11 @@ def recipe_for(spec: MethodSpec, base: Path, models: list[Path], dtype: str = "f
     for i, model in enumerate(models[:n]):
         params = {}
         for p in spec.params:
-            if p.name in _VALUES and p.scope != "shared" and (p.required or p.name in ("density", "epsilon", "gamma")):
+            if (
+                p.name in _VALUES
+                and p.scope != "shared"
+                and (p.required or p.name in ("density", "epsilon", "gamma"))
+            ):
                 v = _VALUES[p.name]
                 params[p.name] = v[i % len(v)] if isinstance(v, list) else v
         body = ", ".join(f"{k}: {v}" for k, v in params.items())
@@ -39,7 +50,11 @@ def recipe_for(spec: MethodSpec, base: Path, models: list[Path], dtype: str = "f
     if spec.base == "ignored" and any(p.scope == "per_input" and p.required for p in spec.params):
         lines.append(f"  - model: {base}\n    parameters: {{weight: 0.2}}")
     for p in spec.params:
-        if p.scope == "shared" and (p.required or p.name in ("lambda", "select_topk")) and p.name in _VALUES:
+        if (
+            p.scope == "shared"
+            and (p.required or p.name in ("lambda", "select_topk"))
+            and p.name in _VALUES
+        ):
             shared[p.name] = _VALUES[p.name]
     if shared:
         lines.append("parameters: {" + ", ".join(f"{k}: {v}" for k, v in shared.items()) + "}")

@@ -10,13 +10,23 @@ from meldkit.testing import read_model
 
 def test_recipe_forms_give_the_same_merge(llama_family, tmp_path):
     base, (a, b) = llama_family
-    recipe = {"merge_method": "linear",
-              "models": [{"model": str(a), "parameters": {"weight": 1}}, {"model": str(b), "parameters": {"weight": 3}}]}
+    recipe = {
+        "merge_method": "linear",
+        "models": [
+            {"model": str(a), "parameters": {"weight": 1}},
+            {"model": str(b), "parameters": {"weight": 3}},
+        ],
+    }
     path = tmp_path / "r.yaml"
     import yaml
 
     path.write_text(yaml.safe_dump(recipe))
-    forms = {"dict": recipe, "text": path.read_text(), "path": path, "config": meldkit.load_config(recipe)}
+    forms = {
+        "dict": recipe,
+        "text": path.read_text(),
+        "path": path,
+        "config": meldkit.load_config(recipe),
+    }
     outputs = {}
     for name, form in forms.items():
         plan = meldkit.run_merge(form, tmp_path / name, quiet=True)

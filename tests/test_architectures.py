@@ -27,7 +27,9 @@ def _fused(tensors):
 
     out, experts = {}, {}
     for name, t in tensors.items():
-        m = re.match(r"(model\.layers\.\d+\.)block_sparse_moe\.experts\.(\d+)\.(w[123])\.weight$", name)
+        m = re.match(
+            r"(model\.layers\.\d+\.)block_sparse_moe\.experts\.(\d+)\.(w[123])\.weight$", name
+        )
         if m:
             experts.setdefault(m.group(1), {})[(int(m.group(2)), m.group(3))] = t
         elif name.endswith("block_sparse_moe.gate.weight"):
@@ -36,7 +38,9 @@ def _fused(tensors):
             out[name] = t
     for prefix, parts in experts.items():
         n = max(e for e, _ in parts) + 1
-        out[f"{prefix}mlp.experts.gate_up_proj"] = torch.stack([torch.cat([parts[(e, "w1")], parts[(e, "w3")]]) for e in range(n)])
+        out[f"{prefix}mlp.experts.gate_up_proj"] = torch.stack(
+            [torch.cat([parts[(e, "w1")], parts[(e, "w3")]]) for e in range(n)]
+        )
         out[f"{prefix}mlp.experts.down_proj"] = torch.stack([parts[(e, "w2")] for e in range(n)])
     return out
 
@@ -54,7 +58,9 @@ def _forward(folder):
 
 def test_layout_and_layer_count(family):
     arch, base, ft = family
-    plan = plan_merge(f"merge_method: passthrough\nslices:\n  - sources: [{{model: {base}, layer_range: [0, 3]}}]\n")
+    plan = plan_merge(
+        f"merge_method: passthrough\nslices:\n  - sources: [{{model: {base}, layer_range: [0, 3]}}]\n"
+    )
     layout = plan.models[str(base)].layout
     assert layout.num_layers == 3
     assert layout.config_layers == 3
@@ -66,27 +72,36 @@ def test_layout_and_layer_count(family):
 def test_slerp_merge_loads_in_transformers(family, tmp_path):
     arch, base, ft = family
     out = tmp_path / "out"
-    run_merge(f"merge_method: linear\nmodels:\n  - {{model: {base}, parameters: {{weight: 0.5}}}}\n  - {{model: {ft}, parameters: {{weight: 0.5}}}}\n",
-              out, quiet=True)
+    run_merge(
+        f"merge_method: linear\nmodels:\n  - {{model: {base}, parameters: {{weight: 0.5}}}}\n  - {{model: {ft}, parameters: {{weight: 0.5}}}}\n",
+        out,
+        quiet=True,
+    )
     merged, a, b = read_model(out), read_model(base), read_model(ft)
     if arch == "mixtral":
         a, b = _fused(a), _fused(b)
     assert set(merged) == set(a)
     for name in merged:
         if merged[name].is_floating_point():
-            assert (merged[name].float() - (a[name].float() + b[name].float()) / 2).abs().max() < 1e-5
+            assert (
+                merged[name].float() - (a[name].float() + b[name].float()) / 2
+            ).abs().max() < 1e-5
     _forward(out)
 
 
 def test_frankenmerge_updates_config_and_loads(family, tmp_path):
     arch, base, ft = family
     out = tmp_path / "stack"
-    plan = run_merge(f"""
+    plan = run_merge(
+        f"""
 merge_method: passthrough
 slices:
   - sources: [{{model: {base}, layer_range: [0, 2]}}]
   - sources: [{{model: {ft}, layer_range: [1, 3]}}]
-""", out, quiet=True)
+""",
+        out,
+        quiet=True,
+    )
     assert plan.output_layers == 4
     model = _forward(out)
     assert model.config.num_hidden_layers == 4

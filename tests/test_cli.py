@@ -46,13 +46,35 @@ def test_merge_writes_complete_folder_and_matches_formula(llama_family, tmp_path
     base, (a, b) = llama_family
     recipe = _recipe(tmp_path, _linear(a, b))
     out = tmp_path / "out"
-    assert main(["merge", str(recipe), str(out), "--out-shard-size", "20KB", "--random-seed", "1",
-                 "--lazy-unpickle", "--allow-crimes", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "merge",
+                str(recipe),
+                str(out),
+                "--out-shard-size",
+                "20KB",
+                "--random-seed",
+                "1",
+                "--lazy-unpickle",
+                "--allow-crimes",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     files = sorted(p.name for p in out.iterdir())
     shards = [f for f in files if f.startswith("model-")]
     assert len(shards) > 1 and all(f.endswith(f"-of-{len(shards):05d}.safetensors") for f in shards)
-    for name in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-                 "README.md", "mergekit_config.yml", "model.safetensors.index.json"):
+    for name in (
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "README.md",
+        "mergekit_config.yml",
+        "model.safetensors.index.json",
+    ):
         assert name in files
     assert (out / "mergekit_config.yml").read_text() == recipe.read_text()
     index = json.loads((out / "model.safetensors.index.json").read_text())
@@ -77,7 +99,9 @@ def test_errors_are_one_or_two_lines_with_exit_code(llama_family, tmp_path, caps
     assert not (tmp_path / "o").exists()
 
 
-def test_existing_output_needs_overwrite_and_inputs_are_never_targets(llama_family, tmp_path, capsys):
+def test_existing_output_needs_overwrite_and_inputs_are_never_targets(
+    llama_family, tmp_path, capsys
+):
     base, (a, b) = llama_family
     recipe = _recipe(tmp_path, _linear(a, b))
     out = tmp_path / "out"
@@ -95,7 +119,9 @@ def test_existing_output_needs_overwrite_and_inputs_are_never_targets(llama_fami
 
 
 def test_python_dash_m_and_version():
-    out = subprocess.run([sys.executable, "-m", "meldkit", "--version"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "meldkit", "--version"], capture_output=True, text=True, check=True
+    )
     assert out.stdout.startswith("meldkit ")
 
 
@@ -107,24 +133,37 @@ def test_console_command_exit_code_output_and_omp_policy(llama_family, tmp_path)
     recipe = _recipe(tmp_path, _linear(a, b))
     out = tmp_path / "out"
     probe = tmp_path / "probe.py"
-    probe.write_text("import os, runpy, sys\n"
-                     "import meldkit.cli.commands as c\n"
-                     "merge = c.cmd_merge\n"
-                     "def spy(args):\n"
-                     "    print('policy', os.environ.get('OMP_WAIT_POLICY'))\n"
-                     "    return merge(args)\n"
-                     "c.cmd_merge = spy\n"
-                     "sys.argv = ['meldkit'] + sys.argv[1:]\n"
-                     "runpy.run_module('meldkit', run_name='__main__')\n")
+    probe.write_text(
+        "import os, runpy, sys\n"
+        "import meldkit.cli.commands as c\n"
+        "merge = c.cmd_merge\n"
+        "def spy(args):\n"
+        "    print('policy', os.environ.get('OMP_WAIT_POLICY'))\n"
+        "    return merge(args)\n"
+        "c.cmd_merge = spy\n"
+        "sys.argv = ['meldkit'] + sys.argv[1:]\n"
+        "runpy.run_module('meldkit', run_name='__main__')\n"
+    )
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    done = subprocess.run([sys.executable, str(probe), "merge", str(recipe), str(out)],
-                          capture_output=True, text=True, env=env)
+    done = subprocess.run(
+        [sys.executable, str(probe), "merge", str(recipe), str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert done.returncode == 0, done.stderr
-    assert "policy PASSIVE" in done.stdout and f"wrote 39 tensors in 1 shard(s) to {out}" in done.stdout
+    assert (
+        "policy PASSIVE" in done.stdout
+        and f"wrote 39 tensors in 1 shard(s) to {out}" in done.stdout
+    )
     assert (out / "model.safetensors").exists() and not list(tmp_path.glob(".out.meldkit-partial*"))
     env["OMP_WAIT_POLICY"] = "ACTIVE"
-    again = subprocess.run([sys.executable, str(probe), "merge", str(recipe), str(out), "--quiet"],
-                           capture_output=True, text=True, env=env)
+    again = subprocess.run(
+        [sys.executable, str(probe), "merge", str(recipe), str(out), "--quiet"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert again.returncode == 2 and "policy ACTIVE" in again.stdout
     assert again.stderr.startswith("error: output folder")
 

@@ -31,7 +31,9 @@ def split_options(options: dict[str, Any]) -> tuple[PlanOptions, Any]:
         from meldkit.io.sizes import parse_size
 
         plan_opts["out_shard_size"] = parse_size(plan_opts["out_shard_size"])
-    return PlanOptions(**plan_opts), RunOptions(**{k: v for k, v in options.items() if k in run_fields})
+    return PlanOptions(**plan_opts), RunOptions(
+        **{k: v for k, v in options.items() if k in run_fields}
+    )
 
 
 def run_merge(

@@ -38,12 +38,29 @@ def write_recipe(plan: MergePlan, folder: Path) -> None:
 def write_card(plan: MergePlan, folder: Path) -> None:
     """README.md with hub front matter, the method and its paper, the models and the recipe."""
     method = plan.method
-    front = {"base_model": _hub_ids(plan), "library_name": "transformers", "tags": ["merge", "meldkit"]}
+    front = {
+        "base_model": _hub_ids(plan),
+        "library_name": "transformers",
+        "tags": ["merge", "meldkit"],
+    }
     if not front["base_model"]:
         del front["base_model"]
-    lines = ["---", yaml.safe_dump(front, sort_keys=False).rstrip(), "---", "", "# Merged model", ""]
-    link = f"[{method.pretty_name}]({method.reference_url})" if method.reference_url else method.pretty_name
-    lines.append(f"This model was merged with [meldkit](https://github.com/meldkit/meldkit) using the {link} merge method")
+    lines = [
+        "---",
+        yaml.safe_dump(front, sort_keys=False).rstrip(),
+        "---",
+        "",
+        "# Merged model",
+        "",
+    ]
+    link = (
+        f"[{method.pretty_name}]({method.reference_url})"
+        if method.reference_url
+        else method.pretty_name
+    )
+    lines.append(
+        f"This model was merged with [meldkit](https://github.com/meldkit/meldkit) using the {link} merge method"
+    )
     base = plan.config.base_model
     if base is not None and method.name not in ("slerp", "passthrough"):
         lines[-1] += f", with {_display(str(base))} as the base"

@@ -34,7 +34,13 @@ SINGLE_NAME = "model.safetensors"
 _MAX_NONFINITE_LINES = 10
 _HIDDEN_KEYS = ("hidden_size", "n_embd", "d_model")
 _VOCAB_KEYS = ("vocab_size", "n_vocab", "padded_vocab_size")
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+)
 
 
 @dataclass
@@ -99,7 +105,11 @@ def _check_json_files(report: VerifyReport) -> dict[str, Any]:
         except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
             docs[p.name] = None
             report.problems.append(f"{p.name} is not valid JSON ({_first_line(exc)})")
-    if "config.json" in docs and docs["config.json"] is not None and not isinstance(docs["config.json"], dict):
+    if (
+        "config.json" in docs
+        and docs["config.json"] is not None
+        and not isinstance(docs["config.json"], dict)
+    ):
         report.problems.append("config.json is not a JSON object")
     return docs
 
@@ -145,14 +155,18 @@ def _check_weights(report: VerifyReport, index_doc: Any) -> dict[str, TensorInfo
         report.files = len(index.files)
         return dict(index.tensors)
     else:
-        report.problems.append(f"no weights: neither {SINGLE_NAME} nor {INDEX_NAME} is in the folder")
+        report.problems.append(
+            f"no weights: neither {SINGLE_NAME} nor {INDEX_NAME} is in the folder"
+        )
         return None
     report.files = len(files)
     tensors: dict[str, TensorInfo] = {}
     for f in files:
         for name, info in _header(report, f).items():
             if name in tensors:
-                report.problems.append(f"tensor {name} is stored twice: in {tensors[name].file.name} and {f.name}")
+                report.problems.append(
+                    f"tensor {name} is stored twice: in {tensors[name].file.name} and {f.name}"
+                )
             else:
                 tensors[name] = info
     return tensors
@@ -166,20 +180,26 @@ def _header(report: VerifyReport, path: Path) -> dict[str, TensorInfo]:
         return {}
 
 
-def _check_indexed(report: VerifyReport, doc: Any, all_st: list[Path]) -> dict[str, TensorInfo] | None:
+def _check_indexed(
+    report: VerifyReport, doc: Any, all_st: list[Path]
+) -> dict[str, TensorInfo] | None:
     weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:
         report.problems.append(f"{INDEX_NAME} has no 'weight_map' (or an empty one)")
         return None
     bad = [k for k, v in weight_map.items() if not isinstance(v, str)]
     if bad:
-        report.problems.append(f"{INDEX_NAME}: tensor {bad[0]} maps to {weight_map[bad[0]]!r}, not a file name")
+        report.problems.append(
+            f"{INDEX_NAME}: tensor {bad[0]} maps to {weight_map[bad[0]]!r}, not a file name"
+        )
         return None
     listed = list(dict.fromkeys(weight_map.values()))
     headers: dict[str, dict[str, TensorInfo]] = {}
     for filename in listed:
         if "/" in filename or "\\" in filename or filename in ("", ".", ".."):
-            report.problems.append(f"{INDEX_NAME} names {filename!r}, which is not a file in the folder")
+            report.problems.append(
+                f"{INDEX_NAME} names {filename!r}, which is not a file in the folder"
+            )
             continue
         path = report.folder / filename
         if not path.is_file():
@@ -194,22 +214,30 @@ def _check_indexed(report: VerifyReport, doc: Any, all_st: list[Path]) -> dict[s
     for filename, header in headers.items():
         for name, info in header.items():
             if name in tensors:
-                report.problems.append(f"tensor {name} is stored twice: in {tensors[name].file.name} and {filename}")
+                report.problems.append(
+                    f"tensor {name} is stored twice: in {tensors[name].file.name} and {filename}"
+                )
                 continue
             tensors[name] = info
             if name not in weight_map:
                 report.problems.append(f"tensor {name} in {filename} is missing from {INDEX_NAME}")
             elif weight_map[name] != filename:
-                report.problems.append(f"tensor {name} is in {filename} but {INDEX_NAME} says {weight_map[name]}")
+                report.problems.append(
+                    f"tensor {name} is in {filename} but {INDEX_NAME} says {weight_map[name]}"
+                )
     for name, filename in weight_map.items():
         if filename in headers and name not in headers[filename]:
-            report.problems.append(f"{INDEX_NAME} maps tensor {name} to {filename}, which does not hold it")
+            report.problems.append(
+                f"{INDEX_NAME} maps tensor {name} to {filename}, which does not hold it"
+            )
     meta = doc.get("metadata")
     total = meta.get("total_size") if isinstance(meta, dict) else None
     if isinstance(total, int) and not isinstance(total, bool):
         actual = sum(t.nbytes for t in tensors.values())
         if total != actual:
-            report.problems.append(f"{INDEX_NAME} says total_size {total} but the tensors hold {actual} bytes")
+            report.problems.append(
+                f"{INDEX_NAME} says total_size {total} but the tensors hold {actual} bytes"
+            )
     return tensors
 
 
@@ -240,7 +268,9 @@ def _check_tensor_data(report: VerifyReport, tensors: dict[str, TensorInfo]) -> 
                 nonfinite.append(f"tensor {name} ({info.file.name}) has {bad} NaN or Inf value(s)")
     report.problems.extend(nonfinite[:_MAX_NONFINITE_LINES])
     if len(nonfinite) > _MAX_NONFINITE_LINES:
-        report.problems.append(f"... and {len(nonfinite) - _MAX_NONFINITE_LINES} more tensors with NaN or Inf values")
+        report.problems.append(
+            f"... and {len(nonfinite) - _MAX_NONFINITE_LINES} more tensors with NaN or Inf values"
+        )
 
 
 # -- config.json ------------------------------------------------------------------------------
@@ -255,7 +285,9 @@ def _config_int(config: dict[str, Any], keys: tuple[str, ...]) -> tuple[str, int
     return found[0], found[1]
 
 
-def _check_config(report: VerifyReport, config: dict[str, Any], tensors: dict[str, TensorInfo]) -> None:
+def _check_config(
+    report: VerifyReport, config: dict[str, Any], tensors: dict[str, TensorInfo]
+) -> None:
     from meldkit.plan.architecture import LAYER_COUNT_KEYS, infer_layout
 
     layout = infer_layout(tensors, config)
@@ -268,9 +300,13 @@ def _check_config(report: VerifyReport, config: dict[str, Any], tensors: dict[st
         missing = [i for i in range(layout.num_layers) if i not in layout.layer_suffixes]
         if missing:
             shown = ", ".join(map(str, missing[:10]))
-            report.problems.append(f"layers {shown} of {layout.stack_prefix.rstrip('.')} have no tensors")
+            report.problems.append(
+                f"layers {shown} of {layout.stack_prefix.rstrip('.')} have no tensors"
+            )
     elif layers is not None and layers[1] > 0:
-        report.problems.append(f"config.json says {layers[0]}={layers[1]} but the weights hold no layers")
+        report.problems.append(
+            f"config.json says {layers[0]}={layers[1]} but the weights hold no layers"
+        )
     embed = tensors.get(layout.input_embedding) if layout.input_embedding else None
     if embed is None or len(embed.shape) != 2:
         return
@@ -287,9 +323,7 @@ def _check_config(report: VerifyReport, config: dict[str, Any], tensors: dict[st
         )
     head = tensors.get(layout.output_head) if layout.output_head else None
     if head is not None and len(head.shape) == 2 and head.shape[0] != rows:
-        report.problems.append(
-            f"{head.name} has {head.shape[0]} rows but {embed.name} has {rows}"
-        )
+        report.problems.append(f"{head.name} has {head.shape[0]} rows but {embed.name} has {rows}")
 
 
 # -- tokenizer ----------------------------------------------------------------------------------
@@ -310,7 +344,9 @@ def _check_tokenizer(
         )
         return
     if importlib.util.find_spec("transformers") is None:
-        report.notes.append("transformers is not installed; the tokenizer was not loaded (pip install transformers)")
+        report.notes.append(
+            "transformers is not installed; the tokenizer was not loaded (pip install transformers)"
+        )
         return
     import warnings
 
@@ -319,10 +355,14 @@ def _check_tokenizer(
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            tok = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False, local_files_only=True)
+            tok = AutoTokenizer.from_pretrained(
+                str(folder), trust_remote_code=False, local_files_only=True
+            )
         size = len(tok)
     except Exception as exc:  # transformers raises many unrelated types here
-        report.problems.append(f"the tokenizer does not load: {type(exc).__name__}: {_first_line(exc)}")
+        report.problems.append(
+            f"the tokenizer does not load: {type(exc).__name__}: {_first_line(exc)}"
+        )
         return
     from meldkit.plan.architecture import infer_layout
 

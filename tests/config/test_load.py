@@ -47,7 +47,9 @@ def test_unknown_keys_warn_with_suggestion_and_strict_raises():
 
 
 def test_empty_parameters_and_legacy_tokenizer_prefix():
-    cfg = load_config("merge_method: linear\nparameters:\nmodels: [{model: a, parameters: }]\ntokenizer_source: model:org/x\n")
+    cfg = load_config(
+        "merge_method: linear\nparameters:\nmodels: [{model: a, parameters: }]\ntokenizer_source: model:org/x\n"
+    )
     assert cfg.parameters == {}
     assert cfg.models is not None and cfg.models[0].parameters == {}
     assert cfg.tokenizer is not None and str(cfg.tokenizer.source) == "org/x"
@@ -59,17 +61,31 @@ def test_empty_parameters_and_legacy_tokenizer_prefix():
         ("", "recipe: the recipe is empty"),
         ("merge_method: linear\n", "give exactly one of 'models', 'slices' or 'modules'"),
         ("models: [{model: a}]\n", "missing 'merge_method'"),
-        ("merge_method: x\nmodels: [a]\nslices: [{sources: [{model: a, layer_range: [0, 1]}]}]\n",
-         "give exactly one of 'models', 'slices' or 'modules' (found models, slices)"),
-        ("merge_method: passthrough\nslices:\n  - sources:\n      - {model: a, layer_range: [0, 4]}\n      - {model: b, layer_range: [0, 8]}\n",
-         "slices[0]: all sources of a slice must span the same number of layers (a [0, 4], b [0, 8])"),
-        ("merge_method: passthrough\nslices: [{sources: [{model: a, layer_range: [4, 4]}]}]\n",
-         "slices[0].sources[0].layer_range: [4, 4] selects no layers"),
+        (
+            "merge_method: x\nmodels: [a]\nslices: [{sources: [{model: a, layer_range: [0, 1]}]}]\n",
+            "give exactly one of 'models', 'slices' or 'modules' (found models, slices)",
+        ),
+        (
+            "merge_method: passthrough\nslices:\n  - sources:\n      - {model: a, layer_range: [0, 4]}\n      - {model: b, layer_range: [0, 8]}\n",
+            "slices[0]: all sources of a slice must span the same number of layers (a [0, 4], b [0, 8])",
+        ),
+        (
+            "merge_method: passthrough\nslices: [{sources: [{model: a, layer_range: [4, 4]}]}]\n",
+            "slices[0].sources[0].layer_range: [4, 4] selects no layers",
+        ),
         ("merge_method: linear\nmodels: [a]\ndtype: float17\n", "dtype: unknown dtype 'float17'"),
-        ("merge_method: linear\nmodels: [a]\ntokenizer: {source: base}\ntokenizer_source: base\n",
-         "give either 'tokenizer' or 'tokenizer_source', not both"),
-        ("merge_method: linear\nmodels:\n  - model: a\n   parameters: {}\n", "recipe: invalid YAML at line 4, column"),
-        ("merge_method: linear\nmodels: [{model: a+b+c}]\n", "cannot parse model reference 'a+b+c' (more than one '+')"),
+        (
+            "merge_method: linear\nmodels: [a]\ntokenizer: {source: base}\ntokenizer_source: base\n",
+            "give either 'tokenizer' or 'tokenizer_source', not both",
+        ),
+        (
+            "merge_method: linear\nmodels:\n  - model: a\n   parameters: {}\n",
+            "recipe: invalid YAML at line 4, column",
+        ),
+        (
+            "merge_method: linear\nmodels: [{model: a+b+c}]\n",
+            "cannot parse model reference 'a+b+c' (more than one '+')",
+        ),
     ],
 )
 def test_recipe_errors(text, message):
@@ -107,5 +123,7 @@ def test_existing_folder_with_plus_is_taken_literally(tmp_path):
 
 
 def test_dict_form_model_ref():
-    ref = parse_model_ref({"model": {"path": "a/b", "revision": "r1"}, "lora": "c/d", "override_architecture": "X"})
+    ref = parse_model_ref(
+        {"model": {"path": "a/b", "revision": "r1"}, "lora": "c/d", "override_architecture": "X"}
+    )
     assert str(ref) == "a/b@r1+c/d" and ref.override_architecture == "X"

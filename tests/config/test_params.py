@@ -50,7 +50,9 @@ def test_filters_first_match_wins_and_fall_through():
         FilterEntry("attn", 0.9),
     )
     assert evaluate_setting(setting, "model.layers.3.self_attn.q_proj.weight", 0.5) == 0.1
-    assert evaluate_setting(setting, "model.layers.3.mlp.up_proj.weight", 0.25) == pytest.approx(0.25)
+    assert evaluate_setting(setting, "model.layers.3.mlp.up_proj.weight", 0.25) == pytest.approx(
+        0.25
+    )
     assert evaluate_setting(setting, "model.norm.weight", 0.0) is None  # no match -> unset
 
 

@@ -31,7 +31,10 @@ def test_split_pieces_covers_every_row_once(llama_family):
     norm = by_tensor["model.norm.weight"]  # 16 elements: whole
     assert [(p.rows, p.last) for p in norm] == [(None, True)]
     ties = get_method("ties")  # not element-wise: never split
-    assert all(p.rows is None for p in tensor_module.split_pieces(plan.tensors, ties, set(), max_elements=100))
+    assert all(
+        p.rows is None
+        for p in tensor_module.split_pieces(plan.tensors, ties, set(), max_elements=100)
+    )
 
 
 @pytest.mark.parametrize("recipe_kind", ["linear", "passthrough", "task_arithmetic"])
@@ -44,23 +47,33 @@ def test_chunked_merge_equals_whole_tensor_merge(llama_family, tmp_path, recipe_
     }[recipe_kind]
     run_merge(recipe, tmp_path / "whole", quiet=True)
     run_merge(recipe, tmp_path / "chunked", quiet=True, policy=EnginePolicy(chunk_elements=100))
-    assert (tmp_path / "whole" / "model.safetensors").read_bytes() == (tmp_path / "chunked" / "model.safetensors").read_bytes()
+    assert (tmp_path / "whole" / "model.safetensors").read_bytes() == (
+        tmp_path / "chunked" / "model.safetensors"
+    ).read_bytes()
 
 
 def test_compute_order_pulls_big_tensors_forward(llama_family):
     base, (a, b) = llama_family
     plan = plan_merge(_linear(a, b))
     names = [t.name for t in plan.tensors]
-    assert names[0] == "model.embed_tokens.weight" and names[-2:] == ["lm_head.weight", "model.norm.weight"]
+    assert names[0] == "model.embed_tokens.weight" and names[-2:] == [
+        "lm_head.weight",
+        "model.norm.weight",
+    ]
     order = [t.name for t in tensor_module.compute_order(plan.tensors)]
     assert sorted(order) == sorted(names)  # every tensor once
     largest = max(math.prod(t.shape) for t in plan.tensors)
-    big = {t.name for t in plan.tensors if math.prod(t.shape) >= largest / 2}  # vocabulary tensors, MLPs
+    big = {
+        t.name for t in plan.tensors if math.prod(t.shape) >= largest / 2
+    }  # vocabulary tensors, MLPs
     for group in (big, set(names) - big):  # each group keeps the plan's order
         assert [n for n in order if n in group] == [n for n in names if n in group]
     assert all(order.index(n) <= names.index(n) for n in big)  # big ones only move forward
     assert all(order.index(n) <= names.index(n) + len(big) for n in names)
-    assert order[-1] == "model.norm.weight" and order.index("lm_head.weight") < names.index("lm_head.weight") - 10
+    assert (
+        order[-1] == "model.norm.weight"
+        and order.index("lm_head.weight") < names.index("lm_head.weight") - 10
+    )
     # With a gap no run of small tensors fills, only the first big tensor would move: here it
     # is already first, so the plan's order stays.
     assert [t.name for t in tensor_module.compute_order(plan.tensors, 1 << 60)] == names
@@ -70,10 +83,21 @@ def test_compute_order_gaps():
     class T:
         def __init__(self, name: str, n: int) -> None:
             self.name, self.shape = name, (n,)
-            self.sources = [SimpleNamespace(info=SimpleNamespace(nbytes=2 * n))] * 2  # two bf16 inputs
+            self.sources = [
+                SimpleNamespace(info=SimpleNamespace(nbytes=2 * n))
+            ] * 2  # two bf16 inputs
 
     # a, e, f, g, h are small; b, c, d big (at least half of the largest, 100)
-    ts = [T("a", 10), T("b", 100), T("e", 1), T("f", 30), T("c", 60), T("g", 20), T("h", 5), T("d", 100)]
+    ts = [
+        T("a", 10),
+        T("b", 100),
+        T("e", 1),
+        T("f", 30),
+        T("c", 60),
+        T("g", 20),
+        T("h", 5),
+        T("d", 100),
+    ]
     order = tensor_module.compute_order
     assert [t.name for t in order(ts)] == ["b", "a", "c", "e", "d", "f", "g", "h"]
     # 80 bytes of small inputs after each big one: c stays in place (a, e, f make 164), and d

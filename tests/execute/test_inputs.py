@@ -12,8 +12,11 @@ def test_sharded_and_bin_inputs_merge_like_single_files(tmp_path):
     a = make_tiny_model(tmp_path / "a", "llama", seed=1, shard_size=4000)
     b = make_tiny_model(tmp_path / "b", "llama", seed=2, fmt="bin")
     assert len(list(a.glob("model-*.safetensors"))) > 1 and (b / "pytorch_model.bin").exists()
-    run_merge(f"merge_method: linear\nmodels: [{{model: {a}, parameters: {{weight: 2}}}}, {{model: {b}, parameters: {{weight: 1}}}}]\n",
-              tmp_path / "out", quiet=True)
+    run_merge(
+        f"merge_method: linear\nmodels: [{{model: {a}, parameters: {{weight: 2}}}}, {{model: {b}, parameters: {{weight: 1}}}}]\n",
+        tmp_path / "out",
+        quiet=True,
+    )
     out, x, y = read_model(tmp_path / "out"), read_model(a), read_model(b)
     for name in x:
         assert torch.allclose(out[name], (2 * x[name] + y[name]) / 3, atol=1e-6)

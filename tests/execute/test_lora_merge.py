@@ -14,8 +14,15 @@ def test_lora_reference_matches_peft(tmp_path):
 
     base = make_tiny_model(tmp_path / "base", "llama", seed=4)
     model = AutoModelForCausalLM.from_pretrained(base)
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
-                                                  rank_pattern={"down_proj": 2}))
+    peft_model = get_peft_model(
+        model,
+        LoraConfig(
+            r=4,
+            lora_alpha=8,
+            target_modules=["q_proj", "v_proj", "down_proj"],
+            rank_pattern={"down_proj": 2},
+        ),
+    )
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
@@ -24,7 +31,11 @@ def test_lora_reference_matches_peft(tmp_path):
     peft_model.save_pretrained(tmp_path / "adapter")
     expected = {k: v for k, v in peft_model.merge_and_unload().state_dict().items()}
 
-    run_merge(f"merge_method: passthrough\nmodels:\n  - model: {base}+{tmp_path / 'adapter'}\n", tmp_path / "out", quiet=True)
+    run_merge(
+        f"merge_method: passthrough\nmodels:\n  - model: {base}+{tmp_path / 'adapter'}\n",
+        tmp_path / "out",
+        quiet=True,
+    )
     merged = read_model(tmp_path / "out")
     original = read_model(base)
     changed = 0

@@ -29,10 +29,12 @@ def trio(tmp_path_factory):
 
 
 def _recipe(base, chatml, padded, extra=""):
-    return (f"merge_method: linear\nbase_model: {base}\nmodels:\n"
-            f"  - {{model: {base}, parameters: {{weight: 1.0}}}}\n"
-            f"  - {{model: {chatml}, parameters: {{weight: 1.0}}}}\n"
-            f"  - {{model: {padded}, parameters: {{weight: 1.0}}}}\n{extra}")
+    return (
+        f"merge_method: linear\nbase_model: {base}\nmodels:\n"
+        f"  - {{model: {base}, parameters: {{weight: 1.0}}}}\n"
+        f"  - {{model: {chatml}, parameters: {{weight: 1.0}}}}\n"
+        f"  - {{model: {padded}, parameters: {{weight: 1.0}}}}\n{extra}"
+    )
 
 
 def _tokens(folder):
@@ -63,7 +65,9 @@ def test_base_and_union_sizes(trio, tmp_path, source, rows):
         for tok in CHATML:
             # only the chatml model has these tokens: every model gets its row, so the
             # (normalised) linear merge returns that row exactly
-            assert torch.allclose(merged[EMB][tokens[tok]], c[EMB][64 + CHATML.index(tok)], atol=1e-6)
+            assert torch.allclose(
+                merged[EMB][tokens[tok]], c[EMB][64 + CHATML.index(tok)], atol=1e-6
+            )
         # a shared token is the plain average of the three models' rows
         b, p = read_model(base), read_model(padded)
         assert torch.allclose(merged[EMB][5], (b[EMB][5] + c[EMB][5] + p[EMB][5]) / 3, atol=1e-6)
@@ -72,7 +76,11 @@ def test_base_and_union_sizes(trio, tmp_path, source, rows):
 def test_model_source_and_padding(trio, tmp_path):
     base, chatml, padded = trio
     out = tmp_path / "pad"
-    run_merge(_recipe(*trio, f"tokenizer:\n  source: {chatml}\n  pad_to_multiple_of: 16\n"), out, quiet=True)
+    run_merge(
+        _recipe(*trio, f"tokenizer:\n  source: {chatml}\n  pad_to_multiple_of: 16\n"),
+        out,
+        quiet=True,
+    )
     merged = read_model(out)
     assert merged[EMB].shape[0] == 80
     assert json.loads((out / "config.json").read_text())["vocab_size"] == 80
@@ -84,7 +92,14 @@ def test_model_source_and_padding(trio, tmp_path):
 def test_forced_token_copies_its_source_row(trio, tmp_path):
     base, chatml, padded = trio
     out = tmp_path / "force"
-    run_merge(_recipe(*trio, f"tokenizer:\n  source: union\n  tokens:\n    <|im_start|>:\n      source: {{kind: model_token, model: {base}, token: '</s>'}}\n      force: true\n"), out, quiet=True)
+    run_merge(
+        _recipe(
+            *trio,
+            f"tokenizer:\n  source: union\n  tokens:\n    <|im_start|>:\n      source: {{kind: model_token, model: {base}, token: '</s>'}}\n      force: true\n",
+        ),
+        out,
+        quiet=True,
+    )
     merged, b = read_model(out), read_model(base)
     assert torch.allclose(merged[EMB][_tokens(out)["<|im_start|>"]], b[EMB][2], atol=1e-6)
 
@@ -101,5 +116,9 @@ def test_chat_template_builtin_is_written(trio, tmp_path):
 
 def test_invalid_chat_template_fails_before_computing(trio, tmp_path):
     with pytest.raises(PlanError, match="chat template"):
-        run_merge(_recipe(*trio, "tokenizer_source: base\nchat_template: chatmll\n"), tmp_path / "x", quiet=True)
+        run_merge(
+            _recipe(*trio, "tokenizer_source: base\nchat_template: chatmll\n"),
+            tmp_path / "x",
+            quiet=True,
+        )
     assert not (tmp_path / "x").exists()

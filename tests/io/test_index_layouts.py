@@ -15,7 +15,8 @@ from meldkit.io.index import open_index
 def test_index_listing_a_tensor_no_shard_holds(tmp_path):
     save_file({"a": torch.zeros(2)}, str(tmp_path / "s1.safetensors"))
     (tmp_path / "model.safetensors.index.json").write_text(
-        json.dumps({"weight_map": {"a": "s1.safetensors", "b": "s1.safetensors"}}))
+        json.dumps({"weight_map": {"a": "s1.safetensors", "b": "s1.safetensors"}})
+    )
     with pytest.raises(InputError, match="lists tensors that its shards do not hold: b"):
         open_index(tmp_path)
 
@@ -34,7 +35,8 @@ def test_hub_cache_symlinked_shards_are_accepted(tmp_path):
     save_file({"a": torch.ones(3)}, str(blobs / "deadbeef"))
     (snap / "model-00001-of-00001.safetensors").symlink_to(blobs / "deadbeef")
     (snap / "model.safetensors.index.json").write_text(
-        json.dumps({"weight_map": {"a": "model-00001-of-00001.safetensors"}}))
+        json.dumps({"weight_map": {"a": "model-00001-of-00001.safetensors"}})
+    )
     assert list(open_index(snap).tensors) == ["a"]
 
 
@@ -49,6 +51,8 @@ def test_nested_state_dict_pickle_is_unwrapped_and_empty_pickle_refused(tmp_path
 
 
 def test_shard_name_escaping_the_folder_is_refused(tmp_path):
-    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "../x.safetensors"}}))
+    (tmp_path / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"a": "../x.safetensors"}})
+    )
     with pytest.raises(InputError, match="points outside the model folder"):
         open_index(tmp_path)

@@ -159,8 +159,10 @@ def test_misaligned_tensor_is_read_not_mapped(tmp_path: Path, new_reader: NewRea
     # safetensors does not require alignment: a float32 tensor at offset 3 of the data section
     # must still come back exact (from an aligned buffer, which the kernels need).
     value = torch.arange(5, dtype=torch.float32)
-    header = {"pad": {"dtype": "U8", "shape": [3], "data_offsets": [0, 3]},
-              "t": {"dtype": "F32", "shape": [5], "data_offsets": [3, 23]}}
+    header = {
+        "pad": {"dtype": "U8", "shape": [3], "data_offsets": [0, 3]},
+        "t": {"dtype": "F32", "shape": [5], "data_offsets": [3, 23]},
+    }
     raw = json.dumps(header).encode()
     raw += b" " * (-len(raw) % 8)
     path = tmp_path / "model.safetensors"

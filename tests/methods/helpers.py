@@ -69,7 +69,9 @@ def t(*values: float, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     return torch.tensor(values, dtype=dtype)
 
 
-def tied_inputs(shape: tuple[int, ...], n_models: int, dtype: torch.dtype, seed: int) -> list[torch.Tensor]:
+def tied_inputs(
+    shape: tuple[int, ...], n_models: int, dtype: torch.dtype, seed: int
+) -> list[torch.Tensor]:
     """A base and ``n_models`` models whose deltas lie on a grid of 1/8: many exact ties in
     ``|δ|`` and in statistics of it, some zeros, both signs (for fused-vs-eager comparisons)."""
     g = torch.Generator().manual_seed(seed)
@@ -92,8 +94,9 @@ def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     return torch.equal(a.contiguous().view(bits), b.contiguous().view(bits))
 
 
-def arcee_formula(base: torch.Tensor, other: torch.Tensor, ctx: MergeContext,
-                  kl: torch.Tensor) -> torch.Tensor:
+def arcee_formula(
+    base: torch.Tensor, other: torch.Tensor, ctx: MergeContext, kl: torch.Tensor
+) -> torch.Tensor:
     """arcee_fusion on whole float32 tensors given each row's KL (``(rows, 1)`` float32): the
     importance, the with-replacement sample of MergeKit's size (each draw's row, then, rows in
     order, each draw's column: multiply-shift of the seeded hash streams), torch.quantile's

@@ -10,8 +10,12 @@ from meldkit.methods.arcee_fusion import importance
 from tests.methods.helpers import run_method, t
 
 
-def close(actual: torch.Tensor, expected: list[float] | list[list[float]], tol: float = 1e-6) -> None:
-    torch.testing.assert_close(actual, torch.tensor(expected, dtype=actual.dtype), atol=tol, rtol=tol)
+def close(
+    actual: torch.Tensor, expected: list[float] | list[list[float]], tol: float = 1e-6
+) -> None:
+    torch.testing.assert_close(
+        actual, torch.tensor(expected, dtype=actual.dtype), atol=tol, rtol=tol
+    )
 
 
 # --- sce --------------------------------------------------------------------------------------
@@ -39,8 +43,11 @@ def test_sce_uniform_weights_for_tiny_energy() -> None:
     # Σ = [4e-4, 0] -> s = [+, +]; m1 = [1, 1], m2 = [1, 0]
     # col0 (0.5e-4 + 1.5e-4)/1 = 2e-4; col1 0.5*2e-4/0.5 = 2e-4 (energy weights would give
     # 2.44e-4 in col 0)
-    inputs = [torch.zeros(2, dtype=torch.float64), t(1e-4, 2e-4, dtype=torch.float64),
-              t(3e-4, -2e-4, dtype=torch.float64)]
+    inputs = [
+        torch.zeros(2, dtype=torch.float64),
+        t(1e-4, 2e-4, dtype=torch.float64),
+        t(3e-4, -2e-4, dtype=torch.float64),
+    ]
     close(run_method("sce", inputs, 0), [2e-4, 2e-4], tol=1e-12)
 
 

@@ -13,9 +13,26 @@ from meldkit.methods.describe import methods_json, methods_table
 from meldkit.methods.task_vector_family import TASK_VECTOR_FAMILY
 
 MERGEKIT_NAMES = {
-    "linear", "slerp", "nuslerp", "multislerp", "karcher", "task_arithmetic", "ties",
-    "dare_ties", "dare_linear", "breadcrumbs", "breadcrumbs_ties", "della", "della_linear",
-    "sce", "ram", "ramplus_tl", "model_stock", "arcee_fusion", "nearswap", "passthrough",
+    "linear",
+    "slerp",
+    "nuslerp",
+    "multislerp",
+    "karcher",
+    "task_arithmetic",
+    "ties",
+    "dare_ties",
+    "dare_linear",
+    "breadcrumbs",
+    "breadcrumbs_ties",
+    "della",
+    "della_linear",
+    "sce",
+    "ram",
+    "ramplus_tl",
+    "model_stock",
+    "arcee_fusion",
+    "nearswap",
+    "passthrough",
 }
 
 
@@ -92,9 +109,14 @@ def test_parameters_match_mergekit(name: str, param: str, scope: str, default: o
 
 @pytest.mark.parametrize(
     ("name", "param", "scope"),
-    [("linear", "weight", "per_input"), ("slerp", "t", "shared"), ("nearswap", "t", "shared"),
-     ("nuslerp", "weight", "per_non_base"), ("multislerp", "weight", "per_non_base"),
-     *[(n, "weight", "per_non_base") for n in TASK_VECTOR_FAMILY]],
+    [
+        ("linear", "weight", "per_input"),
+        ("slerp", "t", "shared"),
+        ("nearswap", "t", "shared"),
+        ("nuslerp", "weight", "per_non_base"),
+        ("multislerp", "weight", "per_non_base"),
+        *[(n, "weight", "per_non_base") for n in TASK_VECTOR_FAMILY],
+    ],
 )
 def test_required_parameters(name: str, param: str, scope: str) -> None:
     p = get_method(name).param(param)
@@ -125,8 +147,13 @@ def test_gamma_and_epsilon_only_where_mergekit_has_them() -> None:
     ],
 )
 def test_input_contracts(
-    name: str, base: str, min_inputs: int, max_inputs: int | None, min_nb: int,
-    max_nb: int | None, policy: str,
+    name: str,
+    base: str,
+    min_inputs: int,
+    max_inputs: int | None,
+    min_nb: int,
+    max_nb: int | None,
+    policy: str,
 ) -> None:
     spec = get_method(name)
     assert (spec.base, spec.min_inputs, spec.max_inputs) == (base, min_inputs, max_inputs)
@@ -183,8 +210,14 @@ def test_methods_json_fields() -> None:
     assert ties["base"] == "required" and ties["reference_url"].startswith("https://")
     weight = next(p for p in ties["params"] if p["name"] == "weight")
     assert weight == {
-        "name": "weight", "scope": "per_non_base", "kind": "float", "default": None,
-        "required": True, "minimum": None, "maximum": None, "doc": weight["doc"],
+        "name": "weight",
+        "scope": "per_non_base",
+        "kind": "float",
+        "default": None,
+        "required": True,
+        "minimum": None,
+        "maximum": None,
+        "doc": weight["doc"],
     }
 
 

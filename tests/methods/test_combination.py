@@ -37,8 +37,11 @@ def test_combine_writes_the_output_dtype(small_blocks: None) -> None:
     out = combination.combine([a, b], torch.tensor([0.5, 2.0], dtype=torch.float64), torch.bfloat16)
     assert out.dtype == torch.bfloat16
     assert torch.equal(out, (0.5 * a + 2).to(torch.bfloat16))
-    rows = combination.combine([a.reshape(2, 5), b.reshape(2, 5)],
-                               torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64), torch.float32)
+    rows = combination.combine(
+        [a.reshape(2, 5), b.reshape(2, 5)],
+        torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64),
+        torch.float32,
+    )
     assert torch.equal(rows, torch.stack([a[:5], torch.ones(5)]))
 
 
@@ -73,8 +76,9 @@ def test_gram_methods_do_not_depend_on_thread_count_or_block_size(
 def test_torch_passes_match_float64() -> None:
     g = torch.Generator().manual_seed(8)
     base = torch.randn(6, 500, generator=g)
-    inputs = [base.to(torch.bfloat16)] + [(base + 0.05 * torch.randn(6, 500, generator=g)).to(torch.bfloat16)
-                                          for _ in range(2)]
+    inputs = [base.to(torch.bfloat16)] + [
+        (base + 0.05 * torch.randn(6, 500, generator=g)).to(torch.bfloat16) for _ in range(2)
+    ]
     mix = combination.differences(3, [(1, 0), (2, 0)])
     x = torch.stack([t.reshape(6, -1).double() for t in inputs])
     v = torch.einsum("kn,nrl->rkl", mix, x)  # exact: differences of bf16 values
@@ -85,14 +89,22 @@ def test_torch_passes_match_float64() -> None:
     coeffs = torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64)
     terms = coeffs.reshape(3, 1) * torch.stack([t.double().reshape(-1) for t in inputs])
     out = combination.TORCH.combine(inputs, coeffs, torch.float32)
-    assert torch.all((out.reshape(-1).double() - terms.sum(0)).abs() <= 9 * 2.0**-24 * terms.abs().sum(0))
-    assert torch.equal(combination.TORCH.combine(inputs, coeffs, torch.bfloat16), out.to(torch.bfloat16))
+    assert torch.all(
+        (out.reshape(-1).double() - terms.sum(0)).abs() <= 9 * 2.0**-24 * terms.abs().sum(0)
+    )
+    assert torch.equal(
+        combination.TORCH.combine(inputs, coeffs, torch.bfloat16), out.to(torch.bfloat16)
+    )
 
 
 def test_torch_passes_take_non_contiguous_and_float64_inputs() -> None:
     y = torch.randn(12, 10).T
     g = combination.TORCH.gram([y, y])
-    torch.testing.assert_close(g, torch.full((1, 2, 2), float((y.double() ** 2).sum()), dtype=torch.float64))
+    torch.testing.assert_close(
+        g, torch.full((1, 2, 2), float((y.double() ** 2).sum()), dtype=torch.float64)
+    )
     x = torch.randn(10, 12, dtype=torch.float64)
-    out = combination.TORCH.combine([x, y.double()], torch.tensor([0.5, 2.0], dtype=torch.float64), torch.float64)
+    out = combination.TORCH.combine(
+        [x, y.double()], torch.tensor([0.5, 2.0], dtype=torch.float64), torch.float64
+    )
     assert out.dtype == torch.float64 and torch.equal(out, 0.5 * x + 2.0 * y.double())

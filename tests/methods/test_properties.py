@@ -21,8 +21,12 @@ REQUIRED = {"weight": [0.3, 0.7, 1.0, 0.5], "t": 0.5, "density": 0.5}
 def layouts(spec: MethodSpec) -> list[tuple[int, int | None]]:
     """(number of inputs, base_index) combinations allowed by the method's contract."""
     out = []
-    for base_index in {"required": [0, 1], "optional": [None, 1], "ignored": [None, 0],
-                       "forbidden": [None]}[spec.base]:
+    for base_index in {
+        "required": [0, 1],
+        "optional": [None, 1],
+        "ignored": [None, 0],
+        "forbidden": [None],
+    }[spec.base]:
         has_base = base_index is not None
         for n in (1, 2, 3, 4):
             if n < spec.min_inputs or (spec.max_inputs is not None and n > spec.max_inputs):
@@ -60,7 +64,9 @@ CASES = {
     "scalar": lambda: torch.tensor(-1.25),
     "one_element_zero": lambda: torch.zeros(1),
     "column": lambda: torch.randn(6, 1, generator=torch.Generator().manual_seed(3)),
-    "float64": lambda: torch.randn(2, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64),
+    "float64": lambda: torch.randn(
+        2, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64
+    ),
 }
 
 
@@ -77,7 +83,9 @@ def test_identical_inputs_come_back(name: str, case: str) -> None:
         out = run_method(name, inputs, base_index, shared, per)
         assert out.shape == x.shape and out.dtype == x.dtype, (name, n, base_index)
         assert torch.isfinite(out).all(), (name, n, base_index)
-        torch.testing.assert_close(out, x, atol=1e-6, rtol=1e-5, msg=f"{name} n={n} base={base_index}")
+        torch.testing.assert_close(
+            out, x, atol=1e-6, rtol=1e-5, msg=f"{name} n={n} base={base_index}"
+        )
         for y in inputs:
             assert torch.equal(y, x), f"{name} modified an input"
 
@@ -101,7 +109,9 @@ def tensor_sets(draw: st.DrawFn) -> tuple[list[torch.Tensor], tuple[int, ...]]:
 @pytest.mark.parametrize("name", METHODS)
 @settings(max_examples=25, deadline=None)
 @given(data=tensor_sets())
-def test_random_inputs_stay_finite(name: str, data: tuple[list[torch.Tensor], tuple[int, ...]]) -> None:
+def test_random_inputs_stay_finite(
+    name: str, data: tuple[list[torch.Tensor], tuple[int, ...]]
+) -> None:
     tensors, shape = data
     spec = next(s for s in list_methods() if s.name == name)
     for n, base_index in layouts(spec):
@@ -116,7 +126,9 @@ def test_random_inputs_stay_finite(name: str, data: tuple[list[torch.Tensor], tu
 
 @settings(max_examples=30, deadline=None)
 @given(data=tensor_sets(), weight=st.floats(min_value=0.05, max_value=5.0))
-def test_one_model_linear_is_identity(data: tuple[list[torch.Tensor], tuple[int, ...]], weight: float) -> None:
+def test_one_model_linear_is_identity(
+    data: tuple[list[torch.Tensor], tuple[int, ...]], weight: float
+) -> None:
     x = data[0][0]
     out = run_method("linear", [x], None, per_input=[{"weight": weight}])
     torch.testing.assert_close(out, x, atol=1e-6, rtol=1e-6)

@@ -52,7 +52,9 @@ def test_bernoulli_rescale_preserves_l1(delta: torch.Tensor) -> None:
 
 def test_dare_linear_preserves_l1_of_task_vector(delta: torch.Tensor) -> None:
     base = torch.full_like(delta, 0.25)
-    out = run_method("dare_linear", [base, base + delta], 0, per_input={"weight": 1.0, "density": 0.4})
+    out = run_method(
+        "dare_linear", [base, base + delta], 0, per_input={"weight": 1.0, "density": 0.4}
+    )
     moved = out - base
     assert abs(float((moved != 0).float().mean()) - 0.4) < 5 * sigma(0.4, N)
     assert math.isclose(float(moved.abs().sum()), float(delta.abs().sum()), rel_tol=1e-4)
@@ -85,8 +87,12 @@ def test_della_one_element_rows_have_no_nan() -> None:
     out = sparsify.della_magprune(x, 0.3, 0.1, False, gen())
     assert torch.isfinite(out).all()
     assert abs(float(out.mean()) - 0.3) < 5 * sigma(0.3, N)
-    merged = run_method("della", [torch.zeros(1), torch.ones(1)], 0,
-                        per_input={"weight": 1.0, "density": 0.5, "epsilon": 0.1})
+    merged = run_method(
+        "della",
+        [torch.zeros(1), torch.ones(1)],
+        0,
+        per_input={"weight": 1.0, "density": 0.5, "epsilon": 0.1},
+    )
     assert torch.isfinite(merged).all()
 
 
@@ -128,8 +134,13 @@ def test_thread_count_does_not_change_bytes(
 def test_each_model_gets_its_own_mask() -> None:
     base = torch.zeros(N)
     ones = torch.ones(N)
-    out = run_method("dare_linear", [base, ones, ones], 0, {"rescale": False},
-                     per_input={"weight": 1.0, "density": 0.5})
+    out = run_method(
+        "dare_linear",
+        [base, ones, ones],
+        0,
+        {"rescale": False},
+        per_input={"weight": 1.0, "density": 0.5},
+    )
     # Independent masks: values 0, 1, 2 in proportions 1/4, 1/2, 1/4.
     frac_two = float((out == 2).float().mean())
     assert abs(frac_two - 0.25) < 5 * sigma(0.25, N)

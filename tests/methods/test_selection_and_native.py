@@ -27,10 +27,15 @@ def test_negative_scores_fall_back_to_kthvalue():
     assert sparsify.kth_smallest(x, 10) == torch.kthvalue(x, 10).values
 
 
-@pytest.mark.parametrize("method", ["ties", "dare_ties", "breadcrumbs_ties", "task_arithmetic", "linear", "slerp"])
+@pytest.mark.parametrize(
+    "method", ["ties", "dare_ties", "breadcrumbs_ties", "task_arithmetic", "linear", "slerp"]
+)
 def test_stored_dtype_inputs_give_the_same_bytes_as_upcasting_first(method, tmp_path):
     base, fts = make_model_family(tmp_path / "m", "llama", n=2, dtype="bfloat16")
-    models = "".join(f"  - {{model: {m}, parameters: {{weight: {w}, density: 0.6}}}}\n" for m, w in zip(fts, (0.7, 0.5)))
+    models = "".join(
+        f"  - {{model: {m}, parameters: {{weight: {w}, density: 0.6}}}}\n"
+        for m, w in zip(fts, (0.7, 0.5))
+    )
     recipe = f"merge_method: {method}\nbase_model: {base}\nmodels:\n{models}"
     if method == "linear":
         recipe = recipe.replace(f"base_model: {base}\n", "")

@@ -12,8 +12,12 @@ from tests.methods.helpers import run_method, t
 R2 = math.sqrt(0.5)  # sin(pi/4) = cos(pi/4) = 0.70710678
 
 
-def close(actual: torch.Tensor, expected: list[float] | list[list[float]], tol: float = 1e-6) -> None:
-    torch.testing.assert_close(actual, torch.tensor(expected, dtype=actual.dtype), atol=tol, rtol=tol)
+def close(
+    actual: torch.Tensor, expected: list[float] | list[list[float]], tol: float = 1e-6
+) -> None:
+    torch.testing.assert_close(
+        actual, torch.tensor(expected, dtype=actual.dtype), atol=tol, rtol=tol
+    )
 
 
 # --- slerp ------------------------------------------------------------------------------------
@@ -74,7 +78,9 @@ def test_slerp_t1_gives_other() -> None:
 
 
 def test_slerp_float64_stays_float64() -> None:
-    out = run_method("slerp", [t(1, 0, dtype=torch.float64), t(0, 1, dtype=torch.float64)], 0, {"t": 0.5})
+    out = run_method(
+        "slerp", [t(1, 0, dtype=torch.float64), t(0, 1, dtype=torch.float64)], 0, {"t": 0.5}
+    )
     assert out.dtype == torch.float64
 
 
@@ -96,7 +102,9 @@ def test_nuslerp_zero_weight_sum_uses_half() -> None:
 def test_nuslerp_with_base_interpolates_task_vectors() -> None:
     # deltas [1,0] and [0,1], t = 0.5 -> b + [0.7071, 0.7071]
     out = run_method(
-        "nuslerp", [t(1, 1), t(2, 1), t(1, 2)], 0,
+        "nuslerp",
+        [t(1, 1), t(2, 1), t(1, 2)],
+        0,
         per_input=[{}, {"weight": 1}, {"weight": 1}],
     )
     close(out, [1 + R2, 1 + R2])
@@ -115,8 +123,11 @@ X2 = [[0.0, 1.0], [2.0, 0.0]]
 def test_nuslerp_per_row_last_axis() -> None:
     # row 0: [1,0] vs [0,1] -> [0.7071, 0.7071]; row 1: [1,0] vs [2,0] colinear -> [1.5, 0]
     out = run_method(
-        "nuslerp", [torch.tensor(X1), torch.tensor(X2)], None,
-        {"nuslerp_flatten": False}, [{"weight": 1}, {"weight": 1}],
+        "nuslerp",
+        [torch.tensor(X1), torch.tensor(X2)],
+        None,
+        {"nuslerp_flatten": False},
+        [{"weight": 1}, {"weight": 1}],
     )
     close(out, [[R2, R2], [1.5, 0.0]])
 
@@ -127,8 +138,11 @@ def test_nuslerp_row_wise_first_axis() -> None:
     # col 1: [0,0] vs [1,0]: the zero vector normalises to 0, cos = 0, theta = pi/2,
     #   S = sin(pi/4) * [1, 0] = [0.7071, 0]
     out = run_method(
-        "nuslerp", [torch.tensor(X1), torch.tensor(X2)], None,
-        {"nuslerp_flatten": False, "nuslerp_row_wise": True}, [{"weight": 1}, {"weight": 1}],
+        "nuslerp",
+        [torch.tensor(X1), torch.tensor(X2)],
+        None,
+        {"nuslerp_flatten": False, "nuslerp_row_wise": True},
+        [{"weight": 1}, {"weight": 1}],
     )
     close(out, [[0.5411961, R2], [1.6235883, 0.0]])
 
@@ -138,8 +152,12 @@ def test_nuslerp_flatten_whole_tensor() -> None:
     # theta = acos(0.63245553), sin theta = sqrt(1 - 0.4); both coefficients sin(theta/2)/sin theta
     theta = math.acos(2 / math.sqrt(10))
     c = math.sin(theta / 2) / math.sin(theta)
-    out = run_method("nuslerp", [torch.tensor(X1), torch.tensor(X2)], None,
-                     per_input=[{"weight": 1}, {"weight": 1}])
+    out = run_method(
+        "nuslerp",
+        [torch.tensor(X1), torch.tensor(X2)],
+        None,
+        per_input=[{"weight": 1}, {"weight": 1}],
+    )
     close(out, [[c * 1, c * 1], [c * 3, 0.0]])
 
 
@@ -148,7 +166,9 @@ def test_nuslerp_flatten_whole_tensor() -> None:
 
 def test_multislerp_two_orthogonal() -> None:
     # w = [0.5, 0.5]; m = [0.5, 0.5], m_hat = [0.7071, 0.7071], tau = 0; scale = 0.5+0.5
-    out = run_method("multislerp", [t(1, 0), t(0, 1)], None, per_input=[{"weight": 1}, {"weight": 1}])
+    out = run_method(
+        "multislerp", [t(1, 0), t(0, 1)], None, per_input=[{"weight": 1}, {"weight": 1}]
+    )
     close(out, [R2, R2])
 
 
@@ -156,14 +176,18 @@ def test_multislerp_weights_and_norms() -> None:
     # w = [0.25, 0.75]; u = [1,0], [0,1]; m = [0.25, 0.75], ||m|| = sqrt(0.625) = 0.79056942
     # m_hat = [0.31622777, 0.94868330]; scale = 0.25*2 + 0.75*4 = 3.5
     # -> [1.10679718, 3.32039154]
-    out = run_method("multislerp", [t(2, 0), t(0, 4)], None, per_input=[{"weight": 1}, {"weight": 3}])
+    out = run_method(
+        "multislerp", [t(2, 0), t(0, 4)], None, per_input=[{"weight": 1}, {"weight": 3}]
+    )
     close(out, [1.10679718, 3.32039154])
 
 
 def test_multislerp_with_base() -> None:
     # task vectors [2,0] and [0,4] as above, plus b = [1,1]
     out = run_method(
-        "multislerp", [t(1, 1), t(3, 1), t(1, 5)], 0,
+        "multislerp",
+        [t(1, 1), t(3, 1), t(1, 5)],
+        0,
         per_input=[{}, {"weight": 1}, {"weight": 3}],
     )
     close(out, [2.10679718, 4.32039154])
@@ -172,7 +196,10 @@ def test_multislerp_with_base() -> None:
 def test_multislerp_without_weight_normalisation() -> None:
     # w = [1, 1] kept: m = [1,1], m_hat = [0.7071, 0.7071], scale = 1*1 + 1*1 = 2
     out = run_method(
-        "multislerp", [t(1, 0), t(0, 1)], None, {"normalize_weights": False},
+        "multislerp",
+        [t(1, 0), t(0, 1)],
+        None,
+        {"normalize_weights": False},
         [{"weight": 1}, {"weight": 1}],
     )
     close(out, [2 * R2, 2 * R2])
@@ -180,14 +207,18 @@ def test_multislerp_without_weight_normalisation() -> None:
 
 def test_multislerp_antipodal_pair_uses_linear_fallback() -> None:
     # u1 = -u2 -> m = 0 -> 0.5*[1,0] + 0.5*[-3,0] = [-1, 0]
-    out = run_method("multislerp", [t(1, 0), t(-3, 0)], None, per_input=[{"weight": 1}, {"weight": 1}])
+    out = run_method(
+        "multislerp", [t(1, 0), t(-3, 0)], None, per_input=[{"weight": 1}, {"weight": 1}]
+    )
     close(out, [-1.0, 0.0])
 
 
 def test_multislerp_antipodal_three_uses_linear_fallback() -> None:
     # MergeKit raises here. u = [1,0], [-1,0], 0 -> m = 0 -> (1/3)([2,0] + [-1,0] + [0,0])
     out = run_method(
-        "multislerp", [t(2, 0), t(-1, 0), t(0, 0)], None,
+        "multislerp",
+        [t(2, 0), t(-1, 0), t(0, 0)],
+        None,
         per_input=[{"weight": 1}, {"weight": 1}, {"weight": 1}],
     )
     close(out, [1 / 3, 0.0])

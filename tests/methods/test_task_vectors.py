@@ -41,7 +41,9 @@ def test_lambda_without_normalize() -> None:
 
 def test_zero_weight_sum_divisor_becomes_one() -> None:
     # w = 1, -1: |Σw| < 1e-8 -> divisor 1 -> δ1 - δ2 = [2, -2, -2] -> [3, 0, 1]
-    out = run_method("task_arithmetic", TA, 0, {"normalize": True}, [{}, {"weight": 1}, {"weight": -1}])
+    out = run_method(
+        "task_arithmetic", TA, 0, {"normalize": True}, [{}, {"weight": 1}, {"weight": -1}]
+    )
     close(out, [3.0, 0.0, 1.0])
 
 
@@ -134,8 +136,16 @@ def test_inputs_are_not_modified() -> None:
     inputs = [torch.randn(6, 5, generator=torch.Generator().manual_seed(i)) for i in range(3)]
     copies = [x.clone() for x in inputs]
     per = {"weight": 0.7, "density": 0.5, "epsilon": 0.1, "gamma": 0.1}
-    for name in ("task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs",
-                 "breadcrumbs_ties", "della", "della_linear"):
+    for name in (
+        "task_arithmetic",
+        "ties",
+        "dare_ties",
+        "dare_linear",
+        "breadcrumbs",
+        "breadcrumbs_ties",
+        "della",
+        "della_linear",
+    ):
         run_method(name, inputs, 1, per_input=per)
         for x, c in zip(inputs, copies, strict=True):
             assert torch.equal(x, c), name

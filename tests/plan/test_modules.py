@@ -27,19 +27,29 @@ def _vlm(path, seed):
     t["lm_head.weight"] = torch.randn(10, 4, generator=g)
     path.mkdir()
     save_file(t, str(path / "model.safetensors"))
-    cfg = {"architectures": ["LlavaForConditionalGeneration"], "model_type": "llava",
-           "text_config": {"num_hidden_layers": 3, "layer_types": ["a", "b", "c"]},
-           "vision_config": {"num_hidden_layers": 2}}
+    cfg = {
+        "architectures": ["LlavaForConditionalGeneration"],
+        "model_type": "llava",
+        "text_config": {"num_hidden_layers": 3, "layer_types": ["a", "b", "c"]},
+        "vision_config": {"num_hidden_layers": 2},
+    }
     (path / "config.json").write_text(json.dumps(cfg))
     return path
 
 
 def test_partition_modules():
-    names = ["model.language_model.layers.0.x", "model.vision_tower.encoder.layers.0.y",
-             "model.multi_modal_projector.w", "lm_head.weight", "model.visual.z"]
+    names = [
+        "model.language_model.layers.0.x",
+        "model.vision_tower.encoder.layers.0.y",
+        "model.multi_modal_projector.w",
+        "lm_head.weight",
+        "model.visual.z",
+    ]
     parts, unclaimed = partition_modules(["text_decoder", "multi_modal_projector"], names)
-    assert parts == {"text_decoder": ["model.language_model.layers.0.x", "lm_head.weight"],
-                     "multi_modal_projector": ["model.multi_modal_projector.w"]}
+    assert parts == {
+        "text_decoder": ["model.language_model.layers.0.x", "lm_head.weight"],
+        "multi_modal_projector": ["model.multi_modal_projector.w"],
+    }
     assert unclaimed == ["model.vision_tower.encoder.layers.0.y", "model.visual.z"]
 
 
@@ -64,9 +74,17 @@ modules:
     assert set(out) == set(x)
     name = "model.language_model.layers.2.mlp.up_proj.weight"
     assert torch.allclose(out[name], 0.3 * x[name] + 0.7 * y[name])
-    assert torch.equal(out["model.vision_tower.encoder.layers.1.fc1.weight"], x["model.vision_tower.encoder.layers.1.fc1.weight"])
-    assert torch.equal(out["model.multi_modal_projector.linear_1.weight"], y["model.multi_modal_projector.linear_1.weight"])
-    assert torch.allclose(out["lm_head.weight"], 0.3 * x["lm_head.weight"] + 0.7 * y["lm_head.weight"])
+    assert torch.equal(
+        out["model.vision_tower.encoder.layers.1.fc1.weight"],
+        x["model.vision_tower.encoder.layers.1.fc1.weight"],
+    )
+    assert torch.equal(
+        out["model.multi_modal_projector.linear_1.weight"],
+        y["model.multi_modal_projector.linear_1.weight"],
+    )
+    assert torch.allclose(
+        out["lm_head.weight"], 0.3 * x["lm_head.weight"] + 0.7 * y["lm_head.weight"]
+    )
 
 
 def test_modules_with_slices_restack_only_the_text_decoder(tmp_path):
@@ -89,11 +107,16 @@ modules:
     assert plan.out_config["text_config"]["layer_types"] == ["a", "b", "c", "b", "c"]
     assert plan.out_config["vision_config"]["num_hidden_layers"] == 2
     names = {t.name: t for t in plan.tensors}
-    assert names["model.language_model.layers.4.mlp.up_proj.weight"].sources[0].name == "model.language_model.layers.2.mlp.up_proj.weight"
+    assert (
+        names["model.language_model.layers.4.mlp.up_proj.weight"].sources[0].name
+        == "model.language_model.layers.2.mlp.up_proj.weight"
+    )
     assert "model.vision_tower.encoder.layers.1.fc1.weight" in names
 
 
 def test_module_missing_from_recipe_warns(tmp_path):
     a = _vlm(tmp_path / "a", 1)
-    plan = plan_merge(f"merge_method: passthrough\nmodules:\n  text_decoder:\n    models: [{{model: {a}}}]\n")
+    plan = plan_merge(
+        f"merge_method: passthrough\nmodules:\n  text_decoder:\n    models: [{{model: {a}}}]\n"
+    )
     assert any("belong to no module of the recipe and are not written" in w for w in plan.warnings)

@@ -28,7 +28,10 @@ slices:
     assert plan.out_config["num_hidden_layers"] == 5
     src = t["model.layers.2.mlp.up_proj.weight"].sources[0]
     assert (src.model, src.name) == (str(b), "model.layers.1.mlp.up_proj.weight")
-    assert t["model.layers.4.self_attn.q_proj.weight"].sources[0].name == "model.layers.3.self_attn.q_proj.weight"
+    assert (
+        t["model.layers.4.self_attn.q_proj.weight"].sources[0].name
+        == "model.layers.3.self_attn.q_proj.weight"
+    )
     assert "model.layers.5.mlp.up_proj.weight" not in t
     # pre tensors come from the first slice, post tensors from the last
     assert t["model.embed_tokens.weight"].sources[0].model == str(a)
@@ -49,8 +52,14 @@ models:
       weight: [{{filter: mlp, value: 0.25}}, {{value: 0.75}}]
 parameters: {{lambda: 2, desnity: 0.1}}
 """)
-    assert any("'lambda' is one value for the whole merge and is ignored per model" in w for w in plan.warnings)
-    assert any("parameter 'desnity' is not used by ties and is ignored. Did you mean 'density'?" in w for w in plan.warnings)
+    assert any(
+        "'lambda' is one value for the whole merge and is ignored per model" in w
+        for w in plan.warnings
+    )
+    assert any(
+        "parameter 'desnity' is not used by ties and is ignored. Did you mean 'density'?" in w
+        for w in plan.warnings
+    )
     t = _by_name(plan)
     q3 = t["model.layers.3.self_attn.q_proj.weight"]
     assert [s.model for s in q3.sources] == [str(a), str(b), str(base)]
@@ -126,7 +135,9 @@ models:
 def test_layer_range_outside_model(llama_family):
     base, (a, b) = llama_family
     with pytest.raises(PlanError) as info:
-        plan_merge(f"merge_method: passthrough\nslices: [{{sources: [{{model: {a}, layer_range: [2, 6]}}]}}]\n")
+        plan_merge(
+            f"merge_method: passthrough\nslices: [{{sources: [{{model: {a}, layer_range: [2, 6]}}]}}]\n"
+        )
     assert info.value.problems == [
         f"slices[0].sources[0].layer_range: layer_range [2, 6] is outside {a}, which has 4 layers (0..3)"
     ]
@@ -150,7 +161,9 @@ def test_vocabulary_mismatch_is_a_clear_error(tmp_path):
     with pytest.raises(PlanError) as info:
         plan_merge(recipe)
     (problem,) = info.value.problems
-    assert problem.startswith(f"the models have different vocabulary sizes ({small} [64, 16], {big} [80, 16] for model.embed_tokens.weight)")
+    assert problem.startswith(
+        f"the models have different vocabulary sizes ({small} [64, 16], {big} [80, 16] for model.embed_tokens.weight)"
+    )
     assert "tokenizer_source: base" in problem and "tokenizer_source: union" in problem
     plan = plan_merge(recipe, unsafe_truncate_embeddings=True)
     assert _by_name(plan)["model.embed_tokens.weight"].shape == (64, 16)
@@ -175,7 +188,13 @@ def test_planning_reads_headers_only(llama_family, monkeypatch):
         return fh
 
     monkeypatch.setattr(builtins, "open", counting_open)
-    plan = plan_merge(f"merge_method: linear\nmodels: [{{model: {a}, parameters: {{weight: 1}}}}, {{model: {b}, parameters: {{weight: 1}}}}]\n")
-    header_bytes = sum(f.stat().st_size - sum(t.nbytes for t in m.index.tensors.values()) for m in plan.models.values() for f in m.index.files)
+    plan = plan_merge(
+        f"merge_method: linear\nmodels: [{{model: {a}, parameters: {{weight: 1}}}}, {{model: {b}, parameters: {{weight: 1}}}}]\n"
+    )
+    header_bytes = sum(
+        f.stat().st_size - sum(t.nbytes for t in m.index.tensors.values())
+        for m in plan.models.values()
+        for f in m.index.files
+    )
     assert 0 < counted["bytes"] <= header_bytes
     assert plan.bytes_to_read == sum(m.index.total_bytes for m in plan.models.values())

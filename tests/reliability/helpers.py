@@ -77,7 +77,9 @@ def snapshot(*folders: Path) -> dict[str, tuple[int, str]]:
 
 def leftovers(parent: Path) -> list[str]:
     """meldkit's temporary folders in ``parent`` (there must be none after a failure)."""
-    return sorted(p.name for p in parent.iterdir() if p.name.endswith((".meldkit-partial", ".meldkit-old")))
+    return sorted(
+        p.name for p in parent.iterdir() if p.name.endswith((".meldkit-partial", ".meldkit-old"))
+    )
 
 
 def folder_bytes(folder: Path) -> dict[str, bytes]:

@@ -127,64 +127,181 @@ def _no_weights(m: Path) -> None:
 
 
 CASES = [
-    Case("yaml-syntax", lambda t, f: f"merge_method: linear\nmodels:\n  - model: {f.ft1}\n   - b: [\n", 2,
-         ["invalid YAML at line 4"], ["indentation"]),
+    Case(
+        "yaml-syntax",
+        lambda t, f: f"merge_method: linear\nmodels:\n  - model: {f.ft1}\n   - b: [\n",
+        2,
+        ["invalid YAML at line 4"],
+        ["indentation"],
+    ),
     Case("empty-recipe", lambda t, f: "", 2, ["the recipe is empty"], ["merge_method"]),
     Case("comment-only-recipe", lambda t, f: "# nothing here\n", 2, ["the recipe is empty"]),
-    Case("unknown-method", lambda t, f: f"merge_method: linaer\nmodels: [{f.ft1}]\n", 2,
-         ["unknown merge_method 'linaer'. Did you mean 'linear'?"], ["meldkit methods"]),
-    Case("missing-model-folder", lambda t, f: linear_recipe(f.ft1, t / "nope"), 2,
-         [f"model folder '{{tmp}}{os.sep}nope' does not exist"], ["path"]),
-    Case("missing-weights", lambda t, f: _with(t, f, "noweights", _no_weights), 2,
-         ["no weights found in", "noweights"], ["weight files"]),
-    Case("layer-range-outside", lambda t, f: (
-        f"merge_method: passthrough\nslices:\n  - sources:\n      - model: {f.ft1}\n        layer_range: [0, 9]\n"),
-         2, ["layer_range [0, 9] is outside", "which has 4 layers"]),
-    Case("shape-mismatch", lambda t, f: linear_recipe(f.ft1, _model(t, "wide", hidden=32)), 2,
-         ["tensor model.embed_tokens.weight has different shapes", "ft1 [64, 16]", "wide [64, 32]", "more problems"],
-         ["-v"]),
-    Case("missing-parameter", lambda t, f: (
-        f"merge_method: ties\nbase_model: {f.base}\nmodels:\n  - model: {f.ft1}\n  - model: {f.ft2}\n"), 2,
-         ["missing required parameter 'weight' for model", "ft1"]),
-    Case("parameter-wrong-type", lambda t, f: linear_recipe(f.ft1, f.ft2).replace("weight: 1.0}", "weight: abc}", 1), 2,
-         ["parameter 'weight' for model", "ft1", "expected a number, got 'abc'"]),
-    Case("density-above-one", lambda t, f: (
-        f"merge_method: ties\nbase_model: {f.base}\nmodels:\n  - model: {f.ft1}\n    parameters: {{weight: 1, density: 1.5}}\n"
-        f"  - model: {f.ft2}\n    parameters: {{weight: 1, density: 0.5}}\n"), 2,
-         ["parameter 'density' for model", "ft1", "1.5 is above the maximum 1.0"]),
-    Case("density-negative", lambda t, f: (
-        f"merge_method: dare_ties\nbase_model: {f.base}\nparameters: {{weight: 1, density: -0.2}}\n"
-        f"models:\n  - model: {f.ft1}\n  - model: {f.ft2}\n"), 2,
-         ["parameter 'density'", "-0.2 is below the minimum 0.0"]),
-    Case("della-epsilon", lambda t, f: (
-        f"merge_method: della\nbase_model: {f.base}\nmodels:\n  - model: {f.ft1}\n"
-        "    parameters: {weight: 1, density: 0.5, epsilon: 0.9}\n"
-        f"  - model: {f.ft2}\n    parameters: {{weight: 1, density: 0.5, epsilon: 0.1}}\n"), 2,
-         ["della: model", "ft1", "epsilon=0.9", "density + epsilon < 1"]),
-    Case("unknown-dtype", lambda t, f: _two(t, f) + "dtype: float33\n", 2,
-         ["unknown dtype 'float33'"], ["bfloat16", "float16", "float32"]),
-    Case("vocabulary-mismatch", lambda t, f: linear_recipe(f.ft1, _model(t, "bigvocab", vocab=80)), 2,
-         ["different vocabulary sizes", "[64, 16]", "[80, 16]"]),
-    Case("missing-tensor", lambda t, f: _with(t, f, "holes", _drop_tensor), 2,
-         ["tensor model.layers.1.mlp.up_proj.weight is missing from", "holes"]),
-    Case("truncated-safetensors", lambda t, f: _with(t, f, "trunc", _truncate), 2,
-         [f"trunc{os.sep}model.safetensors: not a valid safetensors file", "truncated"], ["corrupt"]),
-    Case("header-length-beyond-file", lambda t, f: _with(t, f, "hdrlen", _header_too_long), 2,
-         [f"hdrlen{os.sep}model.safetensors", "header length 10000000 runs past the end"]),
-    Case("malformed-header-json", lambda t, f: _with(t, f, "badjson", _bad_json), 2,
-         [f"badjson{os.sep}model.safetensors", "header is not valid JSON"]),
-    Case("offsets-outside-file", lambda t, f: _with(t, f, "offsets", _offsets_outside), 2,
-         [f"offsets{os.sep}model.safetensors", "model.norm.weight", "lies at bytes 0..1000000000"]),
-    Case("dtype-shape-vs-bytes", lambda t, f: _with(t, f, "dtypeshape", _dtype_shape_disagree), 2,
-         [f"dtypeshape{os.sep}model.safetensors", "model.norm.weight", "but occupies 64 bytes"]),
-    Case("output-occupied", _two, 2, ["already exists and is not empty"], ["--overwrite"],
-         setup_out=lambda out: (out.mkdir(), (out / "keep.txt").write_text("mine")), out_exists_after=True),
-    Case("output-is-a-file", _two, 2, ["exists and is not a folder"],
-         setup_out=lambda out: out.write_text("x"), out_exists_after=True),
-    Case("output-parent-missing", _two, 2, ["the parent folder of", "does not exist"],
-         args=["--overwrite"]),
+    Case(
+        "unknown-method",
+        lambda t, f: f"merge_method: linaer\nmodels: [{f.ft1}]\n",
+        2,
+        ["unknown merge_method 'linaer'. Did you mean 'linear'?"],
+        ["meldkit methods"],
+    ),
+    Case(
+        "missing-model-folder",
+        lambda t, f: linear_recipe(f.ft1, t / "nope"),
+        2,
+        [f"model folder '{{tmp}}{os.sep}nope' does not exist"],
+        ["path"],
+    ),
+    Case(
+        "missing-weights",
+        lambda t, f: _with(t, f, "noweights", _no_weights),
+        2,
+        ["no weights found in", "noweights"],
+        ["weight files"],
+    ),
+    Case(
+        "layer-range-outside",
+        lambda t, f: (
+            f"merge_method: passthrough\nslices:\n  - sources:\n      - model: {f.ft1}\n        layer_range: [0, 9]\n"
+        ),
+        2,
+        ["layer_range [0, 9] is outside", "which has 4 layers"],
+    ),
+    Case(
+        "shape-mismatch",
+        lambda t, f: linear_recipe(f.ft1, _model(t, "wide", hidden=32)),
+        2,
+        [
+            "tensor model.embed_tokens.weight has different shapes",
+            "ft1 [64, 16]",
+            "wide [64, 32]",
+            "more problems",
+        ],
+        ["-v"],
+    ),
+    Case(
+        "missing-parameter",
+        lambda t, f: (
+            f"merge_method: ties\nbase_model: {f.base}\nmodels:\n  - model: {f.ft1}\n  - model: {f.ft2}\n"
+        ),
+        2,
+        ["missing required parameter 'weight' for model", "ft1"],
+    ),
+    Case(
+        "parameter-wrong-type",
+        lambda t, f: linear_recipe(f.ft1, f.ft2).replace("weight: 1.0}", "weight: abc}", 1),
+        2,
+        ["parameter 'weight' for model", "ft1", "expected a number, got 'abc'"],
+    ),
+    Case(
+        "density-above-one",
+        lambda t, f: (
+            f"merge_method: ties\nbase_model: {f.base}\nmodels:\n  - model: {f.ft1}\n    parameters: {{weight: 1, density: 1.5}}\n"
+            f"  - model: {f.ft2}\n    parameters: {{weight: 1, density: 0.5}}\n"
+        ),
+        2,
+        ["parameter 'density' for model", "ft1", "1.5 is above the maximum 1.0"],
+    ),
+    Case(
+        "density-negative",
+        lambda t, f: (
+            f"merge_method: dare_ties\nbase_model: {f.base}\nparameters: {{weight: 1, density: -0.2}}\n"
+            f"models:\n  - model: {f.ft1}\n  - model: {f.ft2}\n"
+        ),
+        2,
+        ["parameter 'density'", "-0.2 is below the minimum 0.0"],
+    ),
+    Case(
+        "della-epsilon",
+        lambda t, f: (
+            f"merge_method: della\nbase_model: {f.base}\nmodels:\n  - model: {f.ft1}\n"
+            "    parameters: {weight: 1, density: 0.5, epsilon: 0.9}\n"
+            f"  - model: {f.ft2}\n    parameters: {{weight: 1, density: 0.5, epsilon: 0.1}}\n"
+        ),
+        2,
+        ["della: model", "ft1", "epsilon=0.9", "density + epsilon < 1"],
+    ),
+    Case(
+        "unknown-dtype",
+        lambda t, f: _two(t, f) + "dtype: float33\n",
+        2,
+        ["unknown dtype 'float33'"],
+        ["bfloat16", "float16", "float32"],
+    ),
+    Case(
+        "vocabulary-mismatch",
+        lambda t, f: linear_recipe(f.ft1, _model(t, "bigvocab", vocab=80)),
+        2,
+        ["different vocabulary sizes", "[64, 16]", "[80, 16]"],
+    ),
+    Case(
+        "missing-tensor",
+        lambda t, f: _with(t, f, "holes", _drop_tensor),
+        2,
+        ["tensor model.layers.1.mlp.up_proj.weight is missing from", "holes"],
+    ),
+    Case(
+        "truncated-safetensors",
+        lambda t, f: _with(t, f, "trunc", _truncate),
+        2,
+        [f"trunc{os.sep}model.safetensors: not a valid safetensors file", "truncated"],
+        ["corrupt"],
+    ),
+    Case(
+        "header-length-beyond-file",
+        lambda t, f: _with(t, f, "hdrlen", _header_too_long),
+        2,
+        [f"hdrlen{os.sep}model.safetensors", "header length 10000000 runs past the end"],
+    ),
+    Case(
+        "malformed-header-json",
+        lambda t, f: _with(t, f, "badjson", _bad_json),
+        2,
+        [f"badjson{os.sep}model.safetensors", "header is not valid JSON"],
+    ),
+    Case(
+        "offsets-outside-file",
+        lambda t, f: _with(t, f, "offsets", _offsets_outside),
+        2,
+        [f"offsets{os.sep}model.safetensors", "model.norm.weight", "lies at bytes 0..1000000000"],
+    ),
+    Case(
+        "dtype-shape-vs-bytes",
+        lambda t, f: _with(t, f, "dtypeshape", _dtype_shape_disagree),
+        2,
+        [f"dtypeshape{os.sep}model.safetensors", "model.norm.weight", "but occupies 64 bytes"],
+    ),
+    Case(
+        "output-occupied",
+        _two,
+        2,
+        ["already exists and is not empty"],
+        ["--overwrite"],
+        setup_out=lambda out: (out.mkdir(), (out / "keep.txt").write_text("mine")),
+        out_exists_after=True,
+    ),
+    Case(
+        "output-is-a-file",
+        _two,
+        2,
+        ["exists and is not a folder"],
+        setup_out=lambda out: out.write_text("x"),
+        out_exists_after=True,
+    ),
+    Case(
+        "output-parent-missing",
+        _two,
+        2,
+        ["the parent folder of", "does not exist"],
+        args=["--overwrite"],
+    ),
     Case("unknown-device", _two, 2, ["unknown device 'tpu'"], ["cpu"], args=["--device", "tpu"]),
-    Case("bad-shard-size", _two, 2, ["invalid size 'lots'"], ["5GB"], args=["--out-shard-size", "lots"]),
+    Case(
+        "bad-shard-size",
+        _two,
+        2,
+        ["invalid size 'lots'"],
+        ["5GB"],
+        args=["--out-shard-size", "lots"],
+    ),
 ]
 
 
@@ -193,7 +310,9 @@ def _resolve(text: str, tmp: Path) -> str:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_user_error_catalogue(case: Case, family: Family, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_user_error_catalogue(
+    case: Case, family: Family, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     recipe = write_recipe(tmp_path, case.recipe(tmp_path, family))
     out = tmp_path / ("missing-parent/out" if case.id == "output-parent-missing" else "out")
     if case.setup_out:
@@ -223,10 +342,14 @@ def test_user_error_catalogue(case: Case, family: Family, tmp_path: Path, capsys
     assert snapshot(*inputs) == before
 
 
-def test_several_problems_fold_into_two_lines_and_verbose_lists_them(family: Family, tmp_path: Path,
-                                                                     capsys: pytest.CaptureFixture[str]) -> None:
-    recipe = write_recipe(tmp_path, f"merge_method: ties\nbase_model: {family.base}\nmodels:\n"
-                                    f"  - model: {family.ft1}\n  - model: {family.ft2}\n")
+def test_several_problems_fold_into_two_lines_and_verbose_lists_them(
+    family: Family, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    recipe = write_recipe(
+        tmp_path,
+        f"merge_method: ties\nbase_model: {family.base}\nmodels:\n"
+        f"  - model: {family.ft1}\n  - model: {family.ft2}\n",
+    )
     r = run_cli(capsys, "merge", recipe, tmp_path / "out")
     assert r.code == 2 and len(r.err_lines) == 2
     assert r.err_lines[0].endswith("(and 1 more problem)")
@@ -239,7 +362,9 @@ def test_several_problems_fold_into_two_lines_and_verbose_lists_them(family: Fam
 
 def test_recipe_file_problems(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     r = run_cli(capsys, "merge", tmp_path / "none.yaml", tmp_path / "out")
-    assert r.code == 2 and r.err_lines[0] == f"error: recipe file '{tmp_path / 'none.yaml'}' not found"
+    assert (
+        r.code == 2 and r.err_lines[0] == f"error: recipe file '{tmp_path / 'none.yaml'}' not found"
+    )
     binary = tmp_path / "bin.yaml"
     binary.write_bytes(b"\xff\xfe\x00garbage")
     r = run_cli(capsys, "merge", binary, tmp_path / "out")
@@ -253,8 +378,9 @@ def test_recipe_file_problems(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 
 @pytest.mark.parametrize("legacy", [False, True], ids=["zip-pickle", "legacy-pickle"])
-def test_hostile_pickle_never_runs(legacy: bool, family: Family, tmp_path: Path,
-                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_hostile_pickle_never_runs(
+    legacy: bool, family: Family, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     marker = tmp_path / "PWNED"
     evil = _model(tmp_path, "evil")
     (evil / "model.safetensors").unlink()
@@ -275,15 +401,18 @@ def test_hostile_pickle_never_runs(legacy: bool, family: Family, tmp_path: Path,
     assert not (tmp_path / "out").exists()
 
 
-def test_plain_bin_weights_are_read(family: Family, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_plain_bin_weights_are_read(
+    family: Family, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     # The safe loader is not a blanket refusal: an ordinary .bin checkpoint merges.
     plain = make_tiny_model(tmp_path / "plain", "llama", num_layers=4, seed=3, fmt="bin")
     recipe = write_recipe(tmp_path, linear_recipe(family.ft1, plain))
     assert run_cli(capsys, "merge", recipe, tmp_path / "out", "--quiet").code == 0
 
 
-def test_nan_input_warns_with_tensor_and_model(family: Family, tmp_path: Path,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_nan_input_warns_with_tensor_and_model(
+    family: Family, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     nan = _model(tmp_path, "nanmodel")
     sd = load_file(nan / "model.safetensors")
     sd["model.layers.1.mlp.up_proj.weight"][0, 0] = float("nan")
@@ -292,12 +421,17 @@ def test_nan_input_warns_with_tensor_and_model(family: Family, tmp_path: Path,
     recipe = write_recipe(tmp_path, linear_recipe(family.ft1, nan))
     r = run_cli(capsys, "merge", recipe, tmp_path / "out", "--quiet")
     assert r.code == 0
-    assert f"warning: tensor model.layers.1.mlp.up_proj.weight of {nan} contains NaN or Inf values" in r.err_lines
+    assert (
+        f"warning: tensor model.layers.1.mlp.up_proj.weight of {nan} contains NaN or Inf values"
+        in r.err_lines
+    )
     assert f"warning: tensor model.norm.weight of {nan} contains NaN or Inf values" in r.err_lines
     assert sum("NaN" in line for line in r.err_lines) == 2
 
 
-def test_tokenizer_remote_code_never_runs(family: Family, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_tokenizer_remote_code_never_runs(
+    family: Family, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     marker = tmp_path / "RAN"
     model = _model(tmp_path, "custom")
     cfg_path = model / "tokenizer_config.json"
@@ -305,9 +439,12 @@ def test_tokenizer_remote_code_never_runs(family: Family, tmp_path: Path, capsys
     cfg["auto_map"] = {"AutoTokenizer": ["tokenization_evil.EvilTokenizer", None]}
     cfg_path.write_text(json.dumps(cfg))
     (model / "tokenization_evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
-    recipe = write_recipe(tmp_path, f"merge_method: linear\nbase_model: {model}\nmodels:\n"
-                                    f"  - model: {model}\n    parameters: {{weight: 1}}\n"
-                                    f"  - model: {family.ft1}\n    parameters: {{weight: 1}}\n")
+    recipe = write_recipe(
+        tmp_path,
+        f"merge_method: linear\nbase_model: {model}\nmodels:\n"
+        f"  - model: {model}\n    parameters: {{weight: 1}}\n"
+        f"  - model: {family.ft1}\n    parameters: {{weight: 1}}\n",
+    )
     out = tmp_path / "out"
     assert run_cli(capsys, "merge", recipe, out, "--quiet").code == 0
     r = run_cli(capsys, "verify", out)
@@ -316,8 +453,12 @@ def test_tokenizer_remote_code_never_runs(family: Family, tmp_path: Path, capsys
     assert not marker.exists()
 
 
-def test_runtime_failure_exits_1_and_cleans_up(family: Family, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_runtime_failure_exits_1_and_cleans_up(
+    family: Family,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """An input that changes after planning is a failure while merging: exit 1, nothing left."""
     import meldkit.plan
 
@@ -333,13 +474,21 @@ def test_runtime_failure_exits_1_and_cleans_up(family: Family, tmp_path: Path, c
     recipe = write_recipe(tmp_path, linear_recipe(family.ft1, victim))
     r = run_cli(capsys, "merge", recipe, tmp_path / "out", "--quiet")
     assert r.code == 1, r.err
-    assert r.err_lines[0].startswith("error: ") and "victim" in r.err_lines[0] and "truncated" in r.err_lines[0]
+    assert (
+        r.err_lines[0].startswith("error: ")
+        and "victim" in r.err_lines[0]
+        and "truncated" in r.err_lines[0]
+    )
     assert len(r.err_lines) == 2 and "Traceback" not in r.err
     assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
 
 
-def test_internal_error_is_one_line_unless_debug(family: Family, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_internal_error_is_one_line_unless_debug(
+    family: Family,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import meldkit.execute.pipeline as pipeline
 
     def broken(*a: object, **kw: object) -> object:
@@ -359,7 +508,9 @@ def test_internal_error_is_one_line_unless_debug(family: Family, tmp_path: Path,
     assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
 
 
-def test_debug_shows_the_traceback_of_user_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_debug_shows_the_traceback_of_user_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from meldkit.errors import RecipeError
 
     recipe = write_recipe(tmp_path, "")

@@ -40,8 +40,10 @@ DELAY = "0.25"  # seconds per tensor write in the child: ~10 s for the whole mer
 
 @pytest.fixture(scope="module")
 def recipe(family: Family, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_recipe(tmp_path_factory.mktemp("interrupt-recipe"),
-                        linear_recipe(family.ft1, family.ft2, weights=[0.3, 0.7]))
+    return write_recipe(
+        tmp_path_factory.mktemp("interrupt-recipe"),
+        linear_recipe(family.ft1, family.ft2, weights=[0.3, 0.7]),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +52,10 @@ def reference(recipe: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     from meldkit.cli.main import main
 
     out = tmp_path_factory.mktemp("reference") / "out"
-    assert main(["merge", str(recipe), str(out), "--out-shard-size", SHARD, "--quiet", "--seed", "3"]) == 0
+    assert (
+        main(["merge", str(recipe), str(out), "--out-shard-size", SHARD, "--quiet", "--seed", "3"])
+        == 0
+    )
     files = folder_bytes(out)
     assert sum(name.endswith(".safetensors") for name in files) >= 4
     return files
@@ -65,9 +70,24 @@ def _default_signals() -> None:
 def _start(recipe: Path, out: Path, *extra: str) -> subprocess.Popen[str]:
     env = {**os.environ, SLOW_WRITE_ENV: DELAY, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
-        [sys.executable, "-m", "meldkit", "merge", str(recipe), str(out), "--out-shard-size", SHARD,
-         "--seed", "3", *extra],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_signals,
+        [
+            sys.executable,
+            "-m",
+            "meldkit",
+            "merge",
+            str(recipe),
+            str(out),
+            "--out-shard-size",
+            SHARD,
+            "--seed",
+            "3",
+            *extra,
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_default_signals,
     )
 
 
@@ -111,8 +131,14 @@ def _stop(proc: subprocess.Popen[str], *signals: int) -> tuple[int, str]:
     ],
 )
 def test_interrupt_removes_everything_then_a_rerun_succeeds(
-    signals: tuple[int, ...], code: int, name: str, recipe: Path, reference: dict[str, bytes],
-    family: Family, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    signals: tuple[int, ...],
+    code: int,
+    name: str,
+    recipe: Path,
+    reference: dict[str, bytes],
+    family: Family,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     inputs = snapshot(*family.folders)
     out = tmp_path / "out"
@@ -121,8 +147,10 @@ def test_interrupt_removes_everything_then_a_rerun_succeeds(
     rc, err = _stop(proc, *signals)
     assert rc == code, err
     lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert lines[-2] == (f"error: interrupted by {name}; the temporary files were removed and nothing "
-                         f"was written to {out}")
+    assert lines[-2] == (
+        f"error: interrupted by {name}; the temporary files were removed and nothing "
+        f"was written to {out}"
+    )
     assert lines[-1].startswith("hint: run the same command again")
     assert "Traceback" not in err
     assert not out.exists() and leftovers(tmp_path) == []
@@ -130,13 +158,27 @@ def test_interrupt_removes_everything_then_a_rerun_succeeds(
     # a clean re-run; a re-run over the result with --overwrite. All give the same bytes.
     r = run_cli(capsys, "merge", recipe, out, "--out-shard-size", SHARD, "--seed", "3", "--resume")
     assert r.code == 0, r.err
-    assert f"note: --resume: no interrupted merge of {out} to continue; starting from the beginning" in r.err
+    assert (
+        f"note: --resume: no interrupted merge of {out} to continue; starting from the beginning"
+        in r.err
+    )
     assert folder_bytes(out) == reference
     clean = tmp_path / "clean"
     r = run_cli(capsys, "merge", recipe, clean, "--out-shard-size", SHARD, "--quiet", "--seed", "3")
     assert r.code == 0, r.err
     assert folder_bytes(clean) == reference
-    r = run_cli(capsys, "merge", recipe, out, "--out-shard-size", SHARD, "--quiet", "--seed", "3", "--overwrite")
+    r = run_cli(
+        capsys,
+        "merge",
+        recipe,
+        out,
+        "--out-shard-size",
+        SHARD,
+        "--quiet",
+        "--seed",
+        "3",
+        "--overwrite",
+    )
     assert r.code == 0, r.err
     assert folder_bytes(out) == reference and leftovers(tmp_path) == []
     assert snapshot(*family.folders) == inputs
@@ -163,13 +205,21 @@ def _shard_tensors(reference: dict[str, bytes], shards: list[str]) -> set[str]:
     return {t for t, f in index["weight_map"].items() if f in shards}
 
 
-@pytest.mark.parametrize(("sig", "code"), [
-    pytest.param(signal.SIGTERM, 143, id="sigterm"),
-    pytest.param(signal.SIGINT, 130, id="ctrl-c", marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    ("sig", "code"),
+    [
+        pytest.param(signal.SIGTERM, 143, id="sigterm"),
+        pytest.param(signal.SIGINT, 130, id="ctrl-c", marks=pytest.mark.slow),
+    ],
+)
 def test_interrupted_resume_run_keeps_shards_and_resume_finishes_identically(
-    sig: int, code: int, recipe: Path, reference: dict[str, bytes], tmp_path: Path,
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    sig: int,
+    code: int,
+    recipe: Path,
+    reference: dict[str, bytes],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     out = tmp_path / "out"
     proc = _start(recipe, out, "--resume")
@@ -195,7 +245,10 @@ def test_interrupted_resume_run_keeps_shards_and_resume_finishes_identically(
 
 
 def test_crash_leaves_no_output_and_resume_or_rerun_recover(
-    recipe: Path, reference: dict[str, bytes], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    recipe: Path,
+    reference: dict[str, bytes],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     out = tmp_path / "out"
     proc = _start(recipe, out)  # no --resume: a crash still leaves a journal behind
@@ -213,12 +266,19 @@ def test_crash_leaves_no_output_and_resume_or_rerun_recover(
     victim.write_bytes(bytes(data))
     r = run_cli(capsys, "merge", recipe, out, "--out-shard-size", SHARD, "--seed", "3", "--resume")
     assert r.code == 0, r.err
-    assert f"warning: --resume: writing {kept[0]} again: its checksum does not match the journal" in r.err
+    assert (
+        f"warning: --resume: writing {kept[0]} again: its checksum does not match the journal"
+        in r.err
+    )
     assert folder_bytes(out) == reference and leftovers(tmp_path) == []
 
 
 def test_plain_run_discards_a_crashed_run_and_resume_rejects_a_changed_recipe(
-    recipe: Path, reference: dict[str, bytes], family: Family, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    recipe: Path,
+    reference: dict[str, bytes],
+    family: Family,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     from meldkit.execute.journal import Journal
 

@@ -30,7 +30,9 @@ SHARD = "8KB"
 
 @pytest.fixture(scope="module")
 def recipe(family: Family, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_recipe(tmp_path_factory.mktemp("safety-recipe"), linear_recipe(family.ft1, family.ft2))
+    return write_recipe(
+        tmp_path_factory.mktemp("safety-recipe"), linear_recipe(family.ft1, family.ft2)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +58,13 @@ def _fill_disk_after(monkeypatch: pytest.MonkeyPatch, writes: int) -> None:
     monkeypatch.setattr(os, "pwrite", pwrite)
 
 
-def test_full_disk_removes_temporary_files(recipe: Path, family: Family, tmp_path: Path,
-                                           capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_full_disk_removes_temporary_files(
+    recipe: Path,
+    family: Family,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     inputs = snapshot(*family.folders)
     _fill_disk_after(monkeypatch, 12)
     out = tmp_path / "out"
@@ -71,7 +78,10 @@ def test_full_disk_removes_temporary_files(recipe: Path, family: Family, tmp_pat
 
 
 def test_full_disk_with_resume_keeps_finished_shards_and_resumes(
-    recipe: Path, reference: dict[str, bytes], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    recipe: Path,
+    reference: dict[str, bytes],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     out = tmp_path / "out"
@@ -82,7 +92,11 @@ def test_full_disk_with_resume_keeps_finished_shards_and_resumes(
     assert not out.exists()
     kept = sorted(p.name for p in partial_path(out).iterdir())
     assert JOURNAL_NAME in kept and len(kept) >= 2  # the journal and at least one finished shard
-    assert all(partial_path(out).joinpath(k).read_bytes() == reference[k] for k in kept if k != JOURNAL_NAME)
+    assert all(
+        partial_path(out).joinpath(k).read_bytes() == reference[k]
+        for k in kept
+        if k != JOURNAL_NAME
+    )
     # Space was freed: --resume finishes the job.
     r = run_cli(capsys, "merge", recipe, out, "--out-shard-size", SHARD, "--resume")
     assert r.code == 0, r.err
@@ -90,8 +104,12 @@ def test_full_disk_with_resume_keeps_finished_shards_and_resumes(
     assert folder_bytes(out) == reference and leftovers(tmp_path) == []
 
 
-def test_full_disk_while_writing_metadata(recipe: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_full_disk_while_writing_metadata(
+    recipe: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import meldkit.execute.runner as runner
 
     def full(src: object, dst: object, *a: object, **kw: object) -> None:
@@ -100,7 +118,10 @@ def test_full_disk_while_writing_metadata(recipe: Path, tmp_path: Path, capsys: 
     monkeypatch.setattr(runner.shutil, "copyfile", full)
     r = run_cli(capsys, "merge", recipe, tmp_path / "out", "--quiet")
     assert r.code == 1
-    assert r.err_lines[0].startswith("error: disk full while writing ") and "generation_config.json" in r.err_lines[0]
+    assert (
+        r.err_lines[0].startswith("error: disk full while writing ")
+        and "generation_config.json" in r.err_lines[0]
+    )
     assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
 
 
@@ -110,8 +131,11 @@ def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
     mount = tmp_path / "tmpfs"
     mount.mkdir()
     try:
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40k", "tmpfs", str(mount)],
-                              capture_output=True, timeout=10)
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=40k", "tmpfs", str(mount)],
+            capture_output=True,
+            timeout=10,
+        )
     except (OSError, subprocess.TimeoutExpired):
         pytest.skip("cannot run mount")
     if done.returncode != 0:
@@ -122,12 +146,18 @@ def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mount)], capture_output=True, timeout=10)
 
 
-def test_real_full_disk(recipe: Path, tiny_tmpfs: Path, capsys: pytest.CaptureFixture[str],
-                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_real_full_disk(
+    recipe: Path,
+    tiny_tmpfs: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     out = tiny_tmpfs / "out"
     # First the check before computing: the merge needs more than the disk has.
     r = run_cli(capsys, "merge", recipe, out, "--quiet")
-    assert r.code == 2 and r.err_lines[0].startswith(f"error: not enough free space in {tiny_tmpfs}")
+    assert r.code == 2 and r.err_lines[0].startswith(
+        f"error: not enough free space in {tiny_tmpfs}"
+    )
     assert os.listdir(tiny_tmpfs) == []
     # Then the real thing, as when the disk fills up during the merge.
     import meldkit.execute.runner as runner
@@ -138,20 +168,28 @@ def test_real_full_disk(recipe: Path, tiny_tmpfs: Path, capsys: pytest.CaptureFi
     assert os.listdir(tiny_tmpfs) == []
 
 
-def test_not_enough_space_is_refused_before_computing(recipe: Path, tmp_path: Path,
-                                                      capsys: pytest.CaptureFixture[str],
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_not_enough_space_is_refused_before_computing(
+    recipe: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import meldkit.execute.output as output
 
-    monkeypatch.setattr(output.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10, 10, 1000))  # type: ignore[attr-defined]
+    monkeypatch.setattr(
+        output.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10, 10, 1000)
+    )  # type: ignore[attr-defined]
     r = run_cli(capsys, "merge", recipe, tmp_path / "out", "--quiet")
     assert r.code == 2
-    assert r.err_lines[0].startswith(f"error: not enough free space in {tmp_path}: the merge writes ")
+    assert r.err_lines[0].startswith(
+        f"error: not enough free space in {tmp_path}: the merge writes "
+    )
     assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
 
 
-def test_never_writes_into_inputs(recipe: Path, family: Family, tmp_path: Path,
-                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_never_writes_into_inputs(
+    recipe: Path, family: Family, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     inputs = snapshot(*family.folders)
     link = tmp_path / "link"
     link.symlink_to(family.ft1)
@@ -167,7 +205,10 @@ def test_never_writes_into_inputs(recipe: Path, family: Family, tmp_path: Path,
 
 
 def test_overwrite_replaces_only_with_flag_and_never_precious_folders(
-    recipe: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    recipe: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     out = tmp_path / "out"
     out.mkdir()
@@ -207,7 +248,10 @@ def test_a_second_run_cannot_take_over_a_running_ones_folder(tmp_path: Path) -> 
 
 
 def test_destination_filled_during_the_merge_is_left_alone(
-    recipe: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    recipe: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import meldkit.execute.runner as runner
 
@@ -222,7 +266,10 @@ def test_destination_filled_during_the_merge_is_left_alone(
     monkeypatch.setattr(runner, "_write_metadata", intruder)
     r = run_cli(capsys, "merge", recipe, out, "--quiet")
     assert r.code == 1
-    assert r.err_lines[0] == f"error: {out} was created by something else while merging; it was left alone"
+    assert (
+        r.err_lines[0]
+        == f"error: {out} was created by something else while merging; it was left alone"
+    )
     assert str(partial_path(out)) in r.err_lines[1]
     assert sorted(os.listdir(out)) == ["theirs.txt"]
     assert (partial_path(out) / "model.safetensors").is_file()

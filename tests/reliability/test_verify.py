@@ -27,7 +27,9 @@ def outputs(family: Family, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     recipe = write_recipe(root, linear_recipe(family.ft1, family.ft2))
     made = {}
     for kind, size in (("sharded", "8KB"), ("single", "5GB")):
-        assert main(["merge", str(recipe), str(root / kind), "--out-shard-size", size, "--quiet"]) == 0
+        assert (
+            main(["merge", str(recipe), str(root / kind), "--out-shard-size", size, "--quiet"]) == 0
+        )
         made[kind] = root / kind
     return made
 
@@ -93,47 +95,95 @@ def _wrong_shard(folder: Path) -> None:
 
 
 DAMAGE: list[tuple[str, str, Callable[[Path], None], str]] = [
-    ("missing-shard", "sharded", lambda f: _shard(f, 1).unlink(),
-     f"{INDEX} lists model-00002-of-"),
-    ("stray-shard", "sharded", lambda f: shutil.copy(_shard(f, 0), f / "model-00099-of-00099.safetensors"),
-     f"model-00099-of-00099.safetensors is not listed in {INDEX}"),
+    ("missing-shard", "sharded", lambda f: _shard(f, 1).unlink(), f"{INDEX} lists model-00002-of-"),
+    (
+        "stray-shard",
+        "sharded",
+        lambda f: shutil.copy(_shard(f, 0), f / "model-00099-of-00099.safetensors"),
+        f"model-00099-of-00099.safetensors is not listed in {INDEX}",
+    ),
     ("tensor-not-in-index", "sharded", _missing_from_index, "tensor model.norm.weight in model-"),
     ("index-points-elsewhere", "sharded", _wrong_shard, "tensor model.norm.weight is in model-"),
     ("tensor-twice", "sharded", _duplicate, "tensor model.norm.weight is stored twice"),
-    ("wrong-total-size", "sharded", lambda f: _save_index(f, {**_index(f), "metadata": {"total_size": 1}}),
-     "says total_size 1 but the tensors hold"),
-    ("truncated-shard", "sharded", lambda f: _shard(f, 0).write_bytes(_shard(f, 0).read_bytes()[:-8]),
-     "not a valid safetensors file"),
+    (
+        "wrong-total-size",
+        "sharded",
+        lambda f: _save_index(f, {**_index(f), "metadata": {"total_size": 1}}),
+        "says total_size 1 but the tensors hold",
+    ),
+    (
+        "truncated-shard",
+        "sharded",
+        lambda f: _shard(f, 0).write_bytes(_shard(f, 0).read_bytes()[:-8]),
+        "not a valid safetensors file",
+    ),
     ("no-index", "sharded", lambda f: (f / INDEX).unlink(), f"but no {INDEX}"),
-    ("nan", "single", _poison, "tensor model.norm.weight (model.safetensors) has 1 NaN or Inf value(s)"),
+    (
+        "nan",
+        "single",
+        _poison,
+        "tensor model.norm.weight (model.safetensors) has 1 NaN or Inf value(s)",
+    ),
     ("missing-layer", "single", _drop_layer, "layers 2 of model.layers have no tensors"),
-    ("layer-count", "single", lambda f: _edit_json(f, "config.json", num_hidden_layers=5),
-     "config.json says num_hidden_layers=5 but the weights hold 4 layers"),
-    ("hidden-size", "single", lambda f: _edit_json(f, "config.json", hidden_size=32),
-     "config.json says hidden_size=32 but model.embed_tokens.weight is [64, 16]"),
-    ("vocab-size", "single", lambda f: _edit_json(f, "config.json", vocab_size=65),
-     "config.json says vocab_size=65 but model.embed_tokens.weight has 64 rows"),
+    (
+        "layer-count",
+        "single",
+        lambda f: _edit_json(f, "config.json", num_hidden_layers=5),
+        "config.json says num_hidden_layers=5 but the weights hold 4 layers",
+    ),
+    (
+        "hidden-size",
+        "single",
+        lambda f: _edit_json(f, "config.json", hidden_size=32),
+        "config.json says hidden_size=32 but model.embed_tokens.weight is [64, 16]",
+    ),
+    (
+        "vocab-size",
+        "single",
+        lambda f: _edit_json(f, "config.json", vocab_size=65),
+        "config.json says vocab_size=65 but model.embed_tokens.weight has 64 rows",
+    ),
     ("no-config", "single", lambda f: (f / "config.json").unlink(), "config.json is missing"),
-    ("bad-config", "single", lambda f: (f / "config.json").write_text("{"), "config.json is not valid JSON"),
+    (
+        "bad-config",
+        "single",
+        lambda f: (f / "config.json").write_text("{"),
+        "config.json is not valid JSON",
+    ),
     ("no-weights", "single", lambda f: (f / "model.safetensors").unlink(), "no weights"),
-    ("bad-tokenizer", "single", lambda f: (f / "tokenizer.json").write_text('{"model": 3}'),
-     "the tokenizer does not load"),
+    (
+        "bad-tokenizer",
+        "single",
+        lambda f: (f / "tokenizer.json").write_text('{"model": 3}'),
+        "the tokenizer does not load",
+    ),
 ]
 
 
-def test_a_sound_output_passes(outputs: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_sound_output_passes(
+    outputs: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     for folder in outputs.values():
         report = verify_report(folder)
         assert report.problems == [] and report.notes == []
         assert report.tensors == 39
     r = run_cli(capsys, "verify", outputs["sharded"])
     assert r.code == 0 and r.err == ""
-    assert r.out.startswith(f"verify: {outputs['sharded']} is a complete, readable model (39 tensors in ")
+    assert r.out.startswith(
+        f"verify: {outputs['sharded']} is a complete, readable model (39 tensors in "
+    )
 
 
-@pytest.mark.parametrize(("kind", "damage", "expected"), [d[1:] for d in DAMAGE], ids=[d[0] for d in DAMAGE])
-def test_damage_is_reported(kind: str, damage: Callable[[Path], None], expected: str,
-                            outputs: dict[str, Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("kind", "damage", "expected"), [d[1:] for d in DAMAGE], ids=[d[0] for d in DAMAGE]
+)
+def test_damage_is_reported(
+    kind: str,
+    damage: Callable[[Path], None],
+    expected: str,
+    outputs: dict[str, Path],
+    tmp_path: Path,
+) -> None:
     folder = _copy(outputs, kind, tmp_path)
     damage(folder)
     problems = verify_folder(folder)
@@ -141,8 +191,9 @@ def test_damage_is_reported(kind: str, damage: Callable[[Path], None], expected:
     assert all("\n" not in p for p in problems)
 
 
-def test_cli_lists_problems_and_exits_1(outputs: dict[str, Path], tmp_path: Path,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_lists_problems_and_exits_1(
+    outputs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     folder = _copy(outputs, "single", tmp_path)
     _poison(folder)
     _edit_json(folder, "config.json", num_hidden_layers=7)
@@ -158,16 +209,23 @@ def test_cli_lists_problems_and_exits_1(outputs: dict[str, Path], tmp_path: Path
 
 
 def test_tokenizer_check_is_skipped_with_a_note_without_transformers(
-    outputs: dict[str, Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    outputs: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "transformers" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "transformers" else real(name, *a),
+    )
     r = run_cli(capsys, "verify", outputs["single"])
     assert r.code == 0
-    assert r.err_lines == ["note: transformers is not installed; the tokenizer was not loaded (pip install transformers)"]
+    assert r.err_lines == [
+        "note: transformers is not installed; the tokenizer was not loaded (pip install transformers)"
+    ]
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # torch's note about the pickle protocol

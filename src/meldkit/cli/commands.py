@@ -99,6 +99,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
             print(f"problem: {p}", file=sys.stderr)
         print(f"verify: {len(report.problems)} problem(s) in {args.folder}", file=sys.stderr)
         return 1
-    print(f"verify: {args.folder} is a complete, readable model "
-          f"({report.tensors} tensors in {report.files} file(s))")
+    print(
+        f"verify: {args.folder} is a complete, readable model "
+        f"({report.tensors} tensors in {report.files} file(s))"
+    )
     return 0

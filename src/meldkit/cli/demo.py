@@ -42,7 +42,9 @@ def run_demo(out: str | Path) -> Path:
     if (root / "models").exists():
         shutil.rmtree(root / "models")
     root.mkdir(parents=True, exist_ok=True)
-    make_model_family(root / "models", "llama", n=2, num_layers=4, hidden=64, intermediate=128, vocab=128)
+    make_model_family(
+        root / "models", "llama", n=2, num_layers=4, hidden=64, intermediate=128, vocab=128
+    )
     recipe = root / "recipe.yaml"
     recipe.write_text(DEMO_RECIPE.format(root=root.as_posix()), encoding="utf-8")
     print(f"made 3 tiny Llama models in {root / 'models'} and the recipe {recipe}")

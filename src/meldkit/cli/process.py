@@ -57,8 +57,11 @@ def prepare() -> None:
     """Before :func:`~meldkit.cli.main.main`: the settings that must precede torch's import."""
     unknown = sorted(_switched_off() - set(TRICKS))
     if unknown:
-        print(f"warning: {TRICKS_OFF_ENV} names unknown trick(s) {', '.join(unknown)} "
-              f"(known: {', '.join(TRICKS)})", file=sys.stderr)
+        print(
+            f"warning: {TRICKS_OFF_ENV} names unknown trick(s) {', '.join(unknown)} "
+            f"(known: {', '.join(TRICKS)})",
+            file=sys.stderr,
+        )
     if enabled("omp_passive"):
         # Only read when OpenMP starts, i.e. when torch is imported: subcommands that compute
         # import it after this. A value the user set wins.

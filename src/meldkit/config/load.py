@@ -44,7 +44,9 @@ MODULE_KEYS = ("models", "slices", "parameters")
 TOKENIZER_KEYS = ("source", "tokens", "pad_to_multiple_of")
 TOKEN_KEYS = ("source", "force")
 # Method parameters users put at the top level by mistake; MergeKit ignores them there.
-_COMMON_PARAMS = frozenset({"weight", "density", "t", "lambda", "normalize", "int8_mask", "epsilon", "gamma"})
+_COMMON_PARAMS = frozenset(
+    {"weight", "density", "t", "lambda", "normalize", "int8_mask", "epsilon", "gamma"}
+)
 
 
 class RecipeWarnings:
@@ -60,13 +62,17 @@ class RecipeWarnings:
         self.items.append(message)
 
 
-def _check_keys(d: dict[str, Any], known: tuple[str, ...], where: str, warn: RecipeWarnings) -> None:
+def _check_keys(
+    d: dict[str, Any], known: tuple[str, ...], where: str, warn: RecipeWarnings
+) -> None:
     for key in d:
         if key in known:
             continue
         place = f"{where}.{key}" if where else str(key)
         if where == "" and key in _COMMON_PARAMS:
-            warn.add(f"'{place}' is a method parameter at the top level and is ignored; put it under 'parameters:'")
+            warn.add(
+                f"'{place}' is a method parameter at the top level and is ignored; put it under 'parameters:'"
+            )
         else:
             warn.add(f"unknown key '{place}' is ignored.{did_you_mean(str(key), known)}")
 
@@ -99,7 +105,9 @@ def _parse_setting(value: Any, where: str) -> Setting:
                     )
                 extra = set(v) - {"filter", "value"}
                 if extra:
-                    raise RecipeError(f"{where}[{i}]: unknown keys {sorted(extra)} (only 'filter' and 'value')")
+                    raise RecipeError(
+                        f"{where}[{i}]: unknown keys {sorted(extra)} (only 'filter' and 'value')"
+                    )
                 flt = v.get("filter")
                 if flt is not None and not isinstance(flt, str):
                     raise RecipeError(f"{where}[{i}].filter: expected a string, got {flt!r}")
@@ -128,8 +136,13 @@ def _parse_model(value: Any, where: str, warn: RecipeWarnings) -> InputModel:
     d = _expect_dict(value, where)
     _check_keys(d, MODEL_KEYS, where, warn)
     if "model" not in d:
-        raise RecipeError(f"{where}: missing 'model'", hint="each entry needs `model: <folder or hub id>`")
-    return InputModel(parse_model_ref(d["model"], f"{where}.model"), _parse_parameters(d.get("parameters"), f"{where}.parameters"))
+        raise RecipeError(
+            f"{where}: missing 'model'", hint="each entry needs `model: <folder or hub id>`"
+        )
+    return InputModel(
+        parse_model_ref(d["model"], f"{where}.model"),
+        _parse_parameters(d.get("parameters"), f"{where}.parameters"),
+    )
 
 
 def _parse_layer_range(value: Any, where: str) -> tuple[int, int]:
@@ -138,7 +151,10 @@ def _parse_layer_range(value: Any, where: str) -> tuple[int, int]:
         or len(value) != 2
         or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
     ):
-        raise RecipeError(f"{where}: expected [start, end] integers, got {value!r}", hint="layer_range is half-open: [0, 8] selects layers 0..7")
+        raise RecipeError(
+            f"{where}: expected [start, end] integers, got {value!r}",
+            hint="layer_range is half-open: [0, 8] selects layers 0..7",
+        )
     start, end = value
     if start < 0 or end <= start:
         raise RecipeError(
@@ -177,18 +193,27 @@ def _parse_slice(value: Any, where: str, warn: RecipeWarnings) -> OutputSlice:
             f"{where}: all sources of a slice must span the same number of layers ({desc})",
             hint="make every layer_range the same length, or split the slice",
         )
-    base = parse_model_ref(d["base_model"], f"{where}.base_model") if d.get("base_model") is not None else None
+    base = (
+        parse_model_ref(d["base_model"], f"{where}.base_model")
+        if d.get("base_model") is not None
+        else None
+    )
     rw = d.get("residual_weight")
     if rw is not None:
         warn.add(f"'{where}.residual_weight' is ignored (MergeKit parses it but never uses it)")
-    return OutputSlice(tuple(sources), base, _parse_parameters(d.get("parameters"), f"{where}.parameters"), rw)
+    return OutputSlice(
+        tuple(sources), base, _parse_parameters(d.get("parameters"), f"{where}.parameters"), rw
+    )
 
 
-def _parse_stack(d: dict[str, Any], where: str, warn: RecipeWarnings) -> tuple[tuple[InputModel, ...] | None, tuple[OutputSlice, ...] | None]:
+def _parse_stack(
+    d: dict[str, Any], where: str, warn: RecipeWarnings
+) -> tuple[tuple[InputModel, ...] | None, tuple[OutputSlice, ...] | None]:
     present = [k for k in ("models", "slices") if d.get(k) is not None]
     if len(present) != 1:
         raise RecipeError(
-            f"{where or 'recipe'}: give exactly one of 'models' or 'slices'" + (" (found both)" if len(present) == 2 else ""),
+            f"{where or 'recipe'}: give exactly one of 'models' or 'slices'"
+            + (" (found both)" if len(present) == 2 else ""),
             hint="`models:` merges whole models; `slices:` picks layer ranges",
         )
     if present[0] == "models":
@@ -212,16 +237,24 @@ def _parse_token_source(value: Any, where: str) -> TokenSource:
         if kind == "model_token":
             has_tok, has_id = value.get("token") is not None, value.get("token_id") is not None
             if has_tok == has_id:
-                raise RecipeError(f"{where}: model_token needs exactly one of 'token' or 'token_id'")
+                raise RecipeError(
+                    f"{where}: model_token needs exactly one of 'token' or 'token_id'"
+                )
             if "model" not in value:
                 raise RecipeError(f"{where}: model_token needs 'model'")
             tid = value.get("token_id")
             if has_id and (not isinstance(tid, int) or isinstance(tid, bool) or tid < 0):
                 raise RecipeError(f"{where}.token_id: expected a non-negative integer, got {tid!r}")
-            return TokenSource("model_token", parse_model_ref(value["model"], f"{where}.model"),
-                               str(value["token"]) if has_tok else None, tid if has_id else None)
-        raise RecipeError(f"{where}.kind: unknown kind {kind!r}.{did_you_mean(str(kind), ['model_token', 'zero'])}",
-                          hint="kinds are model_token and zero; or give a model reference")
+            return TokenSource(
+                "model_token",
+                parse_model_ref(value["model"], f"{where}.model"),
+                str(value["token"]) if has_tok else None,
+                tid if has_id else None,
+            )
+        raise RecipeError(
+            f"{where}.kind: unknown kind {kind!r}.{did_you_mean(str(kind), ['model_token', 'zero'])}",
+            hint="kinds are model_token and zero; or give a model reference",
+        )
     return TokenSource("model", parse_model_ref(value, where))
 
 
@@ -234,7 +267,11 @@ def _parse_tokenizer(value: Any, where: str, warn: RecipeWarnings) -> TokenizerC
         tw = f"{where}.tokens.{tok}"
         sd = _expect_dict(spec, tw)
         _check_keys(sd, TOKEN_KEYS, tw, warn)
-        src = _parse_token_source(sd["source"], f"{tw}.source") if sd.get("source") is not None else None
+        src = (
+            _parse_token_source(sd["source"], f"{tw}.source")
+            if sd.get("source") is not None
+            else None
+        )
         force = sd.get("force", False)
         if not isinstance(force, bool):
             raise RecipeError(f"{tw}.force: expected true or false, got {force!r}")
@@ -254,7 +291,7 @@ def _parse_tokenizer_source(value: Any, where: str) -> Literal["union", "base"] 
         if value == "base":
             return "base"
         if value.startswith("model:"):  # MergeKit's old spelling
-            value = value[len("model:"):]
+            value = value[len("model:") :]
     return parse_model_ref(value, where)
 
 
@@ -273,19 +310,27 @@ def _parse_dtype(value: Any, where: str) -> str | None:
 def parse_config(data: Any, *, strict: bool = False, source_text: str | None = None) -> MergeConfig:
     """Validate a recipe already parsed from YAML (a dict) into a :class:`MergeConfig`."""
     if data is None:
-        raise RecipeError("the recipe is empty", hint="a recipe needs at least merge_method and models or slices")
+        raise RecipeError(
+            "the recipe is empty", hint="a recipe needs at least merge_method and models or slices"
+        )
     if not isinstance(data, dict):
-        raise RecipeError(f"the recipe must be a mapping of keys, got {type(data).__name__}",
-                          hint="start with `merge_method: linear`")
+        raise RecipeError(
+            f"the recipe must be a mapping of keys, got {type(data).__name__}",
+            hint="start with `merge_method: linear`",
+        )
     warn = RecipeWarnings(strict)
     _check_keys(data, TOP_KEYS, "", warn)
     method = data.get("merge_method")
     if not isinstance(method, str) or not method:
-        raise RecipeError("missing 'merge_method'", hint="add e.g. `merge_method: linear` (`meldkit methods` lists them)")
+        raise RecipeError(
+            "missing 'merge_method'",
+            hint="add e.g. `merge_method: linear` (`meldkit methods` lists them)",
+        )
     present = [k for k in ("models", "slices", "modules") if data.get(k) is not None]
     if len(present) != 1:
         raise RecipeError(
-            "give exactly one of 'models', 'slices' or 'modules'" + (f" (found {', '.join(present)})" if present else ""),
+            "give exactly one of 'models', 'slices' or 'modules'"
+            + (f" (found {', '.join(present)})" if present else ""),
             hint="`models:` merges whole models; `slices:` picks layer ranges; `modules:` is for multi-module models",
         )
     models = slices = None
@@ -294,24 +339,32 @@ def parse_config(data: Any, *, strict: bool = False, source_text: str | None = N
         modules = {}
         raw_modules = _expect_dict(data["modules"], "modules")
         if not raw_modules:
-            raise RecipeError("modules: the mapping is empty", hint="give each module its `models:` or `slices:`")
+            raise RecipeError(
+                "modules: the mapping is empty", hint="give each module its `models:` or `slices:`"
+            )
         for name, mod in raw_modules.items():
             mw = f"modules.{name}"
             md = _expect_dict(mod, mw)
             _check_keys(md, MODULE_KEYS, mw, warn)
             m_models, m_slices = _parse_stack(md, mw, warn)
-            modules[str(name)] = ModuleConfig(m_models, m_slices, _parse_parameters(md.get("parameters"), f"{mw}.parameters"))
+            modules[str(name)] = ModuleConfig(
+                m_models, m_slices, _parse_parameters(md.get("parameters"), f"{mw}.parameters")
+            )
     else:
         models, slices = _parse_stack(data, "", warn)
     if data.get("tokenizer") is not None and data.get("tokenizer_source") is not None:
-        raise RecipeError("give either 'tokenizer' or 'tokenizer_source', not both",
-                          hint="`tokenizer: {source: union}` replaces `tokenizer_source: union`")
+        raise RecipeError(
+            "give either 'tokenizer' or 'tokenizer_source', not both",
+            hint="`tokenizer: {source: union}` replaces `tokenizer_source: union`",
+        )
     tokenizer = None
     legacy = False
     if data.get("tokenizer") is not None:
         tokenizer = _parse_tokenizer(data["tokenizer"], "tokenizer", warn)
     elif data.get("tokenizer_source") is not None:
-        tokenizer = TokenizerConfig(_parse_tokenizer_source(data["tokenizer_source"], "tokenizer_source"))
+        tokenizer = TokenizerConfig(
+            _parse_tokenizer_source(data["tokenizer_source"], "tokenizer_source")
+        )
         legacy = True
     chat = data.get("chat_template")
     if chat is not None and not isinstance(chat, str):
@@ -321,7 +374,9 @@ def parse_config(data: Any, *, strict: bool = False, source_text: str | None = N
         models=models,
         slices=slices,
         modules=modules,
-        base_model=parse_model_ref(data["base_model"], "base_model") if data.get("base_model") is not None else None,
+        base_model=parse_model_ref(data["base_model"], "base_model")
+        if data.get("base_model") is not None
+        else None,
         parameters=_parse_parameters(data.get("parameters"), "parameters"),
         dtype=_parse_dtype(data.get("dtype"), "dtype"),
         out_dtype=_parse_dtype(data.get("out_dtype"), "out_dtype"),
@@ -337,7 +392,10 @@ def _yaml_error(exc: yaml.YAMLError, origin: str) -> RecipeError:
     mark = getattr(exc, "problem_mark", None)
     problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
     where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-    return RecipeError(f"{origin}: invalid YAML{where}: {problem}", hint="check the indentation and the ':' after each key")
+    return RecipeError(
+        f"{origin}: invalid YAML{where}: {problem}",
+        hint="check the indentation and the ':' after each key",
+    )
 
 
 def load_config(source: Any, *, strict: bool = False) -> MergeConfig:
@@ -345,15 +403,22 @@ def load_config(source: Any, *, strict: bool = False) -> MergeConfig:
     if isinstance(source, MergeConfig):
         return source
     if isinstance(source, dict):
-        return parse_config(source, strict=strict, source_text=yaml.safe_dump(source, sort_keys=False))
+        return parse_config(
+            source, strict=strict, source_text=yaml.safe_dump(source, sort_keys=False)
+        )
     origin = "recipe"
-    looks_like_path = isinstance(source, str) and source.strip() != "" and "\n" not in source and (
-        ":" not in source or Path(source).is_file()
+    looks_like_path = (
+        isinstance(source, str)
+        and source.strip() != ""
+        and "\n" not in source
+        and (":" not in source or Path(source).is_file())
     )
     if isinstance(source, Path) or looks_like_path:
         path = Path(source)
         if not path.is_file():
-            raise RecipeError(f"recipe file '{source}' not found", hint="give the path of a YAML recipe")
+            raise RecipeError(
+                f"recipe file '{source}' not found", hint="give the path of a YAML recipe"
+            )
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
@@ -362,8 +427,10 @@ def load_config(source: Any, *, strict: bool = False) -> MergeConfig:
     elif isinstance(source, str):
         text = source
     else:
-        raise RecipeError(f"cannot load a recipe from {type(source).__name__}",
-                          hint="give a path, YAML text, a dict or a MergeConfig")
+        raise RecipeError(
+            f"cannot load a recipe from {type(source).__name__}",
+            hint="give a path, YAML text, a dict or a MergeConfig",
+        )
     try:
         docs = list(yaml.safe_load_all(text))
     except yaml.YAMLError as exc:
@@ -379,8 +446,13 @@ def load_config(source: Any, *, strict: bool = False) -> MergeConfig:
         ) from None
     docs = [d for d in docs if d is not None]
     if not docs:
-        raise RecipeError(f"{origin}: the recipe is empty", hint="a recipe needs merge_method and models or slices")
+        raise RecipeError(
+            f"{origin}: the recipe is empty",
+            hint="a recipe needs merge_method and models or slices",
+        )
     if len(docs) > 1:
-        raise RecipeError(f"{origin}: holds {len(docs)} YAML documents; merge takes one",
-                          hint="split multi-stage recipes into one file per stage")
+        raise RecipeError(
+            f"{origin}: holds {len(docs)} YAML documents; merge takes one",
+            hint="split multi-stage recipes into one file per stage",
+        )
     return parse_config(docs[0], strict=strict, source_text=text)

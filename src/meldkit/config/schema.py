@@ -152,4 +152,8 @@ class MergeConfig:
 
 def setting_repr(value: Any) -> str:
     """Short human form of a setting, for messages."""
-    return repr(value) if not isinstance(value, tuple) else "[" + ", ".join(map(setting_repr, value)) + "]"
+    return (
+        repr(value)
+        if not isinstance(value, tuple)
+        else "[" + ", ".join(map(setting_repr, value)) + "]"
+    )

@@ -100,7 +100,9 @@ def plan_fingerprint(plan: MergePlan, device: str, seed: int | None) -> str:
         }
     doc = {
         "meldkit": __version__,
-        "recipe": plan.config.source_text if plan.config.source_text is not None else repr(plan.config),
+        "recipe": plan.config.source_text
+        if plan.config.source_text is not None
+        else repr(plan.config),
         "options": {k: repr(v) for k, v in sorted(dataclasses.asdict(plan.options).items())},
         "device": device.split(":")[0],
         "seed": seed,

@@ -54,7 +54,9 @@ def check_output_folder(out: Path, inputs: Iterable[Path], overwrite: bool) -> N
             hint="choose another output folder",
         )
     if target.exists() and not target.is_dir():
-        raise OutputError(f"output path {out} exists and is not a folder", hint="choose another output path")
+        raise OutputError(
+            f"output path {out} exists and is not a folder", hint="choose another output path"
+        )
     if target.is_dir():
         _refuse_precious(out, target)
     if target.is_dir() and _non_empty(target) and not overwrite:
@@ -64,9 +66,14 @@ def check_output_folder(out: Path, inputs: Iterable[Path], overwrite: bool) -> N
         )
     parent = target.parent
     if not parent.is_dir():
-        raise OutputError(f"the parent folder of {out} does not exist", hint=f"create {parent} first")
+        raise OutputError(
+            f"the parent folder of {out} does not exist", hint=f"create {parent} first"
+        )
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot write to {parent}", hint="check its permissions or choose another output folder")
+        raise OutputError(
+            f"cannot write to {parent}",
+            hint="check its permissions or choose another output folder",
+        )
 
 
 def _non_empty(folder: Path) -> bool:
@@ -74,7 +81,9 @@ def _non_empty(folder: Path) -> bool:
         with os.scandir(folder) as it:
             return any(True for _ in it)
     except OSError as exc:
-        raise OutputError(f"cannot read the output folder {folder}: {exc.strerror or exc}") from None
+        raise OutputError(
+            f"cannot read the output folder {folder}: {exc.strerror or exc}"
+        ) from None
 
 
 def _refuse_precious(out: Path, target: Path) -> None:

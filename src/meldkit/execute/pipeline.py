@@ -102,15 +102,17 @@ def _pieces(plan: MergePlan, todo: list[TensorPlan], policy: EnginePolicy) -> It
 class ReadStage:
     """Reads the inputs of the pieces ahead of the computation, on its own thread(s)."""
 
-    def __init__(self, plan: MergePlan, device: str, warn: Callable[[str], None],
-                 policy: EnginePolicy) -> None:
+    def __init__(
+        self, plan: MergePlan, device: str, warn: Callable[[str], None], policy: EnginePolicy
+    ) -> None:
         self.loader = TensorLoader(plan, device, warn, policy)
         self._prefetch = policy.prefetch
         self._pool = ThreadPoolExecutor(policy.read_threads, thread_name_prefix="meldkit-read")
         self._window: deque[tuple[Piece, Future[list[torch.Tensor]]]] = deque()
 
-    def ahead(self, pieces: Iterator[Piece], read_ahead: int
-              ) -> Iterator[tuple[Piece, list[torch.Tensor]]]:
+    def ahead(
+        self, pieces: Iterator[Piece], read_ahead: int
+    ) -> Iterator[tuple[Piece, list[torch.Tensor]]]:
         """Each of ``pieces`` with its inputs, in order; the next ones are read meanwhile, up
         to ``read_ahead`` bytes of input."""
         self._refill(pieces, read_ahead)
@@ -143,8 +145,14 @@ class ReadStage:
 class ComputeStage:
     """Runs the method on one piece, in the calling thread, and checks the result for NaN/Inf."""
 
-    def __init__(self, plan: MergePlan, fn: MergeFunction, device: str, seed: int | None,
-                 loader: TensorLoader) -> None:
+    def __init__(
+        self,
+        plan: MergePlan,
+        fn: MergeFunction,
+        device: str,
+        seed: int | None,
+        loader: TensorLoader,
+    ) -> None:
         self._fn = fn
         self._native = plan.method.native_inputs
         self._device = device
@@ -155,8 +163,9 @@ class ComputeStage:
         """The output of ``piece`` on the CPU, in the output dtype; ``inputs`` is consumed."""
         tensor = piece.tensor
         ctx = MergeContext(tensor.name, self._seed, self._device, tensor.out_dtype)
-        result = compute_tensor(tensor, inputs, self._fn, ctx, self._device, piece.rows,
-                                self._native)
+        result = compute_tensor(
+            tensor, inputs, self._fn, ctx, self._device, piece.rows, self._native
+        )
         self._loader.check_result(tensor, piece.rows, result)
         return result
 
@@ -229,8 +238,9 @@ def _unopened(name: str, tensor: torch.Tensor, row_start: int | None) -> None:
     raise RuntimeError("internal error: WriteStage.open() was not called")
 
 
-def _slowed(write: Callable[[str, torch.Tensor, int | None], None]
-            ) -> Callable[[str, torch.Tensor, int | None], None]:
+def _slowed(
+    write: Callable[[str, torch.Tensor, int | None], None],
+) -> Callable[[str, torch.Tensor, int | None], None]:
     """``write``, delayed by the :data:`SLOW_WRITE_ENV` test hook when it is set."""
     delay = _slow_write_delay()
     if not delay:

@@ -149,8 +149,14 @@ class EnginePolicy:
 
 
 # The smallest value each numeric field accepts.
-_MINIMUM = {"prefetch": 0, "write_backlog": 0, "read_ahead_bytes": 0,
-            "read_ahead_whole_tensor_bytes": 0, "trim_heap_bytes": 0, "map_min_bytes": 0}
+_MINIMUM = {
+    "prefetch": 0,
+    "write_backlog": 0,
+    "read_ahead_bytes": 0,
+    "read_ahead_whole_tensor_bytes": 0,
+    "trim_heap_bytes": 0,
+    "map_min_bytes": 0,
+}
 
 
 def _check(field: dataclasses.Field[Any], value: Any) -> str | None:
@@ -180,9 +186,13 @@ def policy_from_environment() -> EnginePolicy:
     try:
         overrides = json.loads(raw)
     except ValueError as exc:
-        raise MeldError(f"{POLICY_ENV} is not valid JSON: {exc}",
-                        hint='give a JSON object, e.g. {"prefetch": 4}') from None
+        raise MeldError(
+            f"{POLICY_ENV} is not valid JSON: {exc}",
+            hint='give a JSON object, e.g. {"prefetch": 4}',
+        ) from None
     if not isinstance(overrides, dict):
-        raise MeldError(f"{POLICY_ENV} must be a JSON object of field names and values",
-                        hint='e.g. {"prefetch": 4}')
+        raise MeldError(
+            f"{POLICY_ENV} must be a JSON object of field names and values",
+            hint='e.g. {"prefetch": 4}',
+        )
     return EnginePolicy.from_overrides(overrides)

@@ -116,8 +116,15 @@ def execute_plan(
         torch.set_num_threads(previous_threads)
 
 
-def _execute(plan: MergePlan, out: Path, options: RunOptions, policy: EnginePolicy, device: str,
-             warn: Callable[[str], None], info: Callable[[str], None]) -> Path:
+def _execute(
+    plan: MergePlan,
+    out: Path,
+    options: RunOptions,
+    policy: EnginePolicy,
+    device: str,
+    warn: Callable[[str], None],
+    info: Callable[[str], None],
+) -> Path:
     fingerprint = plan_fingerprint(plan, device, options.seed)
     partial: PartialFolder | None = None
     journal: Journal | None = None
@@ -127,10 +134,13 @@ def _execute(plan: MergePlan, out: Path, options: RunOptions, policy: EnginePoli
             resumable = 0 if options.resume else _resumable_shards(out, fingerprint)
             partial = prepare_partial(out, options.resume)
             if resumable:
-                info(f"removed an interrupted earlier merge of {out} ({resumable} shard(s) done); "
-                     "--resume would have continued it")
-            journal, completed = _start_journal(plan, out, partial.path, fingerprint, policy,
-                                                options.resume, warn, info)
+                info(
+                    f"removed an interrupted earlier merge of {out} ({resumable} shard(s) done); "
+                    "--resume would have continued it"
+                )
+            journal, completed = _start_journal(
+                plan, out, partial.path, fingerprint, policy, options.resume, warn, info
+            )
             remaining = sum(s.file_size for s in plan.shards if s.filename not in completed)
             check_free_space(out, remaining)
             computing = True
@@ -140,8 +150,18 @@ def _execute(plan: MergePlan, out: Path, options: RunOptions, policy: EnginePoli
             metadata = ThreadPoolExecutor(1, thread_name_prefix="meldkit-metadata")
             try:
                 written = metadata.submit(_write_metadata, plan, partial.path, options, warn)
-                run_pipeline(plan, partial.path, device, options.seed, policy, journal,
-                             completed, guard, warn, options.quiet)
+                run_pipeline(
+                    plan,
+                    partial.path,
+                    device,
+                    options.seed,
+                    policy,
+                    journal,
+                    completed,
+                    guard,
+                    warn,
+                    options.quiet,
+                )
                 written.result()
             finally:
                 metadata.shutdown(wait=True)
@@ -198,7 +218,9 @@ def _start_journal(
             if any(tmp.iterdir()):
                 warn(f"--resume: {tmp} has no usable journal; starting from the beginning")
             else:
-                info(f"--resume: no interrupted merge of {out} to continue; starting from the beginning")
+                info(
+                    f"--resume: no interrupted merge of {out} to continue; starting from the beginning"
+                )
         elif previous["fingerprint"] != fingerprint:
             warn(
                 "--resume: the interrupted merge used another recipe, other inputs or other "
@@ -209,7 +231,9 @@ def _start_journal(
             completed = journal.adopt(
                 previous, sizes, lambda name, why: warn(f"--resume: writing {name} again: {why}")
             )
-            info(f"resuming: {len(completed)} of {len(plan.shards)} shard(s) already written and verified")
+            info(
+                f"resuming: {len(completed)} of {len(plan.shards)} shard(s) already written and verified"
+            )
     # Half-written shards and metadata of an earlier run are not trusted: only verified shards stay.
     journal.prune(keep=completed)
     journal.save()
@@ -236,7 +260,9 @@ def _abandon(partial: PartialFolder | None, journal: Journal | None, resume: boo
     return 0
 
 
-def _interrupted_error(out: Path, partial: PartialFolder | None, kept: int, shards: int, signum: int) -> MergeInterrupted:
+def _interrupted_error(
+    out: Path, partial: PartialFolder | None, kept: int, shards: int, signum: int
+) -> MergeInterrupted:
     what = signal_name(signum)
     if kept and partial is not None:
         return MergeInterrupted(
@@ -266,7 +292,9 @@ def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def _write_metadata(plan: MergePlan, tmp: Path, options: RunOptions, warn: Callable[[str], None]) -> None:
+def _write_metadata(
+    plan: MergePlan, tmp: Path, options: RunOptions, warn: Callable[[str], None]
+) -> None:
     from meldkit.card import write_card, write_recipe
     from meldkit.execute.tokenizer_step import write_tokenizer
 

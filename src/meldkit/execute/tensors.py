@@ -47,13 +47,17 @@ def _chunkable(tensor: TensorPlan, method: MethodSpec, lora_models: set[str]) ->
         and not tensor.integer
         and tensor.vocabulary is None
         and len(tensor.shape) >= 1
-        and all(type(s.info) is TensorInfo and s.info.shape == tensor.shape and not s.parts for s in tensor.sources)
+        and all(
+            type(s.info) is TensorInfo and s.info.shape == tensor.shape and not s.parts
+            for s in tensor.sources
+        )
         and not any(s.model in lora_models for s in tensor.sources)  # LoRA needs whole weights
     )
 
 
-def compute_order(tensors: Sequence[TensorPlan], gap_bytes: int = 0,
-                  big_share: float = DEFAULT_POLICY.big_share) -> list[TensorPlan]:
+def compute_order(
+    tensors: Sequence[TensorPlan], gap_bytes: int = 0, big_share: float = DEFAULT_POLICY.big_share
+) -> list[TensorPlan]:
     """The order in which to compute ``tensors`` (the writer puts each in place, in any order):
     the plan's, except that each big tensor (at least ``big_share`` of the largest one's
     elements; :class:`~meldkit.execute.policy.EnginePolicy`) is moved forward, to just
@@ -96,8 +100,9 @@ def compute_order(tensors: Sequence[TensorPlan], gap_bytes: int = 0,
     return order
 
 
-def split_pieces(tensors: Iterable[TensorPlan], method: MethodSpec, lora_models: set[str],
-                 max_elements: int) -> Iterator[Piece]:
+def split_pieces(
+    tensors: Iterable[TensorPlan], method: MethodSpec, lora_models: set[str], max_elements: int
+) -> Iterator[Piece]:
     """The work items for ``tensors``, in order: element-wise tensors of more than
     ``max_elements`` elements in blocks of rows of at most that many (at least one row)."""
     for t in tensors:
@@ -114,8 +119,12 @@ def split_pieces(tensors: Iterable[TensorPlan], method: MethodSpec, lora_models:
 
 def _rows_of(info: TensorInfo, rows: Rows) -> TensorInfo:
     row_bytes = info.nbytes // info.shape[0]
-    return replace(info, shape=(rows[1] - rows[0], *info.shape[1:]),
-                   start=info.start + rows[0] * row_bytes, end=info.start + rows[1] * row_bytes)
+    return replace(
+        info,
+        shape=(rows[1] - rows[0], *info.shape[1:]),
+        start=info.start + rows[0] * row_bytes,
+        end=info.start + rows[1] * row_bytes,
+    )
 
 
 class TensorLoader:
@@ -123,8 +132,13 @@ class TensorLoader:
 
     ``policy`` decides which inputs are mapped and before which reads the heap is trimmed."""
 
-    def __init__(self, plan: MergePlan, device: str, warn: Callable[[str], None],
-                 policy: EnginePolicy = DEFAULT_POLICY) -> None:
+    def __init__(
+        self,
+        plan: MergePlan,
+        device: str,
+        warn: Callable[[str], None],
+        policy: EnginePolicy = DEFAULT_POLICY,
+    ) -> None:
         self.plan = plan
         self.device = device
         self.warn = warn
@@ -160,7 +174,9 @@ class TensorLoader:
         for src in tensor.sources:
             if src.parts:
                 # Fused MoE experts: (experts, sum of part rows, ...) from the per-expert tensors.
-                x = torch.stack([torch.cat([self.reader.read(p) for p in group], dim=0) for group in src.parts])
+                x = torch.stack(
+                    [torch.cat([self.reader.read(p) for p in group], dim=0) for group in src.parts]
+                )
                 x = x.to(device)
             else:
                 info = src.info if rows is None else _rows_of(src.info, rows)
@@ -183,10 +199,16 @@ class TensorLoader:
             if not _all_finite(x):
                 culprits.append(src)
         for src in culprits:
-            self._warn_once(f"{src.model}:{src.name}", f"tensor {src.name} of {src.model} contains NaN or Inf values")
+            self._warn_once(
+                f"{src.model}:{src.name}",
+                f"tensor {src.name} of {src.model} contains NaN or Inf values",
+            )
         if not culprits:
-            self._warn_once(f"out:{tensor.name}", f"the merged tensor {tensor.name} contains NaN or Inf values "
-                            "although its inputs are finite (check the weights and parameters)")
+            self._warn_once(
+                f"out:{tensor.name}",
+                f"the merged tensor {tensor.name} contains NaN or Inf values "
+                "although its inputs are finite (check the weights and parameters)",
+            )
 
     def _warn_once(self, key: str, message: str) -> None:
         with self._lock:
@@ -218,7 +240,9 @@ def _reindex(tensor: TensorPlan, xs: list[torch.Tensor]) -> list[torch.Tensor]:
 
     vocab = tensor.vocabulary
     by_model = {src.model: x for src, x in zip(tensor.sources, xs)}
-    out = reindex_vocab_tensor(vocab, by_model, axis=tensor.vocab_axis or 0, base_key=vocab.base_key, name=tensor.name)
+    out = reindex_vocab_tensor(
+        vocab, by_model, axis=tensor.vocab_axis or 0, base_key=vocab.base_key, name=tensor.name
+    )
     return [out[src.model] for src in tensor.sources]
 
 
@@ -255,7 +279,11 @@ def compute_tensor(
         if load is not None and x.dtype != load:
             x = x.to(load)  # MergeKit casts inputs to `dtype` when loading
         # A method with native inputs upcasts itself (fused into its first pass).
-        x = x.to(device=device) if native and tensor.vocabulary is None else x.to(device=device, dtype=work)
+        x = (
+            x.to(device=device)
+            if native and tensor.vocabulary is None
+            else x.to(device=device, dtype=work)
+        )
         if tensor.vocabulary is None and tensor.vocab_axis is not None and tuple(x.shape) != shape:
             x = _fit_rows(x, shape[0])
         xs.append(x)

@@ -141,5 +141,7 @@ def read_header(path: str | os.PathLike[str]) -> dict[str, TensorInfo]:
                 raise _bad(p, f"header length {n} runs past the end of the {size}-byte file")
             raw = fh.read(n)
     except OSError as exc:
-        raise InputError(f"cannot read {p}: {exc.strerror or exc}", hint="check the path and its permissions") from None
+        raise InputError(
+            f"cannot read {p}: {exc.strerror or exc}", hint="check the path and its permissions"
+        ) from None
     return parse_header_bytes(p, raw, size)

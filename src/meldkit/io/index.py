@@ -52,7 +52,9 @@ def _load_json(path: Path) -> Any:
         with open(path, encoding="utf-8") as fh:
             return json.load(fh)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"cannot read {path}: {exc}", hint="the file is corrupt; replace it") from None
+        raise InputError(
+            f"cannot read {path}: {exc}", hint="the file is corrupt; replace it"
+        ) from None
 
 
 def _shards_from_index(index_path: Path) -> tuple[list[Path], dict[str, str]]:
@@ -79,9 +81,13 @@ def _shards_from_index(index_path: Path) -> tuple[list[Path], dict[str, str]]:
     return shards, wmap
 
 
-def _check_weight_map(index_path: Path, wmap: dict[str, str], tensors: dict[str, TensorInfo]) -> None:
+def _check_weight_map(
+    index_path: Path, wmap: dict[str, str], tensors: dict[str, TensorInfo]
+) -> None:
     """Every tensor the index promises must be in the shard it names."""
-    missing = [n for n, f in wmap.items() if n not in tensors or tensors[n].file.name != Path(f).name]
+    missing = [
+        n for n, f in wmap.items() if n not in tensors or tensors[n].file.name != Path(f).name
+    ]
     if missing:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         raise InputError(
@@ -136,11 +142,15 @@ def _index_pickle(files: list[Path]) -> dict[str, TensorInfo]:
             raise pickle_refusal(f, exc) from None
         # Training checkpoints often nest the weights one level down.
         for key in ("state_dict", "model", "module"):
-            if isinstance(state, dict) and isinstance(state.get(key), dict) and not any(
-                isinstance(v, torch.Tensor) for v in state.values()
+            if (
+                isinstance(state, dict)
+                and isinstance(state.get(key), dict)
+                and not any(isinstance(v, torch.Tensor) for v in state.values())
             ):
                 state = state[key]
-        if not isinstance(state, dict) or not any(isinstance(v, torch.Tensor) for v in state.values()):
+        if not isinstance(state, dict) or not any(
+            isinstance(v, torch.Tensor) for v in state.values()
+        ):
             raise InputError(
                 f"{f}: holds no tensors (expected a dict of tensor names to tensors)",
                 hint="save the model's state_dict, or convert it to safetensors",
@@ -154,7 +164,9 @@ def _index_pickle(files: list[Path]) -> dict[str, TensorInfo]:
                 raise InputError(
                     f"{f}: tensor '{name}' has dtype {t.dtype}, which meldkit cannot merge"
                 ) from None
-            tensors[name] = PickleTensorInfo(name, code, tuple(t.shape), f, 0, t.numel() * t.element_size())
+            tensors[name] = PickleTensorInfo(
+                name, code, tuple(t.shape), f, 0, t.numel() * t.element_size()
+            )
     return tensors
 
 
@@ -163,13 +175,17 @@ def open_index(folder: str | os.PathLike[str]) -> CheckpointIndex:
     path = Path(folder)
     if not path.is_dir():
         raise InputError(
-            f"model folder '{folder}' does not exist" if not path.exists() else f"'{folder}' is not a folder",
+            f"model folder '{folder}' does not exist"
+            if not path.exists()
+            else f"'{folder}' is not a folder",
             hint="give a local model folder (or a hub id when huggingface_hub is installed)",
         )
     config = _load_json(path / "config.json") if (path / "config.json").is_file() else None
     if config is not None and not isinstance(config, dict):
         # Everything downstream reads keys from it; a list or a number is a broken download.
-        raise InputError(f"{path / 'config.json'} is not a JSON object", hint="the file is corrupt; replace it")
+        raise InputError(
+            f"{path / 'config.json'} is not a JSON object", hint="the file is corrupt; replace it"
+        )
     st_indexes = sorted(path.glob("*.safetensors.index.json"))
     st_files = sorted(path.glob("*.safetensors"))
     if st_indexes:
@@ -186,7 +202,9 @@ def open_index(folder: str | os.PathLike[str]) -> CheckpointIndex:
         if path / "model.safetensors" in st_files:
             files = [path / "model.safetensors"]
         else:
-            files = [f for f in st_files if not f.name.startswith(("adapter_model", "consolidated"))] or st_files
+            files = [
+                f for f in st_files if not f.name.startswith(("adapter_model", "consolidated"))
+            ] or st_files
         return CheckpointIndex(path, _index_safetensors(files), files, config)
     bin_index = path / "pytorch_model.bin.index.json"
     if bin_index.is_file():

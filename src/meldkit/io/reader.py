@@ -163,7 +163,9 @@ class TensorReader:
             start = info.start - info.start % mmap.ALLOCATIONGRANULARITY
             mapped = mmap.mmap(fd, info.end - start, offset=start, access=mmap.ACCESS_COPY)
         except OSError as exc:
-            raise InputError(f"cannot read tensor '{info.name}' from {info.file}: {exc.strerror or exc}") from None
+            raise InputError(
+                f"cannot read tensor '{info.name}' from {info.file}: {exc.strerror or exc}"
+            ) from None
         if hasattr(mapped, "madvise"):
             # One read-ahead request for the whole range, before the faults below walk it.
             mapped.madvise(mmap.MADV_WILLNEED)

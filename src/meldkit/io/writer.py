@@ -346,8 +346,12 @@ class ShardedWriter:
             fits = shape == spec.shape
             offset, nbytes = 0, spec.nbytes
         else:
-            fits = (len(shape) == len(spec.shape) >= 1 and shape[1:] == spec.shape[1:]
-                    and 0 <= row_start and row_start + shape[0] <= spec.shape[0])
+            fits = (
+                len(shape) == len(spec.shape) >= 1
+                and shape[1:] == spec.shape[1:]
+                and 0 <= row_start
+                and row_start + shape[0] <= spec.shape[0]
+            )
             row_bytes = spec.nbytes // spec.shape[0] if fits and spec.shape[0] else 0
             offset, nbytes = row_start * row_bytes, shape[0] * row_bytes if fits else 0
         if code != spec.dtype or not fits:

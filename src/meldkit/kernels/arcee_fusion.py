@@ -35,10 +35,20 @@ from meldkit.methods.registry import FastPath, MergeContext
 __all__ = ["arcee_fusion", "sample_starts", "quartiles"]
 
 
-def _supports(inputs: Sequence[torch.Tensor], base_index: int | None, shared: Mapping[str, Any],
-              per_input: Sequence[Mapping[str, Any]], ctx: MergeContext) -> bool:
-    return (len(inputs) == 2 and inputs[0].numel() > 0 and runner.load("arcee_fusion_numba") is not None
-            and all(x.dtype != torch.float64 for x in inputs) and runner.cpu_tensors(inputs, ctx.device))
+def _supports(
+    inputs: Sequence[torch.Tensor],
+    base_index: int | None,
+    shared: Mapping[str, Any],
+    per_input: Sequence[Mapping[str, Any]],
+    ctx: MergeContext,
+) -> bool:
+    return (
+        len(inputs) == 2
+        and inputs[0].numel() > 0
+        and runner.load("arcee_fusion_numba") is not None
+        and all(x.dtype != torch.float64 for x in inputs)
+        and runner.cpu_tensors(inputs, ctx.device)
+    )
 
 
 def sample_starts(key: int, rows: int, size: int) -> np.ndarray:
@@ -48,8 +58,12 @@ def sample_starts(key: int, rows: int, size: int) -> np.ndarray:
     assert module is not None
     parts = runner.ranges(size)
     counts = np.zeros((len(parts), rows), dtype=np.int64)
-    runner.run_all([(module.count_sample_rows, (*runner.key_halves(key), a, b, rows, counts[t]))
-                    for t, (a, b) in enumerate(parts)])
+    runner.run_all(
+        [
+            (module.count_sample_rows, (*runner.key_halves(key), a, b, rows, counts[t]))
+            for t, (a, b) in enumerate(parts)
+        ]
+    )
     return row_starts(counts.sum(axis=0))
 
 
@@ -62,12 +76,19 @@ def quartiles(sample: torch.Tensor) -> torch.Tensor:
         return torch.quantile(sample, torch.tensor([0.25, 0.5, 0.75], dtype=sample.dtype))
     ranks, below, above = quartile_ranks(sample.numel(), sample.dtype)
     wanted = torch.cat([below, above]).numpy()
-    picked = torch.from_numpy(module.order_statistics(sample.numpy(), wanted, np.empty(6, np.float32)))
+    picked = torch.from_numpy(
+        module.order_statistics(sample.numpy(), wanted, np.empty(6, np.float32))
+    )
     return torch.lerp(picked[:3], picked[3:], ranks - below)
 
 
-def _arcee_fusion(inputs: Sequence[torch.Tensor], base_index: int | None, shared: Mapping[str, Any],
-                  per_input: Sequence[Mapping[str, Any]], ctx: MergeContext) -> torch.Tensor:
+def _arcee_fusion(
+    inputs: Sequence[torch.Tensor],
+    base_index: int | None,
+    shared: Mapping[str, Any],
+    per_input: Sequence[Mapping[str, Any]],
+    ctx: MergeContext,
+) -> torch.Tensor:
     module = runner.load("arcee_fusion_numba")
     pair = base_and_other(inputs, base_index, "arcee_fusion")
     assert module is not None and pair is not None
@@ -86,16 +107,26 @@ def _arcee_fusion(inputs: Sequence[torch.Tensor], base_index: int | None, shared
         starts, (c0, c1) = sample_starts(keys[0], rows, size), runner.key_halves(keys[1])
     kl = np.empty(rows, dtype=np.float64)
     sample = np.empty(size, dtype=np.float32)
-    runner.parallel(module.row_kl, rows, stored_x, stored_b, length, KL_EPS, kl, starts, c0, c1,
-                    every, sample)
+    runner.parallel(
+        module.row_kl, rows, stored_x, stored_b, length, KL_EPS, kl, starts, c0, c1, every, sample
+    )
     q1, median, q3 = quartiles(torch.from_numpy(sample))
     threshold = median + 1.5 * (q3 - q1)
 
     # Pass 2: out = b + (x - b) · [|x - b| · kl >= threshold].
     out = runner.output_buffer(n, output_dtype(inputs, ctx.out_dtype))
     kl32 = torch.from_numpy(kl).to(torch.float32).numpy()
-    runner.parallel(module.keep_important, rows, stored_x, stored_b, length, kl32,
-                    np.float32(threshold.item()), runner.as_numpy(out), out.dtype == torch.bfloat16)
+    runner.parallel(
+        module.keep_important,
+        rows,
+        stored_x,
+        stored_b,
+        length,
+        kl32,
+        np.float32(threshold.item()),
+        runner.as_numpy(out),
+        out.dtype == torch.bfloat16,
+    )
     return out.reshape(base.shape)
 
 

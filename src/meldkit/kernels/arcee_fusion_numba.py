@@ -58,8 +58,13 @@ def _log64(v):
     ``m`` in ``[√½, √2)``, and ``ln m = 2 atanh(s)``, ``s = (m - 1) / (m + 1)``, ``|s| < 0.172``.
     The exponent becomes a float through its bits (AVX2 has no int64 to float64 conversion)."""
     bits = np.float64(v).view(np.uint64)
-    e = np.uint64((bits >> np.uint64(52)) | np.uint64(0x4330000000000000)).view(np.float64) - _EXPONENT_BASE
-    m = np.uint64((bits & np.uint64(0xFFFFFFFFFFFFF)) | np.uint64(0x3FF0000000000000)).view(np.float64)
+    e = (
+        np.uint64((bits >> np.uint64(52)) | np.uint64(0x4330000000000000)).view(np.float64)
+        - _EXPONENT_BASE
+    )
+    m = np.uint64((bits & np.uint64(0xFFFFFFFFFFFFF)) | np.uint64(0x3FF0000000000000)).view(
+        np.float64
+    )
     big = m > _SQRT2
     m = m * 0.5 if big else m
     e = e + 1.0 if big else e
@@ -237,6 +242,6 @@ def order_statistics(values, ranks, out):
     for j in range(ranks.shape[0]):
         d = digits[j]
         first = fill[d] - hist[d]
-        bucket = np.sort(collected[first:fill[d]])
+        bucket = np.sort(collected[first : fill[d]])
         out[j] = bucket[ranks[j] - starts[d]]
     return out

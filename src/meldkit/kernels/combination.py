@@ -38,8 +38,16 @@ from meldkit.methods import slerp as slerp_method
 from meldkit.methods.combination import BLOCK_ELEMENTS, Passes
 from meldkit.methods.registry import FastPath, MergeContext
 
-__all__ = ["NumbaPasses", "NUMBA", "supports", "slerp", "nuslerp", "multislerp", "karcher",
-           "model_stock"]
+__all__ = [
+    "NumbaPasses",
+    "NUMBA",
+    "supports",
+    "slerp",
+    "nuslerp",
+    "multislerp",
+    "karcher",
+    "model_stock",
+]
 
 
 def _layout(numel: int, rows: int) -> tuple[int, int, int]:
@@ -58,29 +66,42 @@ class NumbaPasses(Passes):
     """:class:`~meldkit.methods.combination.Passes` on the numba kernels (CPU tensors in bf16,
     fp32 or fp16 of one shape; see :func:`supports`)."""
 
-    def gram(self, inputs: Sequence[torch.Tensor], mix: torch.Tensor | None = None,
-             rows: int = 1) -> torch.Tensor:
+    def gram(
+        self, inputs: Sequence[torch.Tensor], mix: torch.Tensor | None = None, rows: int = 1
+    ) -> torch.Tensor:
         """Per work item a float64 ``K x K`` partial (exact float64 products of the float32
         ``v``), summed over each row's items in order."""
         module = runner.load("combination_numba")
         assert module is not None
-        a = (mix if mix is not None else torch.eye(len(inputs), dtype=torch.float64)).to(torch.float32)
+        a = (mix if mix is not None else torch.eye(len(inputs), dtype=torch.float64)).to(
+            torch.float32
+        )
         k = a.shape[0]
         length, per_row, items = _layout(inputs[0].numel(), rows)
         if items == 0:
             return torch.zeros(rows, k, k, dtype=torch.float64)
         xs = tuple(runner.stored_arrays(inputs))
         partial_sums = np.zeros((items, k, k), dtype=np.float64)
-        runner.parallel(module.gram, items, xs, a.contiguous().numpy(), per_row, length,
-                        BLOCK_ELEMENTS, partial_sums, lead=1)
+        runner.parallel(
+            module.gram,
+            items,
+            xs,
+            a.contiguous().numpy(),
+            per_row,
+            length,
+            BLOCK_ELEMENTS,
+            partial_sums,
+            lead=1,
+        )
         out = partial_sums.reshape(rows, per_row, k, k)
         total = out[:, 0].copy()
         for c in range(1, per_row):  # in item order: independent of the thread count
             total += out[:, c]
         return torch.from_numpy(total)
 
-    def combine(self, inputs: Sequence[torch.Tensor], coeffs: torch.Tensor,
-                dtype: torch.dtype) -> torch.Tensor:
+    def combine(
+        self, inputs: Sequence[torch.Tensor], coeffs: torch.Tensor, dtype: torch.dtype
+    ) -> torch.Tensor:
         """``Σ c_i x_i`` in float32, written as float32 or bfloat16 directly (other output
         dtypes: float32, then cast)."""
         module = runner.load("combination_numba")
@@ -92,17 +113,31 @@ class NumbaPasses(Passes):
         out = runner.output_buffer(inputs[0].numel(), dtype)
         if items:
             xs = tuple(runner.stored_arrays(inputs))
-            runner.parallel(module.combine, items, xs, c.contiguous().numpy(), per_row, length,
-                            BLOCK_ELEMENTS, runner.as_numpy(out), out.dtype == torch.bfloat16,
-                            lead=1)
+            runner.parallel(
+                module.combine,
+                items,
+                xs,
+                c.contiguous().numpy(),
+                per_row,
+                length,
+                BLOCK_ELEMENTS,
+                runner.as_numpy(out),
+                out.dtype == torch.bfloat16,
+                lead=1,
+            )
         return (out if out.dtype == dtype else out.to(dtype)).reshape(shape)
 
 
 NUMBA = NumbaPasses()
 
 
-def supports(inputs: Sequence[torch.Tensor], base_index: int | None, shared: Mapping[str, Any],
-             per_input: Sequence[Mapping[str, Any]], ctx: MergeContext) -> bool:
+def supports(
+    inputs: Sequence[torch.Tensor],
+    base_index: int | None,
+    shared: Mapping[str, Any],
+    per_input: Sequence[Mapping[str, Any]],
+    ctx: MergeContext,
+) -> bool:
     """Numba is installed and the inputs are contiguous CPU tensors of one shape in bf16, fp32
     or fp16 (float64 inputs and other devices take the torch passes)."""
     return runner.load("combination_numba") is not None and runner.cpu_tensors(inputs, "cpu")

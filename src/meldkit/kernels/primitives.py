@@ -27,8 +27,17 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
-__all__ = ["CHUNK", "load", "store", "to_bf16_bits", "abs_bits", "hash32", "uniform",
-           "uniform_range", "scaled_draw"]
+__all__ = [
+    "CHUNK",
+    "load",
+    "store",
+    "to_bf16_bits",
+    "abs_bits",
+    "hash32",
+    "uniform",
+    "uniform_range",
+    "scaled_draw",
+]
 
 # Elements per chunk: the unit of parallel work, of float64 partial sums and of tie counting.
 CHUNK = 1 << 14

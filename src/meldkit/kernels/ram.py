@@ -22,14 +22,24 @@ from meldkit.methods.registry import FastPath, MergeContext
 __all__ = ["ram", "ramplus_tl"]
 
 
-def _supports(inputs: Sequence[torch.Tensor], base_index: int | None, shared: Mapping[str, Any],
-              per_input: Sequence[Mapping[str, Any]], ctx: MergeContext) -> bool:
-    return (base_index is not None and len(inputs) > 1 and runner.load("ram_numba") is not None
-            and runner.cpu_tensors(inputs, ctx.device))
+def _supports(
+    inputs: Sequence[torch.Tensor],
+    base_index: int | None,
+    shared: Mapping[str, Any],
+    per_input: Sequence[Mapping[str, Any]],
+    ctx: MergeContext,
+) -> bool:
+    return (
+        base_index is not None
+        and len(inputs) > 1
+        and runner.load("ram_numba") is not None
+        and runner.cpu_tensors(inputs, ctx.device)
+    )
 
 
-def _stored(inputs: Sequence[torch.Tensor], base_index: int | None,
-            per_input: Sequence[Mapping[str, Any]]) -> tuple[torch.Tensor, tuple[np.ndarray, ...], np.ndarray]:
+def _stored(
+    inputs: Sequence[torch.Tensor], base_index: int | None, per_input: Sequence[Mapping[str, Any]]
+) -> tuple[torch.Tensor, tuple[np.ndarray, ...], np.ndarray]:
     """The base tensor, and the others and the base as the kernels read them (one stored dtype)."""
     assert base_index is not None
     base = inputs[base_index]
@@ -38,20 +48,37 @@ def _stored(inputs: Sequence[torch.Tensor], base_index: int | None,
     return base, tuple(xs), b
 
 
-def _ram(inputs: Sequence[torch.Tensor], base_index: int | None, shared: Mapping[str, Any],
-         per_input: Sequence[Mapping[str, Any]], ctx: MergeContext) -> torch.Tensor:
+def _ram(
+    inputs: Sequence[torch.Tensor],
+    base_index: int | None,
+    shared: Mapping[str, Any],
+    per_input: Sequence[Mapping[str, Any]],
+    ctx: MergeContext,
+) -> torch.Tensor:
     module = runner.load("ram_numba")
     assert module is not None
     base, xs, b = _stored(inputs, base_index, per_input)
     epsilon = param_float(shared, "epsilon", 1e-5)
     out = runner.output_buffer(base.numel(), output_dtype(inputs, ctx.out_dtype))
-    runner.parallel(module.ram_mix, runner.chunk_count(b.shape[0], module.CHUNK), xs, b,
-                    np.float32(epsilon), runner.as_numpy(out), out.dtype == torch.bfloat16)
+    runner.parallel(
+        module.ram_mix,
+        runner.chunk_count(b.shape[0], module.CHUNK),
+        xs,
+        b,
+        np.float32(epsilon),
+        runner.as_numpy(out),
+        out.dtype == torch.bfloat16,
+    )
     return out.reshape(base.shape)
 
 
-def _ramplus_tl(inputs: Sequence[torch.Tensor], base_index: int | None, shared: Mapping[str, Any],
-                per_input: Sequence[Mapping[str, Any]], ctx: MergeContext) -> torch.Tensor:
+def _ramplus_tl(
+    inputs: Sequence[torch.Tensor],
+    base_index: int | None,
+    shared: Mapping[str, Any],
+    per_input: Sequence[Mapping[str, Any]],
+    ctx: MergeContext,
+) -> torch.Tensor:
     module = runner.load("ram_numba")
     assert module is not None
     base, xs, b = _stored(inputs, base_index, per_input)
@@ -65,8 +92,16 @@ def _ramplus_tl(inputs: Sequence[torch.Tensor], base_index: int | None, shared: 
     totals = counts.sum(axis=0)
     lams = boosts([int(t) for t in totals[:, 0]], [int(t) for t in totals[:, 1]], r, alpha, epsilon)
     out = runner.output_buffer(base.numel(), output_dtype(inputs, ctx.out_dtype))
-    runner.parallel(module.ramplus_mix, n_chunks, xs, b, eps, np.array(lams, dtype=np.float32),
-                    runner.as_numpy(out), out.dtype == torch.bfloat16)
+    runner.parallel(
+        module.ramplus_mix,
+        n_chunks,
+        xs,
+        b,
+        eps,
+        np.array(lams, dtype=np.float32),
+        runner.as_numpy(out),
+        out.dtype == torch.bfloat16,
+    )
     return out.reshape(base.shape)
 
 

@@ -51,7 +51,12 @@ def ram_mix(xs, base, c0, c1, eps, out, out_bf16):
                 d = load(x, s + k) - load(base, s + k)
                 total[k] = total[k] + d * _active(d, eps)
         for k in range(size):
-            store(out, out_bf16, s + k, np.float32(load(base, s + k) + total[k] / max(count[k], np.float32(1.0))))
+            store(
+                out,
+                out_bf16,
+                s + k,
+                np.float32(load(base, s + k) + total[k] / max(count[k], np.float32(1.0))),
+            )
     return out
 
 

@@ -19,8 +19,19 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["load", "key_halves", "as_numpy", "stored_arrays", "cpu_tensors", "output_buffer", "chunk_count", "ranges",
-           "run_all", "parallel", "zeroed_scratch"]
+__all__ = [
+    "load",
+    "key_halves",
+    "as_numpy",
+    "stored_arrays",
+    "cpu_tensors",
+    "output_buffer",
+    "chunk_count",
+    "ranges",
+    "run_all",
+    "parallel",
+    "zeroed_scratch",
+]
 
 # Stored dtypes kernels read directly (bf16 as its uint16 bits); float16 is widened first.
 STORED = (torch.bfloat16, torch.float32)
@@ -48,8 +59,10 @@ def cpu_tensors(inputs: Sequence[torch.Tensor], device: str) -> bool:
     if device != "cpu" or not inputs:
         return False
     shape = inputs[0].shape
-    return all(x.device.type == "cpu" and x.dtype in ACCEPTED and x.shape == shape and x.is_contiguous()
-               for x in inputs)
+    return all(
+        x.device.type == "cpu" and x.dtype in ACCEPTED and x.shape == shape and x.is_contiguous()
+        for x in inputs
+    )
 
 
 def as_numpy(x: torch.Tensor) -> np.ndarray:

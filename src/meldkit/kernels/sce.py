@@ -42,7 +42,15 @@ from meldkit.kernels import runner
 from meldkit.methods.inputs import non_base, output_dtype, param_float
 from meldkit.methods.registry import FastPath, MergeContext
 
-__all__ = ["kernels", "available", "supports", "torch_fma", "energy_weights", "merge_sce_fused", "sce"]
+__all__ = [
+    "kernels",
+    "available",
+    "supports",
+    "torch_fma",
+    "energy_weights",
+    "merge_sce_fused",
+    "sce",
+]
 
 # Elements per chunk of the energy sums, and lanes per chunk (the kernels' layout).
 CHUNK = 1 << 14
@@ -85,8 +93,9 @@ def supports(inputs: Sequence[torch.Tensor], ctx: MergeContext) -> bool:
     return available() and runner.cpu_tensors(inputs, ctx.device)
 
 
-def _select(module: ModuleType, xs: tuple[np.ndarray, ...], base: np.ndarray, topk: float,
-            fused: bool) -> tuple[int, int, int]:
+def _select(
+    module: ModuleType, xs: tuple[np.ndarray, ...], base: np.ndarray, topk: float, fused: bool
+) -> tuple[int, int, int]:
     """``(mode, cut, drop)``: the masking mode, and for SELECT the cut-off key and how many of
     the elements tied at it are dropped (the first ones in flat order), as sce.select."""
     n = base.shape[0]
@@ -97,8 +106,12 @@ def _select(module: ModuleType, xs: tuple[np.ndarray, ...], base: np.ndarray, to
     parts = runner.ranges(n)
     high = runner.zeroed_scratch("sce_high", (len(parts), _HIGH))
     zeros = np.zeros((len(parts), 1), dtype=np.int64)
-    runner.run_all([(module.hist_high, (xs, base, a, b, fused, high[p], zeros[p]))
-                           for p, (a, b) in enumerate(parts)])
+    runner.run_all(
+        [
+            (module.hist_high, (xs, base, a, b, fused, high[p], zeros[p]))
+            for p, (a, b) in enumerate(parts)
+        ]
+    )
     k = int((n - int(zeros.sum())) * topk)
     if k == n:
         return module.KEEP_ALL, 0, 0
@@ -109,8 +122,12 @@ def _select(module: ModuleType, xs: tuple[np.ndarray, ...], base: np.ndarray, to
     digit = int(np.searchsorted(cum_high, lo))
     before = int(cum_high[digit - 1]) if digit else 0
     low = runner.zeroed_scratch("sce_low", (len(parts), _LOW))
-    runner.run_all([(module.hist_low, (xs, base, a, b, fused, digit, low[p]))
-                           for p, (a, b) in enumerate(parts)])
+    runner.run_all(
+        [
+            (module.hist_low, (xs, base, a, b, fused, digit, low[p]))
+            for p, (a, b) in enumerate(parts)
+        ]
+    )
     cum_low = low.sum(axis=0).cumsum()
     low_digit = int(np.searchsorted(cum_low, lo - before))
     below = before + (int(cum_low[low_digit - 1]) if low_digit else 0)
@@ -131,12 +148,15 @@ def energy_weights(lanes: Any, n: int) -> torch.Tensor:
     return energies / total
 
 
-def merge_sce_fused(base_t: torch.Tensor, others_t: Sequence[torch.Tensor], topk: float,
-                    out_dtype: torch.dtype) -> torch.Tensor:
+def merge_sce_fused(
+    base_t: torch.Tensor, others_t: Sequence[torch.Tensor], topk: float, out_dtype: torch.dtype
+) -> torch.Tensor:
     """sce of ``others_t`` over ``base_t`` (see the module docstring), in ``out_dtype``."""
     module = kernels()
     fused = torch_fma()
-    assert module is not None and fused is not None and module.CHUNK == CHUNK and module.LANES == LANES
+    assert (
+        module is not None and fused is not None and module.CHUNK == CHUNK and module.LANES == LANES
+    )
     shape = base_t.shape
     n = base_t.numel()
     m = len(others_t)
@@ -159,22 +179,47 @@ def merge_sce_fused(base_t: torch.Tensor, others_t: Sequence[torch.Tensor], topk
     if mode == module.SELECT:
         for c in np.flatnonzero((first < drop) & (first + ties > drop)):
             chosen[c] = 0
-            module.energy_lanes_resolved(xs, base, int(c), fused, cut_u, drop, first[c], ties[c], chosen[c])
+            module.energy_lanes_resolved(
+                xs, base, int(c), fused, cut_u, drop, first[c], ties[c], chosen[c]
+            )
     omega = energy_weights(chosen, n).numpy()
 
     out = runner.output_buffer(n, out_dtype)
-    runner.parallel(module.mix, n_chunks, xs, base, fused, mode, cut_u, drop, first, ties, omega,
-                           runner.as_numpy(out), out.dtype == torch.bfloat16)
+    runner.parallel(
+        module.mix,
+        n_chunks,
+        xs,
+        base,
+        fused,
+        mode,
+        cut_u,
+        drop,
+        first,
+        ties,
+        omega,
+        runner.as_numpy(out),
+        out.dtype == torch.bfloat16,
+    )
     return (out if out.dtype == out_dtype else out.to(out_dtype)).reshape(shape)
 
 
-def _supports(inputs: Sequence[torch.Tensor], base_index: int | None, shared: Mapping[str, Any],
-              per_input: Sequence[Mapping[str, Any]], ctx: MergeContext) -> bool:
+def _supports(
+    inputs: Sequence[torch.Tensor],
+    base_index: int | None,
+    shared: Mapping[str, Any],
+    per_input: Sequence[Mapping[str, Any]],
+    ctx: MergeContext,
+) -> bool:
     return base_index is not None and len(inputs) > 1 and supports(inputs, ctx)
 
 
-def _sce(inputs: Sequence[torch.Tensor], base_index: int | None, shared: Mapping[str, Any],
-         per_input: Sequence[Mapping[str, Any]], ctx: MergeContext) -> torch.Tensor:
+def _sce(
+    inputs: Sequence[torch.Tensor],
+    base_index: int | None,
+    shared: Mapping[str, Any],
+    per_input: Sequence[Mapping[str, Any]],
+    ctx: MergeContext,
+) -> torch.Tensor:
     assert base_index is not None
     others = [o.tensor for o in non_base(inputs, base_index, per_input)]
     topk = param_float(shared, "select_topk", 1.0)

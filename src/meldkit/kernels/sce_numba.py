@@ -35,8 +35,21 @@ from numba.extending import intrinsic
 
 from meldkit.kernels.primitives import CHUNK, load, to_bf16_bits
 
-__all__ = ["CHUNK", "LANES", "KEEP_ALL", "ZERO", "SELECT", "fma32", "square_lanes", "variance_keys",
-           "hist_high", "hist_low", "energy_lanes", "energy_lanes_resolved", "mix"]
+__all__ = [
+    "CHUNK",
+    "LANES",
+    "KEEP_ALL",
+    "ZERO",
+    "SELECT",
+    "fma32",
+    "square_lanes",
+    "variance_keys",
+    "hist_high",
+    "hist_low",
+    "energy_lanes",
+    "energy_lanes_resolved",
+    "mix",
+]
 
 # Masking modes.
 KEEP_ALL = 0  # every δ (select_topk >= 1, or k = n)
@@ -55,7 +68,9 @@ def _fma(typingctx, a, b, c):  # type: ignore[no-untyped-def]
 
     def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
         f32 = ir.FloatType()
-        fn = builder.module.declare_intrinsic("llvm.fma", [f32], ir.FunctionType(f32, [f32, f32, f32]))
+        fn = builder.module.declare_intrinsic(
+            "llvm.fma", [f32], ir.FunctionType(f32, [f32, f32, f32])
+        )
         return builder.call(fn, args)
 
     return sig, codegen
@@ -160,9 +175,17 @@ _VEC = 4  # doubles per vector: LANES / _VEC independent vector accumulators
 def _square_rows(typingctx, v, rows, lanes):  # type: ignore[no-untyped-def]
     """``lanes[l] += float64(v[LANES * r + l])²`` for ``r < rows`` in order, in vectors of four
     doubles (the squares are exact, so the lanes are the same as one by one)."""
-    if not (isinstance(v, types.Array) and v.dtype == types.float32 and v.ndim == 1 and v.layout == "C"
-            and isinstance(lanes, types.Array) and lanes.dtype == types.float64 and lanes.ndim == 1
-            and lanes.layout == "C" and isinstance(rows, types.Integer)):
+    if not (
+        isinstance(v, types.Array)
+        and v.dtype == types.float32
+        and v.ndim == 1
+        and v.layout == "C"
+        and isinstance(lanes, types.Array)
+        and lanes.dtype == types.float64
+        and lanes.ndim == 1
+        and lanes.layout == "C"
+        and isinstance(rows, types.Integer)
+    ):
         return None
     sig = types.void(v, rows, lanes)
 
@@ -183,7 +206,9 @@ def _square_rows(typingctx, v, rows, lanes):  # type: ignore[no-untyped-def]
         with cgutils.for_range(builder, rows) as loop:
             first = builder.mul(loop.index, cgutils.intp_t(n_acc))
             for q, acc in enumerate(accs):
-                x = builder.load(builder.gep(values_ptr, [builder.add(first, cgutils.intp_t(q))]), align=4)
+                x = builder.load(
+                    builder.gep(values_ptr, [builder.add(first, cgutils.intp_t(q))]), align=4
+                )
                 x = builder.fpext(x, f64v)
                 builder.store(builder.fadd(builder.load(acc), builder.fmul(x, x)), acc)
         for q, acc in enumerate(accs):

@@ -65,8 +65,14 @@ def supports(variant: TaskVectorVariant, inputs: Sequence[torch.Tensor], ctx: Me
     return True
 
 
-def _each_range(fn: Callable[..., Any], parts: list[tuple[int, int]], xs: tuple[np.ndarray, ...],
-                base: np.ndarray, hists: np.ndarray, *extra: Any) -> None:
+def _each_range(
+    fn: Callable[..., Any],
+    parts: list[tuple[int, int]],
+    xs: tuple[np.ndarray, ...],
+    base: np.ndarray,
+    hists: np.ndarray,
+    *extra: Any,
+) -> None:
     """``fn(xs, base, a, b, *extra, hists[p])`` for each part ``p = [a, b)``, in parallel: each
     thread counts into its own histogram (summed afterwards; counts do not depend on order)."""
     runner.run_all([(fn, (xs, base, a, b, *extra, hists[p])) for p, (a, b) in enumerate(parts)])
@@ -104,7 +110,9 @@ class _Cuts:
         self.thr[j, 1] = cut if keep >= equal else cut - 1
 
 
-def _windows(variant: TaskVectorVariant, others: Sequence[Operand], n: int) -> list[tuple[int, int] | None]:
+def _windows(
+    variant: TaskVectorVariant, others: Sequence[Operand], n: int
+) -> list[tuple[int, int] | None]:
     """Per model, the ascending-rank window ``[lo, hi)`` kept, or None when not WINDOW."""
     out: list[tuple[int, int] | None] = []
     for o in others:
@@ -128,8 +136,12 @@ def _windows(variant: TaskVectorVariant, others: Sequence[Operand], n: int) -> l
     return out
 
 
-def _locate_cuts(module: ModuleType, xs: tuple[np.ndarray, ...], base: np.ndarray,
-                 windows: list[tuple[int, int] | None]) -> _Cuts:
+def _locate_cuts(
+    module: ModuleType,
+    xs: tuple[np.ndarray, ...],
+    base: np.ndarray,
+    windows: list[tuple[int, int] | None],
+) -> _Cuts:
     """Find each window's cut-offs exactly with two digit histograms of ``|δ|`` (radix select).
 
     The low cut is the ``lo``-th smallest value (the largest dropped), the high cut the
@@ -180,8 +192,9 @@ def _locate_cuts(module: ModuleType, xs: tuple[np.ndarray, ...], base: np.ndarra
     return cuts
 
 
-def _chunk_ties(module: ModuleType, xs: tuple[np.ndarray, ...], base: np.ndarray, cuts: _Cuts,
-                n_chunks: int) -> np.ndarray:
+def _chunk_ties(
+    module: ModuleType, xs: tuple[np.ndarray, ...], base: np.ndarray, cuts: _Cuts, n_chunks: int
+) -> np.ndarray:
     """``ties[c, j, k] = (ties at cut-off k of model j before chunk c, ties inside chunk c)``,
     counted in flat order, for the cut-offs with a partial tie (zeros elsewhere)."""
     m = len(xs)
@@ -194,9 +207,16 @@ def _chunk_ties(module: ModuleType, xs: tuple[np.ndarray, ...], base: np.ndarray
     return ties
 
 
-def _random_masks(module: ModuleType, variant: TaskVectorVariant, others: Sequence[Operand],
-                  xs: tuple[np.ndarray, ...], base: np.ndarray, shape: torch.Size,
-                  ctx: MergeContext, modes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def _random_masks(
+    module: ModuleType,
+    variant: TaskVectorVariant,
+    others: Sequence[Operand],
+    xs: tuple[np.ndarray, ...],
+    base: np.ndarray,
+    shape: torch.Size,
+    ctx: MergeContext,
+    modes: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """DARE / DELLA: per model ``(k0, k1, density)`` of its stream (one per input, keyed as
     in the eager path) and, for DELLA, the packed keep masks (1 = kept) and the L1 norms
     ``(Σ|δ|, Σ|kept δ|)`` of each model (None for DARE); sets ``modes``."""
@@ -221,8 +241,19 @@ def _random_masks(module: ModuleType, variant: TaskVectorVariant, others: Sequen
         n_rows = n // n_cols
         groups = -(-n_rows // 8)  # rows in groups of 8: whole bytes of the mask
         row_sums = np.empty((n_rows, 2), dtype=np.float64)
-        runner.parallel(module.della_bits, groups, xs[j], base, k0, k1, n_cols,
-                  np.float32(density - epsilon), step, bits[j], row_sums)
+        runner.parallel(
+            module.della_bits,
+            groups,
+            xs[j],
+            base,
+            k0,
+            k1,
+            n_cols,
+            np.float32(density - epsilon),
+            step,
+            bits[j],
+            row_sums,
+        )
         norms[j] = row_sums.sum(axis=0)  # a fixed order of rows: thread-count independent
     return rand, bits, (norms if della else None)
 
@@ -274,12 +305,29 @@ def merge_task_vectors_fused(
             totals = norms
         else:
             sums = np.zeros((n_chunks, m, 2), dtype=np.float64)
-            runner.parallel(module.l1_sums, n_chunks, xs, base, modes, cuts.cuts, cuts.thr, cuts.rule,
-                      cuts.partial, ties, bits, rand, sums)
+            runner.parallel(
+                module.l1_sums,
+                n_chunks,
+                xs,
+                base,
+                modes,
+                cuts.cuts,
+                cuts.thr,
+                cuts.rule,
+                cuts.partial,
+                ties,
+                bits,
+                rand,
+                sums,
+            )
             totals = sums.sum(axis=0)  # fixed chunks, summed in order: thread-count independent
         for j in range(m):
             old, new = float(totals[j, 0]), float(totals[j, 1])
-            if modes[j] in (module.WINDOW, module.BITS, module.BERNOULLI) and old >= sparsify.RESCALE_EPS and new >= sparsify.RESCALE_EPS:
+            if (
+                modes[j] in (module.WINDOW, module.BITS, module.BERNOULLI)
+                and old >= sparsify.RESCALE_EPS
+                and new >= sparsify.RESCALE_EPS
+            ):
                 scale[j] = np.float32(old / new)
                 has_scale[j] = True
 
@@ -290,9 +338,30 @@ def merge_task_vectors_fused(
     if float(divisor.abs()) < 1e-8:
         divisor = torch.ones_like(divisor)
     out = runner.output_buffer(n, output_dtype([base_t], ctx.out_dtype))
-    runner.parallel(module.mix, n_chunks, xs, base, runner.as_numpy(out), out.dtype == torch.bfloat16, modes, cuts.cuts, cuts.thr, cuts.rule,
-               cuts.partial, ties, bits, rand, scale, has_scale, w_tensor.numpy(),
-               variant.consensus, normalize, np.float32(divisor.item()), np.float32(lam), lam != 1)
+    runner.parallel(
+        module.mix,
+        n_chunks,
+        xs,
+        base,
+        runner.as_numpy(out),
+        out.dtype == torch.bfloat16,
+        modes,
+        cuts.cuts,
+        cuts.thr,
+        cuts.rule,
+        cuts.partial,
+        ties,
+        bits,
+        rand,
+        scale,
+        has_scale,
+        w_tensor.numpy(),
+        variant.consensus,
+        normalize,
+        np.float32(divisor.item()),
+        np.float32(lam),
+        lam != 1,
+    )
     return out.reshape(shape)
 
 
@@ -308,12 +377,22 @@ def _member(method: str) -> FastPath:
     """The fast path of the family member ``method``."""
     variant = TASK_VECTOR_FAMILY[method]
 
-    def covers(inputs: Sequence[torch.Tensor], base_index: int | None, shared: Mapping[str, Any],
-               per_input: Sequence[Mapping[str, Any]], ctx: MergeContext) -> bool:
+    def covers(
+        inputs: Sequence[torch.Tensor],
+        base_index: int | None,
+        shared: Mapping[str, Any],
+        per_input: Sequence[Mapping[str, Any]],
+        ctx: MergeContext,
+    ) -> bool:
         return base_index is not None and len(inputs) > 1 and supports(variant, inputs, ctx)
 
-    def merge(inputs: Sequence[torch.Tensor], base_index: int | None, shared: Mapping[str, Any],
-              per_input: Sequence[Mapping[str, Any]], ctx: MergeContext) -> torch.Tensor:
+    def merge(
+        inputs: Sequence[torch.Tensor],
+        base_index: int | None,
+        shared: Mapping[str, Any],
+        per_input: Sequence[Mapping[str, Any]],
+        ctx: MergeContext,
+    ) -> torch.Tensor:
         assert base_index is not None
         others = non_base(inputs, base_index, per_input)
         return merge_task_vectors_fused(inputs[base_index], others, variant, shared, ctx)

@@ -186,8 +186,9 @@ def della_bits(x, base, g0, g1, k0, k1, n_cols, density_minus_eps, step, bits, s
                 if keep[c] == 1:
                     unsure[n_unsure] = c
                     n_unsure += 1
-            if n_unsure > _SCAN_LIMIT and not _rank_by_groups(keys, draws, unsure[:n_unsure], packed, picked,
-                                                              density_minus_eps, step, keep):
+            if n_unsure > _SCAN_LIMIT and not _rank_by_groups(
+                keys, draws, unsure[:n_unsure], packed, picked, density_minus_eps, step, keep
+            ):
                 ranked = _stable_argsort(keys, order, spare, radix)
                 for rank in range(n_cols):
                     c = ranked[rank]
@@ -211,7 +212,9 @@ def della_bits(x, base, g0, g1, k0, k1, n_cols, density_minus_eps, step, bits, s
     return bits
 
 
-@njit(cache=True, nogil=True, error_model="numpy")  # not inlined: rarely called, kept out of the hot loop
+@njit(
+    cache=True, nogil=True, error_model="numpy"
+)  # not inlined: rarely called, kept out of the hot loop
 def _rank_by_groups(keys, draws, unsure, packed, picked, density_minus_eps, step, keep):
     """Decide the draws ``unsure`` (indices, ascending) from their exact stable ranks, a group
     of equal ``|δ|`` at a time; False (nothing decided) past :data:`_SCAN_GROUPS` groups.
@@ -471,21 +474,69 @@ def l1_sums(xs, base, c0, c1, modes, cuts, thr, rule, partial, ties, bits, rand,
         kept = np.empty(e - s, dtype=np.float32)
         for j in range(n_models):
             x = xs[j]
-            _sparsify_chunk(x, base, s, e, KEEP_ALL, cuts[j], thr[j], rule[j], partial[j],
-                            ties[c, j], bits[j], rand[j], delta)
+            _sparsify_chunk(
+                x,
+                base,
+                s,
+                e,
+                KEEP_ALL,
+                cuts[j],
+                thr[j],
+                rule[j],
+                partial[j],
+                ties[c, j],
+                bits[j],
+                rand[j],
+                delta,
+            )
             if modes[j] == BITS:  # δ is at hand: mask it rather than compute it again
                 _mask_by_bits(delta, bits[j], s, e - s, kept)
             else:
-                _sparsify_chunk(x, base, s, e, modes[j], cuts[j], thr[j], rule[j], partial[j],
-                                ties[c, j], bits[j], rand[j], kept)
+                _sparsify_chunk(
+                    x,
+                    base,
+                    s,
+                    e,
+                    modes[j],
+                    cuts[j],
+                    thr[j],
+                    rule[j],
+                    partial[j],
+                    ties[c, j],
+                    bits[j],
+                    rand[j],
+                    kept,
+                )
             sums[c, j, 0] = _abs_sum(delta, e - s)
             sums[c, j, 1] = _abs_sum(kept, e - s)
     return sums
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def mix(xs, base, c0, c1, out, out_bf16, modes, cuts, thr, rule, partial, ties, bits, rand, scale,
-        has_scale, weights, consensus, normalize, divisor, lam, apply_lam):
+def mix(
+    xs,
+    base,
+    c0,
+    c1,
+    out,
+    out_bf16,
+    modes,
+    cuts,
+    thr,
+    rule,
+    partial,
+    ties,
+    bits,
+    rand,
+    scale,
+    has_scale,
+    weights,
+    consensus,
+    normalize,
+    divisor,
+    lam,
+    apply_lam,
+):
     """The merged values ``b + lambda * mix(w_j * sparsify(δ_j))`` (see task_vectors).
 
     Chunks ``c0 <= c < c1``. ``out`` is float32, or bfloat16 bits when ``out_bf16`` (rounded to
@@ -499,8 +550,21 @@ def mix(xs, base, c0, c1, out, out_bf16, modes, cuts, thr, rule, partial, ties, 
         v = np.empty((n_models, size), dtype=np.float32)
         for j in range(n_models):
             vj = v[j]
-            _sparsify_chunk(xs[j], base, s, e, modes[j], cuts[j], thr[j], rule[j], partial[j],
-                            ties[c, j], bits[j], rand[j], vj)
+            _sparsify_chunk(
+                xs[j],
+                base,
+                s,
+                e,
+                modes[j],
+                cuts[j],
+                thr[j],
+                rule[j],
+                partial[j],
+                ties[c, j],
+                bits[j],
+                rand[j],
+                vj,
+            )
             w = weights[j]
             if has_scale[j]:
                 f = scale[j]

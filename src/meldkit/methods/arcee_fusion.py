@@ -121,8 +121,9 @@ def sample_index(keys: tuple[int, int], rows: int, length: int, size: int) -> to
     return row_of * length + scaled_draws(keys[1], size, length)
 
 
-def kl_and_sample(b2: torch.Tensor, x2: torch.Tensor, work: torch.dtype,
-                  keys: tuple[int, int] | None) -> tuple[torch.Tensor, torch.Tensor]:
+def kl_and_sample(
+    b2: torch.Tensor, x2: torch.Tensor, work: torch.dtype, keys: tuple[int, int] | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Pass 1 over the ``(rows, length)`` views: :func:`row_kl` of each row, as ``(rows, 1)`` in
     ``work`` (in blocks of rows), and the importance ``|x - b| · kl`` at the positions
     :func:`sample_index` draws from the streams ``keys`` (None: at every position, in order)."""
@@ -167,7 +168,9 @@ def arcee_fusion(
     # Pass 1: each row's KL (the expensive part: softmaxes and logs), one value per row, and
     # the importance at MergeKit's with-replacement sample of positions (all of them when
     # there are at most SAMPLE_SIZE).
-    kl, sample = kl_and_sample(b2, x2, work, sample_keys(ctx) if base.numel() > SAMPLE_SIZE else None)
+    kl, sample = kl_and_sample(
+        b2, x2, work, sample_keys(ctx) if base.numel() > SAMPLE_SIZE else None
+    )
     q1, median, q3 = quartiles(sample)
     threshold = median + 1.5 * (q3 - q1)
 

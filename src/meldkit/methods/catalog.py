@@ -101,8 +101,13 @@ register(
         impl="meldkit.methods.linear:linear",
         params=(
             ParamSpec("weight", "per_input", required=True, doc="weight of each input"),
-            ParamSpec("normalize", "shared", kind="bool", default=True,
-                      doc="divide by the sum of the weights"),
+            ParamSpec(
+                "normalize",
+                "shared",
+                kind="bool",
+                default=True,
+                doc="divide by the sum of the weights",
+            ),
         ),
         base="ignored",
         min_inputs=1,
@@ -119,7 +124,9 @@ register(
         pretty_name="Passthrough",
         impl="meldkit.methods.passthrough:passthrough",
         params=(
-            ParamSpec("scale", "per_input", default=None, doc="optional factor applied to the tensor"),
+            ParamSpec(
+                "scale", "per_input", default=None, doc="optional factor applied to the tensor"
+            ),
         ),
         base="optional",
         min_inputs=1,
@@ -136,8 +143,12 @@ register(
         impl="meldkit.methods.slerp:slerp",
         fast_impl="meldkit.kernels.combination:slerp",
         params=(
-            ParamSpec("t", "shared", required=True,
-                      doc="interpolation factor: 0 gives the base, 1 the other model"),
+            ParamSpec(
+                "t",
+                "shared",
+                required=True,
+                doc="interpolation factor: 0 gives the base, 1 the other model",
+            ),
         ),
         base="required",
         min_inputs=2,
@@ -156,12 +167,23 @@ register(
         fast_impl="meldkit.kernels.combination:nuslerp",
         native_inputs=True,  # blocked Gram + combination passes read the stored dtype
         params=(
-            ParamSpec("weight", "per_non_base", required=True,
-                      doc="relative weight; t = w2 / (w1 + w2)"),
-            ParamSpec("nuslerp_flatten", "shared", kind="bool", default=True,
-                      doc="treat the whole tensor as one vector"),
-            ParamSpec("nuslerp_row_wise", "shared", kind="bool", default=False,
-                      doc="without flatten: interpolate along the first axis instead of the last"),
+            ParamSpec(
+                "weight", "per_non_base", required=True, doc="relative weight; t = w2 / (w1 + w2)"
+            ),
+            ParamSpec(
+                "nuslerp_flatten",
+                "shared",
+                kind="bool",
+                default=True,
+                doc="treat the whole tensor as one vector",
+            ),
+            ParamSpec(
+                "nuslerp_row_wise",
+                "shared",
+                kind="bool",
+                default=False,
+                doc="without flatten: interpolate along the first axis instead of the last",
+            ),
         ),
         base="optional",
         min_inputs=2,
@@ -183,10 +205,20 @@ register(
         native_inputs=True,  # blocked Gram + combination passes read the stored dtype
         params=(
             ParamSpec("weight", "per_non_base", required=True, doc="weight of each model"),
-            ParamSpec("normalize_weights", "shared", kind="bool", default=True,
-                      doc="divide the weights by their sum"),
-            ParamSpec("eps", "shared", default=1e-8, minimum=0.0,
-                      doc="added to norms to avoid division by zero"),
+            ParamSpec(
+                "normalize_weights",
+                "shared",
+                kind="bool",
+                default=True,
+                doc="divide the weights by their sum",
+            ),
+            ParamSpec(
+                "eps",
+                "shared",
+                default=1e-8,
+                minimum=0.0,
+                doc="added to norms to avoid division by zero",
+            ),
         ),
         base="optional",
         min_inputs=1,
@@ -205,10 +237,16 @@ register(
         fast_impl="meldkit.kernels.combination:karcher",
         native_inputs=True,  # blocked Gram + combination passes read the stored dtype
         params=(
-            ParamSpec("max_iter", "shared", kind="int", default=10,
-                      doc="maximum number of iterations"),
-            ParamSpec("tol", "shared", default=1e-5, minimum=0.0,
-                      doc="convergence tolerance (also the smallest norm an input may have)"),
+            ParamSpec(
+                "max_iter", "shared", kind="int", default=10, doc="maximum number of iterations"
+            ),
+            ParamSpec(
+                "tol",
+                "shared",
+                default=1e-5,
+                minimum=0.0,
+                doc="convergence tolerance (also the smallest norm an input may have)",
+            ),
         ),
         base="ignored",
         min_inputs=1,
@@ -223,26 +261,70 @@ register(
 
 def _task_vector_params(name: str, variant: TaskVectorVariant) -> tuple[ParamSpec, ...]:
     params = [
-        ParamSpec("weight", "per_non_base", required=True,
-                  doc="scale of the model's task vector (negative subtracts it)"),
-        ParamSpec("density", "per_non_base", default=1.0, minimum=0.0, maximum=1.0,
-                  doc="fraction of the task vector kept by the sparsifier"),
+        ParamSpec(
+            "weight",
+            "per_non_base",
+            required=True,
+            doc="scale of the model's task vector (negative subtracts it)",
+        ),
+        ParamSpec(
+            "density",
+            "per_non_base",
+            default=1.0,
+            minimum=0.0,
+            maximum=1.0,
+            doc="fraction of the task vector kept by the sparsifier",
+        ),
     ]
     if variant.sparsifier == "magnitude_outliers":
-        params.append(ParamSpec("gamma", "per_non_base", default=0.01, minimum=0.0, maximum=1.0,
-                                doc="fraction of largest-magnitude entries dropped"))
+        params.append(
+            ParamSpec(
+                "gamma",
+                "per_non_base",
+                default=0.01,
+                minimum=0.0,
+                maximum=1.0,
+                doc="fraction of largest-magnitude entries dropped",
+            )
+        )
     if variant.sparsifier == "della_magprune":
-        params.append(ParamSpec("epsilon", "per_non_base", default=0.15, minimum=0.0,
-                                doc="keep probabilities span density - epsilon .. density + epsilon"))
+        params.append(
+            ParamSpec(
+                "epsilon",
+                "per_non_base",
+                default=0.15,
+                minimum=0.0,
+                doc="keep probabilities span density - epsilon .. density + epsilon",
+            )
+        )
     params += [
-        ParamSpec("int8_mask", "shared", kind="bool", default=False,
-                  doc="accepted for compatibility; masks are boolean here anyway"),
-        ParamSpec("normalize", "shared", kind="bool", default=variant.normalize,
-                  doc="divide the mixed task vector by the sum of the (agreeing) weights"),
-        ParamSpec("rescale", "shared", kind="bool", default=variant.rescale,
-                  doc="after sparsifying, restore each task vector's L1 norm"),
-        ParamSpec("lambda", "shared", default=1.0,
-                  doc="factor applied to the mixed task vector (after normalize)"),
+        ParamSpec(
+            "int8_mask",
+            "shared",
+            kind="bool",
+            default=False,
+            doc="accepted for compatibility; masks are boolean here anyway",
+        ),
+        ParamSpec(
+            "normalize",
+            "shared",
+            kind="bool",
+            default=variant.normalize,
+            doc="divide the mixed task vector by the sum of the (agreeing) weights",
+        ),
+        ParamSpec(
+            "rescale",
+            "shared",
+            kind="bool",
+            default=variant.rescale,
+            doc="after sparsifying, restore each task vector's L1 norm",
+        ),
+        ParamSpec(
+            "lambda",
+            "shared",
+            default=1.0,
+            doc="factor applied to the mixed task vector (after normalize)",
+        ),
     ]
     return tuple(params)
 
@@ -278,10 +360,19 @@ register(
         fast_impl="meldkit.kernels.sce:sce",
         native_inputs=True,  # blocked passes read the stored dtype
         params=(
-            ParamSpec("int8_mask", "shared", kind="bool", default=False,
-                      doc="accepted for compatibility; masks are boolean here anyway"),
-            ParamSpec("select_topk", "shared", default=1.0,
-                      doc="fraction of positions (by variance across models) kept"),
+            ParamSpec(
+                "int8_mask",
+                "shared",
+                kind="bool",
+                default=False,
+                doc="accepted for compatibility; masks are boolean here anyway",
+            ),
+            ParamSpec(
+                "select_topk",
+                "shared",
+                default=1.0,
+                doc="fraction of positions (by variance across models) kept",
+            ),
         ),
         base="required",
         min_inputs=1,
@@ -299,8 +390,12 @@ register(
         impl="meldkit.methods.ram:ram",
         fast_impl="meldkit.kernels.ram:ram",
         params=(
-            ParamSpec("epsilon", "shared", default=1e-5,
-                      doc="task-vector entries with |delta| <= epsilon count as inactive"),
+            ParamSpec(
+                "epsilon",
+                "shared",
+                default=1e-5,
+                doc="task-vector entries with |delta| <= epsilon count as inactive",
+            ),
         ),
         base="required",
         min_inputs=1,
@@ -316,8 +411,12 @@ register(
         fast_impl="meldkit.kernels.ram:ramplus_tl",
         native_inputs=True,  # two blocked passes read the stored dtype
         params=(
-            ParamSpec("epsilon", "shared", default=1e-5,
-                      doc="task-vector entries with |delta| <= epsilon count as inactive"),
+            ParamSpec(
+                "epsilon",
+                "shared",
+                default=1e-5,
+                doc="task-vector entries with |delta| <= epsilon count as inactive",
+            ),
             ParamSpec("r", "shared", default=0.1, doc="strength of the unique-part boost"),
             ParamSpec("alpha", "shared", default=0.2, doc="cap on the shared/unique ratio"),
         ),
@@ -335,8 +434,13 @@ register(
         fast_impl="meldkit.kernels.combination:model_stock",
         native_inputs=True,  # blocked Gram + combination passes read the stored dtype
         params=(
-            ParamSpec("filter_wise", "shared", kind="bool", default=False,
-                      doc="compute the interpolation ratio per row instead of per tensor"),
+            ParamSpec(
+                "filter_wise",
+                "shared",
+                kind="bool",
+                default=False,
+                doc="compute the interpolation ratio per row instead of per tensor",
+            ),
         ),
         base="required",
         min_inputs=3,
@@ -373,8 +477,12 @@ register(
         impl="meldkit.methods.nearswap:nearswap",
         fast_impl="meldkit.kernels.nearswap:nearswap",
         params=(
-            ParamSpec("t", "shared", required=True,
-                      doc="distance scale: entries closer than t take the other model's value"),
+            ParamSpec(
+                "t",
+                "shared",
+                required=True,
+                doc="distance scale: entries closer than t take the other model's value",
+            ),
         ),
         base="required",
         min_inputs=2,

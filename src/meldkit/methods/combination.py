@@ -46,14 +46,18 @@ def _row_view(x: torch.Tensor, rows: int) -> torch.Tensor:
 def _blocks(rows: int, length: int) -> list[tuple[int, int, int, int]]:
     """``(r0, r1, c0, c1)`` blocks of a ``(rows, length)`` view, about BLOCK_ELEMENTS each."""
     if length > BLOCK_ELEMENTS:  # long rows (a flattened tensor): split the columns
-        return [(r, r + 1, c, min(length, c + BLOCK_ELEMENTS))
-                for r in range(rows) for c in range(0, length, BLOCK_ELEMENTS)]
+        return [
+            (r, r + 1, c, min(length, c + BLOCK_ELEMENTS))
+            for r in range(rows)
+            for c in range(0, length, BLOCK_ELEMENTS)
+        ]
     step = max(1, BLOCK_ELEMENTS // max(length, 1))
     return [(r, min(rows, r + step), 0, length) for r in range(0, rows, step)]
 
 
-def _stack(inputs: Sequence[torch.Tensor], rows: int, block: tuple[int, int, int, int],
-           dtype: torch.dtype) -> torch.Tensor:
+def _stack(
+    inputs: Sequence[torch.Tensor], rows: int, block: tuple[int, int, int, int], dtype: torch.dtype
+) -> torch.Tensor:
     """``(N, r1 - r0, c1 - c0)`` block of every input, in ``dtype``."""
     r0, r1, c0, c1 = block
     return torch.stack([_row_view(x, rows)[r0:r1, c0:c1].to(dtype) for x in inputs])
@@ -69,7 +73,9 @@ def differences(n_inputs: int, pairs: Sequence[tuple[int, int | None]]) -> torch
     return a
 
 
-def gram(inputs: Sequence[torch.Tensor], mix: torch.Tensor | None = None, rows: int = 1) -> torch.Tensor:
+def gram(
+    inputs: Sequence[torch.Tensor], mix: torch.Tensor | None = None, rows: int = 1
+) -> torch.Tensor:
     """``(rows, K, K)`` float64 Gram matrices of the vectors ``mix @ inputs`` (``mix`` K x N,
     float64, used in the math dtype; None: the inputs themselves), each row of the
     ``(rows, -1)`` view separately."""
@@ -86,11 +92,13 @@ def gram(inputs: Sequence[torch.Tensor], mix: torch.Tensor | None = None, rows: 
         v = torch.einsum("kn,nrc->rkc", a, x)  # (r, K, c): exact for differences of inputs
         # Each block's products in the math dtype (a BLAS product of a few thousand terms),
         # the blocks' sum in float64.
-        out[block[0]:block[1]] += torch.bmm(v, v.transpose(1, 2)).to(torch.float64)
+        out[block[0] : block[1]] += torch.bmm(v, v.transpose(1, 2)).to(torch.float64)
     return out.cpu()
 
 
-def combine(inputs: Sequence[torch.Tensor], coeffs: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def combine(
+    inputs: Sequence[torch.Tensor], coeffs: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor:
     """``Σ_i coeffs[..., i] x_i`` in the math dtype (float32; float64 for float64 inputs), cast
     once to ``dtype``; ``coeffs`` (float64) is ``(N,)`` or ``(rows, N)`` (one set per row of
     the ``(rows, -1)`` view)."""
@@ -112,12 +120,14 @@ class Passes:
     :func:`gram` and :func:`combine`. This class runs them in torch; a fast path subclasses it
     (:class:`meldkit.kernels.combination.NumbaPasses`)."""
 
-    def gram(self, inputs: Sequence[torch.Tensor], mix: torch.Tensor | None = None,
-             rows: int = 1) -> torch.Tensor:
+    def gram(
+        self, inputs: Sequence[torch.Tensor], mix: torch.Tensor | None = None, rows: int = 1
+    ) -> torch.Tensor:
         return gram(inputs, mix, rows)
 
-    def combine(self, inputs: Sequence[torch.Tensor], coeffs: torch.Tensor,
-                dtype: torch.dtype) -> torch.Tensor:
+    def combine(
+        self, inputs: Sequence[torch.Tensor], coeffs: torch.Tensor, dtype: torch.dtype
+    ) -> torch.Tensor:
         return combine(inputs, coeffs, dtype)
 
 

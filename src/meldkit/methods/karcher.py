@@ -89,8 +89,13 @@ def karcher_coefficients(g: torch.Tensor, max_iter: int = 10, tol: float = 1e-5)
     return mean * sum(alpha * n for n in norms)
 
 
-def karcher_mean(tensors: Sequence[torch.Tensor], max_iter: int = 10, tol: float = 1e-5,
-                 out_dtype: str | None = None, passes: Passes = TORCH) -> torch.Tensor:
+def karcher_mean(
+    tensors: Sequence[torch.Tensor],
+    max_iter: int = 10,
+    tol: float = 1e-5,
+    out_dtype: str | None = None,
+    passes: Passes = TORCH,
+) -> torch.Tensor:
     """Karcher mean of ``tensors`` with uniform weights: a Gram pass, the iteration on K x K
     matrices, and a combination pass (:mod:`meldkit.methods.combination`)."""
     if len(tensors) == 1:

@@ -60,7 +60,9 @@ def multislerp(
     if len(others) == 1:
         return others[0].tensor
     eps = param_float(shared, "eps", 1e-8)
-    weights = torch.tensor([param_float(o.params, "weight", 1.0) for o in others], dtype=torch.float64)
+    weights = torch.tensor(
+        [param_float(o.params, "weight", 1.0) for o in others], dtype=torch.float64
+    )
     if shared.get("normalize_weights", True):
         total = weights.sum()
         # The planner refuses a zero sum; keep the raw weights rather than divide by zero.

@@ -49,7 +49,9 @@ def _as_vectors(x: torch.Tensor, flatten: bool, row_wise: bool) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1])
 
 
-def _from_vectors(v: torch.Tensor, like: torch.Tensor, flatten: bool, row_wise: bool) -> torch.Tensor:
+def _from_vectors(
+    v: torch.Tensor, like: torch.Tensor, flatten: bool, row_wise: bool
+) -> torch.Tensor:
     if flatten or like.dim() <= 1 or not row_wise:
         return v.reshape(like.shape)
     return v.reshape(like.movedim(0, -1).shape).movedim(-1, 0)
@@ -79,7 +81,9 @@ def _slerp_coefficients(g: torch.Tensor, t: float) -> tuple[torch.Tensor, torch.
     sin_theta = torch.sin(theta)
     colinear = (1 - cos * cos) <= COLINEAR_EPS**2
     safe_sin = torch.where(colinear, torch.ones_like(sin_theta), sin_theta)
-    c0 = torch.where(colinear, torch.full_like(cos, 1.0 - t), torch.sin((1.0 - t) * theta) / safe_sin)
+    c0 = torch.where(
+        colinear, torch.full_like(cos, 1.0 - t), torch.sin((1.0 - t) * theta) / safe_sin
+    )
     c1 = torch.where(colinear, torch.full_like(cos, t), torch.sin(t * theta) / safe_sin)
     return c0, c1
 
@@ -108,7 +112,9 @@ def nuslerp(
     shape = inputs[0].shape
     if flatten or len(shape) <= 1 or not row_wise:
         rows = 1 if flatten or len(shape) <= 1 else inputs[0].numel() // shape[-1]
-        mix = combination.differences(len(inputs), [(first.index, base_index), (second.index, base_index)])
+        mix = combination.differences(
+            len(inputs), [(first.index, base_index), (second.index, base_index)]
+        )
         c0, c1 = _slerp_coefficients(passes.gram(inputs, mix, rows), t)
         coeffs = torch.stack([c0, c1], dim=1) @ mix  # (rows, inputs)
         if base_index is not None:
@@ -119,4 +125,6 @@ def nuslerp(
     if base_index is None:
         return spherical_interpolate(t, a, b, flatten=flatten, row_wise=row_wise)
     base = inputs[base_index].to(work)
-    return spherical_interpolate(t, a - base, b - base, flatten=flatten, row_wise=row_wise).add_(base)
+    return spherical_interpolate(t, a - base, b - base, flatten=flatten, row_wise=row_wise).add_(
+        base
+    )

@@ -28,7 +28,9 @@ from meldkit.methods.inputs import non_base, param_float
 from meldkit.methods.registry import MergeContext
 
 
-def active_count(base: torch.Tensor, others: Sequence[torch.Tensor], epsilon: float) -> torch.Tensor:
+def active_count(
+    base: torch.Tensor, others: Sequence[torch.Tensor], epsilon: float
+) -> torch.Tensor:
     """``c``: how many models' task vectors exceed ``epsilon`` in magnitude, per element."""
     count = torch.zeros_like(base)
     for x in others:
@@ -51,7 +53,9 @@ def ram(
         return base
     epsilon = param_float(shared, "epsilon", 1e-5)
     # Inputs may arrive as stored (native_inputs): `x - base` with a float32 base widens x exactly.
-    base = base.to(torch.float64 if any(x.dtype == torch.float64 for x in inputs) else torch.float32)
+    base = base.to(
+        torch.float64 if any(x.dtype == torch.float64 for x in inputs) else torch.float32
+    )
     count = active_count(base, others, epsilon)
     total = torch.zeros_like(base)
     for x in others:

@@ -91,7 +91,9 @@ def ramplus_tl(
     return out.reshape(base_t.shape)
 
 
-def boosts(mine: list[int], common: list[int], r: float, alpha: float, epsilon: float) -> list[float]:
+def boosts(
+    mine: list[int], common: list[int], r: float, alpha: float, epsilon: float
+) -> list[float]:
     """``λ_i = 1 + r · clamp(common_i / max(mine_i, epsilon), 0, alpha)``.
 
     With ``epsilon <= 0`` and no unique entries the ratio is ``common / 0``: +inf (capped at

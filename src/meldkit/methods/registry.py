@@ -100,9 +100,9 @@ class MethodSpec:
     # engine then skips the separate upcast pass.
     native_inputs: bool = False
     summary: str = ""
-    check: Callable[[Mapping[str, Any], Sequence[Mapping[str, Any]], int | None], list[str]] | None = field(
-        default=None, compare=False
-    )
+    check: (
+        Callable[[Mapping[str, Any], Sequence[Mapping[str, Any]], int | None], list[str]] | None
+    ) = field(default=None, compare=False)
 
     def param(self, name: str) -> ParamSpec | None:
         for p in self.params:
@@ -173,7 +173,13 @@ class FastPath:
     """
 
     supports: Callable[
-        [Sequence[torch.Tensor], int | None, Mapping[str, Any], Sequence[Mapping[str, Any]], MergeContext],
+        [
+            Sequence[torch.Tensor],
+            int | None,
+            Mapping[str, Any],
+            Sequence[Mapping[str, Any]],
+            MergeContext,
+        ],
         bool,
     ]
     merge: MergeFunction
@@ -248,7 +254,9 @@ def _dispatch(reference: MergeFunction, fast: FastPath) -> MergeFunction:
         per_input: Sequence[Mapping[str, Any]],
         ctx: MergeContext,
     ) -> torch.Tensor:
-        chosen = fast.merge if fast.supports(inputs, base_index, shared, per_input, ctx) else reference
+        chosen = (
+            fast.merge if fast.supports(inputs, base_index, shared, per_input, ctx) else reference
+        )
         return chosen(inputs, base_index, shared, per_input, ctx)
 
     merge.__doc__ = reference.__doc__

@@ -235,7 +235,9 @@ def uniform_chunks(
         yield start, end, uniform(key, start, end, device)
 
 
-def magnitude(delta: torch.Tensor, density: float, rescale: bool, *, inplace: bool = False) -> torch.Tensor:
+def magnitude(
+    delta: torch.Tensor, density: float, rescale: bool, *, inplace: bool = False
+) -> torch.Tensor:
     """Keep the ``max(1, floor(density*N))`` largest-magnitude elements (TIES).
 
     With ``inplace`` (the caller owns ``delta``), the dropped elements are zeroed in ``delta``
@@ -345,4 +347,3 @@ def della_magprune(
         out[r0:r1] = part * keep
     masked = _from_rows(out, delta)
     return rescale_l1(delta, masked) if rescale else masked
-

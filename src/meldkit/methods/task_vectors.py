@@ -57,6 +57,7 @@ models:
 parameters: {normalize: true, lambda: 1.0}
 ```
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -166,8 +167,13 @@ def merge_task_vectors(
 _BLOCK = 1 << 22
 
 
-def _elect_and_mix(base: torch.Tensor, weighted: list[torch.Tensor], w_tensor: torch.Tensor,
-                   normalize: bool, lam: float) -> torch.Tensor:
+def _elect_and_mix(
+    base: torch.Tensor,
+    weighted: list[torch.Tensor],
+    w_tensor: torch.Tensor,
+    normalize: bool,
+    lam: float,
+) -> torch.Tensor:
     out = torch.empty_like(base)
     flat_out, flat_base = out.view(-1), base.reshape(-1)
     flats = [v.reshape(-1) for v in weighted]

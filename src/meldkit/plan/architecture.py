@@ -27,8 +27,12 @@ __all__ = [
 # ``text_config`` (VLMs) is searched too.
 LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 # Non-layer tensors that sit before the stack; everything else non-layer is "post".
-_PRE_PATTERN = re.compile(r"(embed_tokens|wte|wpe|embed_in|word_embeddings|position_embeddings|tok_embeddings|embeddings\.)")
-_INPUT_EMBED_PATTERN = re.compile(r"(embed_tokens|\bwte|embed_in|word_embeddings|tok_embeddings)\.weight$")
+_PRE_PATTERN = re.compile(
+    r"(embed_tokens|wte|wpe|embed_in|word_embeddings|position_embeddings|tok_embeddings|embeddings\.)"
+)
+_INPUT_EMBED_PATTERN = re.compile(
+    r"(embed_tokens|\bwte|embed_in|word_embeddings|tok_embeddings)\.weight$"
+)
 _OUTPUT_HEAD_NAMES = ("lm_head.weight", "embed_out.weight", "output.weight")
 # Buffers some checkpoints carry that models recompute; never merged, never required.
 _SKIPPED_SUFFIXES = (".rotary_emb.inv_freq", ".attn.masked_bias", ".attn.bias")
@@ -81,7 +85,9 @@ class ModelLayout:
         return [n for n in (self.input_embedding, self.output_head) if n]
 
 
-def find_config_key(config: Mapping[str, Any] | None, keys: Iterable[str]) -> tuple[str, Any] | None:
+def find_config_key(
+    config: Mapping[str, Any] | None, keys: Iterable[str]
+) -> tuple[str, Any] | None:
     """First of ``keys`` present in ``config`` or its ``text_config``; returns (dotted key, value)."""
     if not config:
         return None
@@ -118,12 +124,14 @@ def infer_layout(names: Iterable[str], config: Mapping[str, Any] | None) -> Mode
         else:
             stacks.setdefault(parsed.prefix, {}).setdefault(parsed.index, []).append(parsed.suffix)
     found = find_config_key(config, LAYER_COUNT_KEYS)
-    cfg_key, cfg_layers = (found if found else (None, None))
+    cfg_key, cfg_layers = found if found else (None, None)
     main: str | None = None
     if stacks:
         # The decoder stack: the one whose length matches the config, else the longest.
         by_len = sorted(stacks, key=lambda p: (-(max(stacks[p]) + 1), p))
-        matching = [p for p in by_len if isinstance(cfg_layers, int) and max(stacks[p]) + 1 == cfg_layers]
+        matching = [
+            p for p in by_len if isinstance(cfg_layers, int) and max(stacks[p]) + 1 == cfg_layers
+        ]
         main = (matching or by_len)[0]
     layout = ModelLayout(
         stack_prefix=main,

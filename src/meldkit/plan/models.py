@@ -35,7 +35,9 @@ def _resolve_folder(path: ModelPath, cache_dir: str | None) -> Path:
     local = Path(os.path.expanduser(path.path))
     if local.is_dir():
         return local
-    looks_local = path.path.startswith((".", "/", "~")) or os.sep in path.path.strip("/").replace("/", "", 1)
+    looks_local = path.path.startswith((".", "/", "~")) or os.sep in path.path.strip("/").replace(
+        "/", "", 1
+    )
     if looks_local or path.path.count("/") != 1:
         raise InputError(
             f"model folder '{path.path}' does not exist",
@@ -44,8 +46,10 @@ def _resolve_folder(path: ModelPath, cache_dir: str | None) -> Path:
     try:
         from meldkit.io.hub import resolve_model_folder
     except ImportError:  # pragma: no cover - hub support not installed in this build
-        raise InputError(f"model folder '{path.path}' does not exist",
-                         hint="give a local folder; hub ids need huggingface_hub") from None
+        raise InputError(
+            f"model folder '{path.path}' does not exist",
+            hint="give a local folder; hub ids need huggingface_hub",
+        ) from None
     return resolve_model_folder(path.path, path.revision, cache_dir=cache_dir)
 
 

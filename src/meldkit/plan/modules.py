@@ -30,7 +30,9 @@ def _aliases(module: str) -> tuple[str, ...]:
     return _ALIASES.get(module, (module,))
 
 
-def partition_modules(modules: Sequence[str], names: Iterable[str]) -> tuple[dict[str, list[str]], list[str]]:
+def partition_modules(
+    modules: Sequence[str], names: Iterable[str]
+) -> tuple[dict[str, list[str]], list[str]]:
     """Split tensor ``names`` (file order kept) among ``modules``; returns (by module, unclaimed)."""
     out: dict[str, list[str]] = {m: [] for m in modules}
     text = next((m for m in modules if m in TEXT_MODULES), None)

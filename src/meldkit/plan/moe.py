@@ -31,10 +31,20 @@ class FusedExperts:
 
 _LAYOUTS = (
     # (per-expert pattern, router rename, gate_up parts, down part)
-    (re.compile(r"^block_sparse_moe\.experts\.(\d+)\.(w1|w2|w3)\.weight$"), "block_sparse_moe.experts.{e}.{w}.weight",
-     ("block_sparse_moe.gate.weight", "mlp.gate.weight"), ("w1", "w3"), "w2"),
-    (re.compile(r"^mlp\.experts\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$"), "mlp.experts.{e}.{w}.weight",
-     None, ("gate_proj", "up_proj"), "down_proj"),
+    (
+        re.compile(r"^block_sparse_moe\.experts\.(\d+)\.(w1|w2|w3)\.weight$"),
+        "block_sparse_moe.experts.{e}.{w}.weight",
+        ("block_sparse_moe.gate.weight", "mlp.gate.weight"),
+        ("w1", "w3"),
+        "w2",
+    ),
+    (
+        re.compile(r"^mlp\.experts\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$"),
+        "mlp.experts.{e}.{w}.weight",
+        None,
+        ("gate_proj", "up_proj"),
+        "down_proj",
+    ),
 )
 
 
@@ -54,10 +64,13 @@ def fuse_expert_suffixes(suffixes: list[str]) -> tuple[list[str | FusedExperts],
         needed = {*gate_up, down}
         if sorted(experts) != list(range(count)) or any(v != needed for v in experts.values()):
             return list(suffixes), {}  # incomplete: merge the per-expert tensors as they are
-        fused_gate_up = FusedExperts("mlp.experts.gate_up_proj", tuple(
-            tuple(template.format(e=e, w=w) for w in gate_up) for e in range(count)))
-        fused_down = FusedExperts("mlp.experts.down_proj", tuple(
-            (template.format(e=e, w=down),) for e in range(count)))
+        fused_gate_up = FusedExperts(
+            "mlp.experts.gate_up_proj",
+            tuple(tuple(template.format(e=e, w=w) for w in gate_up) for e in range(count)),
+        )
+        fused_down = FusedExperts(
+            "mlp.experts.down_proj", tuple((template.format(e=e, w=down),) for e in range(count))
+        )
         out: list[str | FusedExperts] = []
         placed = False
         for s in suffixes:

@@ -16,11 +16,22 @@ if TYPE_CHECKING:
 
 __all__ = ["output_config"]
 
-_DTYPE_NAMES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64", "I64": "int64"}
+_DTYPE_NAMES = {
+    "BF16": "bfloat16",
+    "F16": "float16",
+    "F32": "float32",
+    "F64": "float64",
+    "I64": "int64",
+}
 
 
-def _remap_layer_lists(node: dict[str, Any], donor_layers: int,
-                       origins: list[tuple[str, int]], models: dict[str, InputModelInfo], sub: str | None) -> None:
+def _remap_layer_lists(
+    node: dict[str, Any],
+    donor_layers: int,
+    origins: list[tuple[str, int]],
+    models: dict[str, InputModelInfo],
+    sub: str | None,
+) -> None:
     """Per-layer config lists (``layer_types``, per-layer window sizes...) follow the layers:
     output layer i takes the entry of the layer it was copied from, in that layer's model."""
     for key, value in list(node.items()):
@@ -31,12 +42,21 @@ def _remap_layer_lists(node: dict[str, Any], donor_layers: int,
             cfg = models[model].config or {}
             src = cfg.get(sub, {}) if sub else cfg
             column = src.get(key) if isinstance(src, dict) else None
-            remapped.append(column[index] if isinstance(column, list) and index < len(column) else value[index % len(value)])
+            remapped.append(
+                column[index]
+                if isinstance(column, list) and index < len(column)
+                else value[index % len(value)]
+            )
         node[key] = remapped
 
 
-def output_config(config: MergeConfig, models: dict[str, InputModelInfo], donor: InputModelInfo,
-                   origins: list[tuple[str, int]], tensors: list[TensorPlan]) -> dict[str, Any] | None:
+def output_config(
+    config: MergeConfig,
+    models: dict[str, InputModelInfo],
+    donor: InputModelInfo,
+    origins: list[tuple[str, int]],
+    tensors: list[TensorPlan],
+) -> dict[str, Any] | None:
     if donor.config is None:
         return None
     out = copy.deepcopy(donor.config)

@@ -93,7 +93,9 @@ def _resolve_one(
         return spec.default, True
     coerced, error = _coerce(spec, value)
     if error:
-        log.problem(("invalid", spec.name, who, str(value)), f"parameter '{spec.name}' for {who}: {error}")
+        log.problem(
+            ("invalid", spec.name, who, str(value)), f"parameter '{spec.name}' for {who}: {error}"
+        )
         return coerced, False
     return coerced, True
 
@@ -123,7 +125,9 @@ def resolve_tensor_parameters(
         for spec in method.params:
             if spec.scope == "per_input" or (spec.scope == "per_non_base" and i != base_index):
                 scopes = [own, *shared_scopes]
-                values[spec.name], ok = _resolve_one(spec, scopes, src_name, t, source_labels[i], log)
+                values[spec.name], ok = _resolve_one(
+                    spec, scopes, src_name, t, source_labels[i], log
+                )
                 usable &= ok
         per_input.append(values)
     # Cross-parameter checks assume valid values (a weight of "abc" would crash them); the
@@ -132,7 +136,11 @@ def resolve_tensor_parameters(
         for message in method.check(shared, per_input, base_index):
             # Checks say "input N"; the user knows the inputs by their model names.
             message = _INPUT_REF.sub(
-                lambda m: source_labels[int(m.group(1))] if int(m.group(1)) < len(source_labels) else m.group(0),
+                lambda m: (
+                    source_labels[int(m.group(1))]
+                    if int(m.group(1)) < len(source_labels)
+                    else m.group(0)
+                ),
                 message,
             )
             log.problem(("check", message), f"{message} (tensor {out_name})")

@@ -50,7 +50,9 @@ def plan_merge(recipe: Any, options: PlanOptions | None = None, **kwargs: Any) -
     config = load_config(recipe, strict=options.strict)
     method = get_method(config.merge_method)
     errors: list[InputError] = []
-    models, problems = open_models(config.referenced_models(), cache_dir=options.cache_dir, errors=errors)
+    models, problems = open_models(
+        config.referenced_models(), cache_dir=options.cache_dir, errors=errors
+    )
     if len(errors) == 1:
         # One broken input: its own hint ("the file is corrupt...") says more than a generic one.
         raise PlanError([errors[0].message], hint=errors[0].hint)
@@ -69,7 +71,9 @@ def plan_merge(recipe: Any, options: PlanOptions | None = None, **kwargs: Any) -
         builder.check_contract(sl)
     if not log.problems:
         builder.plan_all(slices)
-    vocabulary = plan_vocabulary(config, models, donor, builder.tensors, log) if not log.problems else None
+    vocabulary = (
+        plan_vocabulary(config, models, donor, builder.tensors, log) if not log.problems else None
+    )
     chat_template = plan_chat_template(config, models, log)
     check_lora_targets(models, log)
     if log.problems:
@@ -78,18 +82,40 @@ def plan_merge(recipe: Any, options: PlanOptions | None = None, **kwargs: Any) -
     if options.strict and len(warnings) > len(config.warnings):
         raise PlanError(warnings, hint="fix the recipe, or drop --strict to only warn")
     # Only the slices of the main decoder stack count towards the config's layer count.
-    main = [sl for sl in slices if sl.layouts[sl.sources[sl.base_index or 0].model].config_layer_key is not None] or slices
+    main = [
+        sl
+        for sl in slices
+        if sl.layouts[sl.sources[sl.base_index or 0].model].config_layer_key is not None
+    ] or slices
     output_layers = sum(sl.length for sl in main)
-    origins = [(sl.sources[sl.base_index or 0].model, sl.sources[sl.base_index or 0].start + j) for sl in main for j in range(sl.length)]
+    origins = [
+        (sl.sources[sl.base_index or 0].model, sl.sources[sl.base_index or 0].start + j)
+        for sl in main
+        for j in range(sl.length)
+    ]
     out_config = output_config(config, models, models[donor], origins, builder.tensors)
     update_vocab_size(out_config, vocabulary)
     specs = [OutputTensorSpec(t.name, t.out_dtype, t.shape) for t in builder.tensors]
     shards = plan_shards(specs, options.out_shard_size)
-    return MergePlan(config, method, models, builder.tensors, donor, out_config, shards, options, output_layers,
-                     warnings, vocabulary, chat_template)
+    return MergePlan(
+        config,
+        method,
+        models,
+        builder.tensors,
+        donor,
+        out_config,
+        shards,
+        options,
+        output_layers,
+        warnings,
+        vocabulary,
+        chat_template,
+    )
 
 
-def _warn_unknown_parameters(config: MergeConfig, method: MethodSpec, slices: list[PlannedSlice], log: ProblemLog) -> None:
+def _warn_unknown_parameters(
+    config: MergeConfig, method: MethodSpec, slices: list[PlannedSlice], log: ProblemLog
+) -> None:
     global_scopes: dict[str, Parameters] = {"parameters": config.parameters}
     source_scopes: dict[str, Parameters] = {}
     for sl in slices:

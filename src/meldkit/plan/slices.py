@@ -42,7 +42,9 @@ class PlannedSlice:
         return self.sources[0].end - self.sources[0].start
 
 
-def _check_range(model: InputModelInfo, layout: ModelLayout, start: int, end: int, where: str, log: ProblemLog) -> None:
+def _check_range(
+    model: InputModelInfo, layout: ModelLayout, start: int, end: int, where: str, log: ProblemLog
+) -> None:
     n = layout.num_layers
     if end > n:
         log.problem(
@@ -62,7 +64,10 @@ def _module_slices(
     out: list[PlannedSlice] = []
     base = str(config.base_model) if config.base_model else None
     if module.models is not None:
-        sources = [SliceSource(str(m.model), 0, layouts[str(m.model)].num_layers, m.parameters) for m in module.models]
+        sources = [
+            SliceSource(str(m.model), 0, layouts[str(m.model)].num_layers, m.parameters)
+            for m in module.models
+        ]
         if base is not None and base not in [s.model for s in sources]:
             sources.append(SliceSource(base, 0, layouts[base].num_layers))
         lengths = {s.end for s in sources}
@@ -74,7 +79,11 @@ def _module_slices(
             )
             return []
         base_index = next((i for i, s in enumerate(sources) if s.model == base), None)
-        out.append(PlannedSlice(where or "models", sources, base, base_index, {}, module.parameters, where, layouts))
+        out.append(
+            PlannedSlice(
+                where or "models", sources, base, base_index, {}, module.parameters, where, layouts
+            )
+        )
         return out
     for i, sl in enumerate(module.slices or ()):
         sw = f"{where + '.' if where else ''}slices[{i}]"
@@ -83,14 +92,22 @@ def _module_slices(
         for j, src in enumerate(sl.sources):
             key = str(src.model)
             start, end = src.layer_range
-            _check_range(models[key], layouts[key], start, end, f"{sw}.sources[{j}].layer_range", log)
+            _check_range(
+                models[key], layouts[key], start, end, f"{sw}.sources[{j}].layer_range", log
+            )
             sources.append(SliceSource(key, start, end, src.parameters))
         base_index = next((k for k, s in enumerate(sources) if s.model == sbase), None)
-        out.append(PlannedSlice(sw, sources, sbase, base_index, sl.parameters, module.parameters, where, layouts))
+        out.append(
+            PlannedSlice(
+                sw, sources, sbase, base_index, sl.parameters, module.parameters, where, layouts
+            )
+        )
     return out
 
 
-def _module_layouts(config: MergeConfig, models: dict[str, InputModelInfo], log: ProblemLog) -> dict[str, dict[str, ModelLayout]]:
+def _module_layouts(
+    config: MergeConfig, models: dict[str, InputModelInfo], log: ProblemLog
+) -> dict[str, dict[str, ModelLayout]]:
     """Per module, per model: the layout of the tensors that belong to that module."""
     assert config.modules is not None
     names = list(config.modules)
@@ -98,16 +115,24 @@ def _module_layouts(config: MergeConfig, models: dict[str, InputModelInfo], log:
     for key, info in models.items():
         parts, unclaimed = partition_modules(names, info.index.tensors)
         for module, tensors in parts.items():
-            if not tensors and key in {str(r) for r in _module_refs(config.modules[module], config)}:
-                log.problem(("nomodule", module, key), f"modules.{module}: no tensor of {key} belongs to module '{module}'")
+            if not tensors and key in {
+                str(r) for r in _module_refs(config.modules[module], config)
+            }:
+                log.problem(
+                    ("nomodule", module, key),
+                    f"modules.{module}: no tensor of {key} belongs to module '{module}'",
+                )
             # Only the module holding the model's main stack owns the config's layer count.
             layout = infer_layout(tensors, info.config)
             if layout.stack_prefix != info.layout.stack_prefix:
                 layout.config_layer_key, layout.config_layers = None, None
             result[module][key] = layout
         if unclaimed:
-            log.warn(("unclaimed", key), f"{len(unclaimed)} tensors of {key} belong to no module of the recipe "
-                     f"and are not written (e.g. {unclaimed[0]})")
+            log.warn(
+                ("unclaimed", key),
+                f"{len(unclaimed)} tensors of {key} belong to no module of the recipe "
+                f"and are not written (e.g. {unclaimed[0]})",
+            )
     return result
 
 
@@ -117,7 +142,9 @@ def _module_refs(module: ModuleConfig, config: MergeConfig) -> list[object]:
     return refs
 
 
-def normalise_slices(config: MergeConfig, models: dict[str, InputModelInfo], log: ProblemLog) -> list[PlannedSlice]:
+def normalise_slices(
+    config: MergeConfig, models: dict[str, InputModelInfo], log: ProblemLog
+) -> list[PlannedSlice]:
     """The recipe's output slices, in output order; problems go to ``log``."""
     if config.modules is not None:
         per_module = _module_layouts(config, models, log)

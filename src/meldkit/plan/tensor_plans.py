@@ -32,8 +32,21 @@ def _label(model: str, base: str | None) -> str:
 class TensorBuilder:
     """Walks the normalised slices and emits one TensorPlan per output tensor."""
 
-    def __init__(self, config: MergeConfig, method: MethodSpec, models: dict[str, InputModelInfo], options: PlanOptions, log: ProblemLog) -> None:
-        self.config, self.method, self.models, self.options, self.log = config, method, models, options, log
+    def __init__(
+        self,
+        config: MergeConfig,
+        method: MethodSpec,
+        models: dict[str, InputModelInfo],
+        options: PlanOptions,
+        log: ProblemLog,
+    ) -> None:
+        self.config, self.method, self.models, self.options, self.log = (
+            config,
+            method,
+            models,
+            options,
+            log,
+        )
         self.tensors: list[TensorPlan] = []
         self.seen: set[str] = set()
         self.load_dtype = parse_dtype_name(config.dtype) if config.dtype else None
@@ -48,20 +61,46 @@ class TensorBuilder:
         has_base = sl.base_index is not None
         non_base = n - (1 if has_base else 0)
         if m.base == "required" and sl.base is None:
-            self.log.problem(("nobase", where), f"{m.name} needs a base model; add `base_model:` to the recipe")
+            self.log.problem(
+                ("nobase", where), f"{m.name} needs a base model; add `base_model:` to the recipe"
+            )
         elif m.base == "required" and not has_base:
-            self.log.problem(("baseslice", where), f"{where}: the base model {sl.base} is not among the slice's sources; add it with the same layer_range")
+            self.log.problem(
+                ("baseslice", where),
+                f"{where}: the base model {sl.base} is not among the slice's sources; add it with the same layer_range",
+            )
         if m.base == "forbidden" and sl.base is not None:
-            self.log.problem(("forbidbase", where), f"{m.name} takes no base model; remove `base_model:`")
+            self.log.problem(
+                ("forbidbase", where), f"{m.name} takes no base model; remove `base_model:`"
+            )
         if n < m.min_inputs or (m.max_inputs is not None and n > m.max_inputs):
-            want = f"exactly {m.min_inputs}" if m.max_inputs == m.min_inputs else (
-                f"at least {m.min_inputs}" if m.max_inputs is None else f"{m.min_inputs} to {m.max_inputs}")
+            want = (
+                f"exactly {m.min_inputs}"
+                if m.max_inputs == m.min_inputs
+                else (
+                    f"at least {m.min_inputs}"
+                    if m.max_inputs is None
+                    else f"{m.min_inputs} to {m.max_inputs}"
+                )
+            )
             extra = " (the base model counts as an input)" if has_base else ""
-            self.log.problem(("count", where), f"{where}: {m.name} takes {want} input models, got {n}{extra}")
+            self.log.problem(
+                ("count", where), f"{where}: {m.name} takes {want} input models, got {n}{extra}"
+            )
         if non_base < m.min_non_base or (m.max_non_base is not None and non_base > m.max_non_base):
-            want = f"exactly {m.min_non_base}" if m.max_non_base == m.min_non_base else (
-                f"at least {m.min_non_base}" if m.max_non_base is None else f"{m.min_non_base} to {m.max_non_base}")
-            self.log.problem(("nbcount", where), f"{where}: {m.name} takes {want} models besides the base, got {non_base}")
+            want = (
+                f"exactly {m.min_non_base}"
+                if m.max_non_base == m.min_non_base
+                else (
+                    f"at least {m.min_non_base}"
+                    if m.max_non_base is None
+                    else f"{m.min_non_base} to {m.max_non_base}"
+                )
+            )
+            self.log.problem(
+                ("nbcount", where),
+                f"{where}: {m.name} takes {want} models besides the base, got {non_base}",
+            )
 
     # -- tensors --------------------------------------------------------------------------
     def plan_all(self, slices: list[PlannedSlice]) -> None:
@@ -84,10 +123,14 @@ class TensorBuilder:
                     for item in items:
                         if isinstance(item, FusedExperts):
                             out_name = f"{ref.stack_prefix}{offset + j}.{item.suffix}"
-                            self._plan_tensor(out_name, sl, [], t, item, [s.start + j for s in sl.sources])
+                            self._plan_tensor(
+                                out_name, sl, [], t, item, [s.start + j for s in sl.sources]
+                            )
                             continue
                         out_name = f"{ref.stack_prefix}{offset + j}.{renames.get(item, item)}"
-                        names = [sl.layouts[s.model].layer_tensor(s.start + j, item) for s in sl.sources]
+                        names = [
+                            sl.layouts[s.model].layer_tensor(s.start + j, item) for s in sl.sources
+                        ]
                         self._plan_tensor(out_name, sl, names, t)
                 offset += sl.length
             for name in self._non_layer_names(last, "post"):
@@ -104,7 +147,9 @@ class TensorBuilder:
                         names[tensor] = None
         return list(names)
 
-    def _find(self, src: SliceSource, layout: ModelLayout, name: str) -> tuple[str, TensorInfo] | None:
+    def _find(
+        self, src: SliceSource, layout: ModelLayout, name: str
+    ) -> tuple[str, TensorInfo] | None:
         model = self.models[src.model]
         info = model.index.tensors.get(name)
         if info is not None:
@@ -114,8 +159,9 @@ class TensorBuilder:
             return layout.input_embedding, model.index.tensors[layout.input_embedding]
         return None
 
-    def _find_fused(self, src: SliceSource, layout: ModelLayout, layer: int, fused: FusedExperts
-                    ) -> tuple[str, TensorInfo, tuple[tuple[TensorInfo, ...], ...]] | None:
+    def _find_fused(
+        self, src: SliceSource, layout: ModelLayout, layer: int, fused: FusedExperts
+    ) -> tuple[str, TensorInfo, tuple[tuple[TensorInfo, ...], ...]] | None:
         tensors = self.models[src.model].index.tensors
         groups = []
         for expert in fused.parts:
@@ -133,8 +179,15 @@ class TensorBuilder:
         info = TensorInfo(name, first.dtype, shape, first.file, 0, numel * DTYPE_SIZES[first.dtype])
         return name, info, tuple(groups)
 
-    def _plan_tensor(self, out_name: str, sl: PlannedSlice, names: list[str], t: float,
-                     fused: FusedExperts | None = None, layers: list[int] | None = None) -> None:
+    def _plan_tensor(
+        self,
+        out_name: str,
+        sl: PlannedSlice,
+        names: list[str],
+        t: float,
+        fused: FusedExperts | None = None,
+        layers: list[int] | None = None,
+    ) -> None:
         if out_name in self.seen:
             return
         self.seen.add(out_name)
@@ -163,7 +216,9 @@ class TensorBuilder:
             return
         is_float = all(i.is_float for i in infos)
         in_dtypes = [i.dtype for i in infos]
-        out_dtype = (self.out_dtype or self.load_dtype or promote(in_dtypes)) if is_float else in_dtypes[0]
+        out_dtype = (
+            (self.out_dtype or self.load_dtype or promote(in_dtypes)) if is_float else in_dtypes[0]
+        )
         work = "F64" if "F64" in (*in_dtypes, self.load_dtype) else "F32"
         shared, per_input = resolve_tensor_parameters(
             self.method,
@@ -176,7 +231,13 @@ class TensorBuilder:
             t=t,
             log=self.log,
         )
-        vocab_axis = 0 if any(n in self.models[s.model].layout.vocab_tensors for s, n in zip(sources, src_names)) else None
+        vocab_axis = (
+            0
+            if any(
+                n in self.models[s.model].layout.vocab_tensors for s, n in zip(sources, src_names)
+            )
+            else None
+        )
         copy_bytes = (
             self.method.name == "passthrough"
             and per_input[0].get("scale") is None
@@ -190,7 +251,10 @@ class TensorBuilder:
                 name=out_name,
                 shape=shape,
                 out_dtype=out_dtype,
-                sources=tuple(TensorSource(s.model, n, i, parts.get(k, ())) for k, s, n, i in zip(keep, sources, src_names, infos)),
+                sources=tuple(
+                    TensorSource(s.model, n, i, parts.get(k, ()))
+                    for k, s, n, i in zip(keep, sources, src_names, infos)
+                ),
                 base_index=base_index,
                 shared=shared,
                 per_input=per_input,
@@ -202,7 +266,9 @@ class TensorBuilder:
             )
         )
 
-    def _handle_missing(self, out_name: str, sl: PlannedSlice, found: list[Any], keep: list[int]) -> bool:
+    def _handle_missing(
+        self, out_name: str, sl: PlannedSlice, found: list[Any], keep: list[int]
+    ) -> bool:
         """Apply the method's optional-tensor policy; False drops the tensor."""
         missing = [sl.sources[i].model for i, f in enumerate(found) if f is None]
         present = [sl.sources[i].model for i in keep]
@@ -214,10 +280,16 @@ class TensorBuilder:
         if policy == "need_three" and len(keep) < 3:
             if keep == [sl.base_index]:
                 return True
-            self.log.warn(("skip", out_name), f"tensor {out_name} is missing from {', '.join(missing)}; {self.method.name} needs it in 3 inputs, so it is not written")
+            self.log.warn(
+                ("skip", out_name),
+                f"tensor {out_name} is missing from {', '.join(missing)}; {self.method.name} needs it in 3 inputs, so it is not written",
+            )
             return False
         if self.method.base == "required" and sl.base_index not in keep:
-            self.log.problem(("missing-base", out_name), f"tensor {out_name} is missing from the base model {missing[0]}")
+            self.log.problem(
+                ("missing-base", out_name),
+                f"tensor {out_name} is missing from the base model {missing[0]}",
+            )
             return False
         self.log.problem(
             ("missing", out_name),
@@ -225,18 +297,28 @@ class TensorBuilder:
         )
         return False
 
-    def _agree_shape(self, out_name: str, sources: list[SliceSource], infos: list[TensorInfo]) -> tuple[int, ...] | None:
+    def _agree_shape(
+        self, out_name: str, sources: list[SliceSource], infos: list[TensorInfo]
+    ) -> tuple[int, ...] | None:
         shapes = [i.shape for i in infos]
         if len(set(shapes)) == 1:
             return shapes[0]
-        vocab = any(i.name in self.models[s.model].layout.vocab_tensors for s, i in zip(sources, infos))
+        vocab = any(
+            i.name in self.models[s.model].layout.vocab_tensors for s, i in zip(sources, infos)
+        )
         same_tail = len({s[1:] for s in shapes}) == 1 and len({len(s) for s in shapes}) == 1
         desc = ", ".join(f"{s.model} {list(sh)}" for s, sh in zip(sources, shapes))
         if vocab and same_tail:
             if self.config.tokenizer is not None:
-                return (max(s[0] for s in shapes), *shapes[0][1:])  # re-indexed by the tokenizer step
+                return (
+                    max(s[0] for s in shapes),
+                    *shapes[0][1:],
+                )  # re-indexed by the tokenizer step
             if self.options.unsafe_truncate_embeddings:
-                self.log.warn(("trunc", out_name), f"{out_name}: truncating the vocabulary to {min(s[0] for s in shapes)} rows (--unsafe-truncate-embeddings)")
+                self.log.warn(
+                    ("trunc", out_name),
+                    f"{out_name}: truncating the vocabulary to {min(s[0] for s in shapes)} rows (--unsafe-truncate-embeddings)",
+                )
                 return (min(s[0] for s in shapes), *shapes[0][1:])
             self.log.problem(
                 ("vocab",),

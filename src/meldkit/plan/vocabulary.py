@@ -26,8 +26,13 @@ def _rows(info: InputModelInfo) -> int:
     return int(found[1]) if found else 0
 
 
-def plan_vocabulary(config: MergeConfig, models: dict[str, InputModelInfo], donor: str,
-                    tensors: list[Any], log: ProblemLog) -> Any:
+def plan_vocabulary(
+    config: MergeConfig,
+    models: dict[str, InputModelInfo],
+    donor: str,
+    tensors: list[Any],
+    log: ProblemLog,
+) -> Any:
     """Build the output vocabulary and resize the plan's vocabulary tensors; None without a
     tokenizer setting."""
     if config.tokenizer is None:
@@ -57,7 +62,9 @@ def update_vocab_size(out_config: dict[str, Any] | None, vocab: Any) -> None:
     set_config_key(out_config, found[0] if found else "vocab_size", vocab.size)
 
 
-def plan_chat_template(config: MergeConfig, models: dict[str, InputModelInfo], log: ProblemLog) -> str | None:
+def plan_chat_template(
+    config: MergeConfig, models: dict[str, InputModelInfo], log: ProblemLog
+) -> str | None:
     """Resolve ``chat_template:`` now, so a bad template fails before any computation."""
     if config.chat_template is None:
         return None
@@ -84,5 +91,8 @@ def check_lora_targets(models: dict[str, InputModelInfo], log: ProblemLog) -> No
             log.problem(("lora", key), exc.message + (f" ({exc.hint})" if exc.hint else ""))
             continue
         if unmatched:
-            log.warn(("lora-unmatched", key), f"{len(unmatched)} LoRA targets of {info.lora_folder} match no tensor "
-                     f"of {info.folder} and are not applied (e.g. {unmatched[0]})")
+            log.warn(
+                ("lora-unmatched", key),
+                f"{len(unmatched)} LoRA targets of {info.lora_folder} match no tensor "
+                f"of {info.folder} and are not applied (e.g. {unmatched[0]})",
+            )
