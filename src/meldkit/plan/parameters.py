@@ -4,25 +4,61 @@ Scopes, most specific first (MergeKit's ``ConfigReader``): the source's own ``pa
 (per-model parameters in ``models:`` form), the slice, the module, the top level. Shared
 parameters skip the source scope and filter on the output tensor name; per-input ones filter on
 the source model's own tensor name.
+
+Before any tensor is planned, :func:`unknown_parameter_warnings` notes parameter names the
+method does not read; a misspelt one (``wieght``) is remembered, so that a required parameter
+found missing names it instead of only saying "missing". :func:`filter_warnings` catches
+filters that match no tensor name, whose values would silently never apply.
 """
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from meldkit.config.filters import closest_name_part, matches_any, setting_filters
 from meldkit.config.params import resolve_parameter
 from meldkit.config.schema import Parameters
 from meldkit.errors import did_you_mean
 from meldkit.methods.registry import MethodSpec, ParamSpec
 
-__all__ = ["ProblemLog", "resolve_tensor_parameters", "unknown_parameter_warnings"]
+__all__ = [
+    "ParamScope",
+    "ProblemLog",
+    "filter_warnings",
+    "resolve_tensor_parameters",
+    "unknown_parameter_warnings",
+]
 
 # How method checks refer to an input (its index in per_input); replaced by the model's label.
 _INPUT_REF = re.compile(r"\binput (\d+)\b")
+
+
+@dataclass(frozen=True)
+class ParamScope:
+    """One ``parameters:`` block of the recipe: where it is, and the models it applies to.
+
+    ``per_model`` is true for a source's (or a ``models:`` entry's) own block.
+    """
+
+    where: str
+    parameters: Parameters
+    models: tuple[str, ...]
+    per_model: bool = False
+
+
+@dataclass(frozen=True)
+class _Typo:
+    """An unknown parameter name in ``scope`` (compared by identity) that misspells ``wanted``."""
+
+    scope: Parameters
+    where: str
+    found: str
+    wanted: str
 
 
 @dataclass
@@ -31,6 +67,7 @@ class ProblemLog:
 
     problems: dict[tuple[Any, ...], str] = field(default_factory=dict)
     warnings: dict[tuple[Any, ...], str] = field(default_factory=dict)
+    typos: list[_Typo] = field(default_factory=list)
 
     def problem(self, key: tuple[Any, ...], message: str) -> None:
         self.problems.setdefault(key, message)
@@ -73,8 +110,34 @@ def _coerce(spec: ParamSpec, value: Any) -> tuple[Any, str | None]:
     return (value if isinstance(value, str) else str(value)), None
 
 
+def _missing_typo(
+    spec: ParamSpec, method: str, scopes: Sequence[Parameters | None], log: ProblemLog
+) -> bool:
+    """Report a missing required parameter as the misspelling it likely is; False if none."""
+    typo = next(
+        (
+            t
+            for t in log.typos
+            if t.wanted == spec.name and any(t.scope is s for s in scopes if s is not None)
+        ),
+        None,
+    )
+    if typo is None:
+        return False
+    log.problem(
+        ("typo", typo.where, typo.found),
+        f"{typo.where}: missing required parameter '{spec.name}' for {method}; "
+        f"found '{typo.found}' (did you mean '{spec.name}'?)",
+    )
+    # The same key must not be reported a second time as an unknown parameter (--strict
+    # turns that warning into a problem too).
+    log.warnings.pop(("unknown-param", typo.where, typo.found), None)
+    return True
+
+
 def _resolve_one(
     spec: ParamSpec,
+    method: str,
     scopes: Sequence[Parameters | None],
     tensor_name: str,
     t: float,
@@ -84,13 +147,12 @@ def _resolve_one(
     """The parameter's value for one tensor, and whether it is usable (present and valid)."""
     value = resolve_parameter(spec.name, scopes, tensor_name, t)
     if value is None:
-        if spec.required:
+        if spec.required and not _missing_typo(spec, method, scopes, log):
             log.problem(
                 ("missing", spec.name, who),
                 f"missing required parameter '{spec.name}' for {who} (first needed by tensor {tensor_name})",
             )
-            return spec.default, False
-        return spec.default, True
+        return spec.default, not spec.required
     coerced, error = _coerce(spec, value)
     if error:
         log.problem(
@@ -117,7 +179,9 @@ def resolve_tensor_parameters(
     shared: dict[str, Any] = {}
     for spec in method.params:
         if spec.scope == "shared":
-            shared[spec.name], ok = _resolve_one(spec, shared_scopes, out_name, t, "the merge", log)
+            shared[spec.name], ok = _resolve_one(
+                spec, method.name, shared_scopes, out_name, t, "the merge", log
+            )
             usable &= ok
     per_input: list[dict[str, Any]] = []
     for i, (src_name, own) in enumerate(zip(source_names, source_scopes)):
@@ -126,7 +190,7 @@ def resolve_tensor_parameters(
             if spec.scope == "per_input" or (spec.scope == "per_non_base" and i != base_index):
                 scopes = [own, *shared_scopes]
                 values[spec.name], ok = _resolve_one(
-                    spec, scopes, src_name, t, source_labels[i], log
+                    spec, method.name, scopes, src_name, t, source_labels[i], log
                 )
                 usable &= ok
         per_input.append(values)
@@ -147,25 +211,67 @@ def resolve_tensor_parameters(
     return shared, tuple(per_input)
 
 
+def _typo_target(key: str, names: Sequence[str]) -> str | None:
+    """The parameter name ``key`` most likely misspells (case aside, or the closest)."""
+    for name in names:
+        if key.lower() == name.lower():
+            return name
+    close = difflib.get_close_matches(key, list(names), n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
 def unknown_parameter_warnings(
-    method: MethodSpec,
-    global_scopes: Mapping[str, Parameters],
-    source_scopes: Mapping[str, Parameters],
-    log: ProblemLog,
+    method: MethodSpec, scopes: Sequence[ParamScope], log: ProblemLog
 ) -> None:
-    """Warn about parameter names the method does not read, and shared ones set per model."""
+    """Warn about parameter names the method does not read, and shared ones set per model;
+    remember the misspellings for the "missing required parameter" problems."""
     names = [p.name for p in method.params]
-    for where, scope in [*global_scopes.items(), *source_scopes.items()]:
-        for key in scope:
+    for scope in scopes:
+        where = scope.where
+        for key in scope.parameters:
             spec = method.param(key)
             if spec is None:
                 log.warn(
                     ("unknown-param", where, key),
                     f"{where}: parameter '{key}' is not used by {method.name} and is ignored.{did_you_mean(key, names)}",
                 )
-            elif spec.scope == "shared" and where in source_scopes:
+                target = _typo_target(key, names)
+                if target is not None:
+                    log.typos.append(_Typo(scope.parameters, where, key, target))
+            elif spec.scope == "shared" and scope.per_model:
                 log.warn(
                     ("shared-per-model", where, key),
                     f"{where}: '{key}' is one value for the whole merge and is ignored per model "
                     "(as MergeKit does); set it under the top-level or slice 'parameters:'",
+                )
+
+
+def _models_phrase(models: Sequence[str]) -> str:
+    if len(models) <= 1:
+        return "".join(models)
+    return ", ".join(models[:-1]) + f" or {models[-1]}"
+
+
+def filter_warnings(
+    method: MethodSpec,
+    scopes: Sequence[ParamScope],
+    names_of: Mapping[str, frozenset[str]],
+    log: ProblemLog,
+) -> None:
+    """Warn about each filter of a method parameter that matches no tensor name of the models
+    its scope applies to (``names_of``: per model, the tensor names it is planned with)."""
+    for scope in scopes:
+        for key, setting in scope.parameters.items():
+            if method.param(key) is None:
+                continue  # already warned about as unknown
+            names = frozenset().union(*(names_of.get(m, frozenset()) for m in scope.models))
+            for flt in dict.fromkeys(setting_filters(setting)):
+                if not names or matches_any(flt, names):
+                    continue
+                close = closest_name_part(flt, names)
+                log.warn(
+                    ("filter", scope.where, key, flt),
+                    f"{scope.where}: filter '{flt}' of parameter '{key}' matches no tensor name "
+                    f"of {_models_phrase(scope.models)}, so its value is never used."
+                    + (f" Did you mean '{close}'?" if close else ""),
                 )

@@ -12,13 +12,18 @@ from __future__ import annotations
 from typing import Any
 
 from meldkit.config.load import load_config
-from meldkit.config.schema import MergeConfig, Parameters
+from meldkit.config.schema import MergeConfig
 from meldkit.errors import InputError, PlanError
 from meldkit.io.writer import OutputTensorSpec, plan_shards
-from meldkit.methods.registry import MethodSpec, get_method
-from meldkit.plan.models import open_models
+from meldkit.methods.registry import get_method
+from meldkit.plan.models import InputModelInfo, open_models
 from meldkit.plan.output_config import output_config
-from meldkit.plan.parameters import ProblemLog, unknown_parameter_warnings
+from meldkit.plan.parameters import (
+    ParamScope,
+    ProblemLog,
+    filter_warnings,
+    unknown_parameter_warnings,
+)
 from meldkit.plan.slices import PlannedSlice, normalise_slices
 from meldkit.plan.tensor_plans import TensorBuilder
 from meldkit.plan.types import MergePlan, PlanOptions, TensorPlan, TensorSource
@@ -40,46 +45,58 @@ def _source_scope_label(sl: PlannedSlice, i: int) -> str:
     return f"{sl.where}[{i}]" if sl.where.endswith("models") else f"{sl.where}.models[{i}]"
 
 
+def _failure(problems: list[str], warnings: list[str], hint: str | None = None) -> PlanError:
+    """The PlanError for ``problems``; ``warnings`` (under --strict) join them, each once."""
+    return PlanError(problems + [w for w in warnings if w not in problems], hint=hint)
+
+
 def plan_merge(recipe: Any, options: PlanOptions | None = None, **kwargs: Any) -> MergePlan:
     """Validate ``recipe`` against its inputs and plan every output tensor.
 
     ``recipe`` is a path, YAML text, a dict or a :class:`MergeConfig`. Raises
-    :class:`PlanError` listing every problem found.
+    :class:`PlanError` listing every problem found; under ``strict`` every warning (the
+    recipe's and the plan's) is one of them.
     """
     options = options or PlanOptions(**kwargs)
-    config = load_config(recipe, strict=options.strict)
+    # Ranges are checked below, knowing the layer counts; --strict is applied at the end, so
+    # that the recipe's warnings and the plan's are reported together, each once.
+    config = load_config(recipe, check_ranges=False)
     method = get_method(config.merge_method)
+    strict = options.strict
+    recipe_warnings = list(config.warnings) if strict else []
     errors: list[InputError] = []
     models, problems = open_models(
         config.referenced_models(), cache_dir=options.cache_dir, errors=errors
     )
     if len(errors) == 1:
         # One broken input: its own hint ("the file is corrupt...") says more than a generic one.
-        raise PlanError([errors[0].message], hint=errors[0].hint)
+        raise _failure([errors[0].message], recipe_warnings, errors[0].hint)
     if problems:
-        raise PlanError(problems, hint="fix the model paths in the recipe")
+        raise _failure(problems, recipe_warnings, "fix the model paths in the recipe")
     log = ProblemLog()
     for w in config.warnings:
         log.warn(("recipe", w), w)
     slices = normalise_slices(config, models, log)
+    scopes = _parameter_scopes(config, slices, list(models))
+    unknown_parameter_warnings(method, scopes, log)
     if log.problems:
-        raise PlanError(list(log.problems.values()))
+        raise _failure(list(log.problems.values()), list(log.warnings.values()) if strict else [])
     donor = str(config.base_model) if config.base_model else str(config.referenced_models()[0])
-    _warn_unknown_parameters(config, method, slices, log)
     builder = TensorBuilder(config, method, models, options, log)
     for sl in slices:
         builder.check_contract(sl)
     if not log.problems:
         builder.plan_all(slices)
+    filter_warnings(method, scopes, _tensor_names(models, builder.tensors), log)
     vocabulary = (
         plan_vocabulary(config, models, donor, builder.tensors, log) if not log.problems else None
     )
     chat_template = plan_chat_template(config, models, log)
     check_lora_targets(models, log)
     if log.problems:
-        raise PlanError(list(log.problems.values()))
+        raise _failure(list(log.problems.values()), list(log.warnings.values()) if strict else [])
     warnings = list(log.warnings.values())
-    if options.strict and len(warnings) > len(config.warnings):
+    if strict and warnings:
         raise PlanError(warnings, hint="fix the recipe, or drop --strict to only warn")
     # Only the slices of the main decoder stack count towards the config's layer count.
     main = [
@@ -113,17 +130,34 @@ def plan_merge(recipe: Any, options: PlanOptions | None = None, **kwargs: Any) -
     )
 
 
-def _warn_unknown_parameters(
-    config: MergeConfig, method: MethodSpec, slices: list[PlannedSlice], log: ProblemLog
-) -> None:
-    global_scopes: dict[str, Parameters] = {"parameters": config.parameters}
-    source_scopes: dict[str, Parameters] = {}
+def _parameter_scopes(
+    config: MergeConfig, slices: list[PlannedSlice], all_models: list[str]
+) -> list[ParamScope]:
+    """Every non-empty ``parameters:`` block, named as in the recipe, with its models."""
+    scopes: dict[str, ParamScope] = {}
+    if config.parameters:
+        scopes["parameters"] = ParamScope("parameters", config.parameters, tuple(all_models))
     for sl in slices:
-        if sl.parameters:
-            global_scopes[f"{sl.where}.parameters"] = sl.parameters
+        in_slice = tuple(dict.fromkeys(s.model for s in sl.sources))
         if sl.module_parameters:
-            global_scopes[f"{sl.module_where}.parameters"] = sl.module_parameters
+            where = f"{sl.module_where}.parameters"
+            old = scopes.get(where)
+            joined = tuple(dict.fromkeys((*(old.models if old else ()), *in_slice)))
+            scopes[where] = ParamScope(where, sl.module_parameters, joined)
+        if sl.parameters:
+            where = f"{sl.where}.parameters"
+            scopes[where] = ParamScope(where, sl.parameters, in_slice)
         for i, src in enumerate(sl.sources):
             if src.parameters:
-                source_scopes[f"{_source_scope_label(sl, i)}.parameters"] = src.parameters
-    unknown_parameter_warnings(method, global_scopes, source_scopes, log)
+                where = f"{_source_scope_label(sl, i)}.parameters"
+                scopes[where] = ParamScope(where, src.parameters, (src.model,), per_model=True)
+    return list(scopes.values())
+
+
+def _tensor_names(
+    models: dict[str, InputModelInfo], tensors: list[TensorPlan]
+) -> dict[str, frozenset[str]]:
+    """Per model, the names a filter may match: its own tensors (per-input parameters filter
+    on those) and the output tensors (shared ones filter on those)."""
+    out_names = {t.name for t in tensors}
+    return {key: frozenset(info.index.tensors) | out_names for key, info in models.items()}

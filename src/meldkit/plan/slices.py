@@ -2,14 +2,16 @@
 
 ``models:`` becomes a single slice whose sources cover each model's whole layer stack, with the
 base model appended as a source when it is not listed. Layer ranges are checked against the
-models here.
+models here, every source of every slice: the recipe loader leaves them to the planner, which
+knows each model's layer count and so can say what the valid range is.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from meldkit.config.schema import MergeConfig, ModuleConfig, Parameters
+from meldkit.config.ranges import range_problem, slice_length_problem
+from meldkit.config.schema import MergeConfig, ModuleConfig, OutputSlice, Parameters
 from meldkit.plan.architecture import ModelLayout, infer_layout
 from meldkit.plan.models import InputModelInfo
 from meldkit.plan.modules import partition_modules
@@ -42,15 +44,23 @@ class PlannedSlice:
         return self.sources[0].end - self.sources[0].start
 
 
-def _check_range(
-    model: InputModelInfo, layout: ModelLayout, start: int, end: int, where: str, log: ProblemLog
+def _check_ranges(
+    sl: OutputSlice, where: str, layouts: dict[str, ModelLayout], log: ProblemLog
 ) -> None:
-    n = layout.num_layers
-    if end > n:
-        log.problem(
-            ("range", where),
-            f"{where}: layer_range [{start}, {end}] is outside {model.key}, which has {n} layers (0..{n - 1})",
-        )
+    """Check every source's layer_range against its model's layer count, then (when all fit)
+    that the sources span equally many layers; every problem goes to ``log``."""
+    fits = True
+    for j, src in enumerate(sl.sources):
+        key = str(src.model)
+        sw = f"{where}.sources[{j}].layer_range"
+        problem = range_problem(sw, *src.layer_range, key, layouts[key].num_layers)
+        if problem:
+            log.problem(("range", sw), problem)
+            fits = False
+    if fits:
+        problem = slice_length_problem(where, [(str(s.model), *s.layer_range) for s in sl.sources])
+        if problem:
+            log.problem(("lengths", where), problem)
 
 
 def _module_slices(
@@ -88,14 +98,8 @@ def _module_slices(
     for i, sl in enumerate(module.slices or ()):
         sw = f"{where + '.' if where else ''}slices[{i}]"
         sbase = str(sl.base_model) if sl.base_model else base
-        sources = []
-        for j, src in enumerate(sl.sources):
-            key = str(src.model)
-            start, end = src.layer_range
-            _check_range(
-                models[key], layouts[key], start, end, f"{sw}.sources[{j}].layer_range", log
-            )
-            sources.append(SliceSource(key, start, end, src.parameters))
+        _check_ranges(sl, sw, layouts, log)
+        sources = [SliceSource(str(s.model), *s.layer_range, s.parameters) for s in sl.sources]
         base_index = next((k for k, s in enumerate(sources) if s.model == sbase), None)
         out.append(
             PlannedSlice(
