@@ -1,4 +1,5 @@
-"""Output safety: full disks, occupied or dangerous destinations, inputs never touched."""
+"""Output safety: full disks, occupied or dangerous destinations, the output lock, inputs never
+touched."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 
 from meldkit.errors import OutputError
 from meldkit.execute.journal import JOURNAL_NAME
-from meldkit.execute.output import prepare_partial
+from meldkit.execute.output import lock_path, prepare_partial
 from meldkit.execute.runner import partial_path
 from tests.reliability.helpers import (
     Family,
@@ -26,6 +27,7 @@ from tests.reliability.helpers import (
 )
 
 SHARD = "8KB"
+LOCK_HINT = "wait for it to finish or stop it, or merge into another output folder"
 
 
 @pytest.fixture(scope="module")
@@ -237,14 +239,78 @@ def test_a_second_run_cannot_take_over_a_running_ones_folder(tmp_path: Path) -> 
     out = tmp_path / "out"
     first = prepare_partial(out, resume=False)
     try:
-        with pytest.raises(OutputError, match="another meldkit run is writing"):
-            prepare_partial(out, resume=False)
-        assert first.path.is_dir()
+        for resume in (False, True):
+            with pytest.raises(OutputError) as refused:
+                prepare_partial(out, resume=resume)
+            assert refused.value.message == (
+                f"another meldkit merge (pid {os.getpid()}) is writing {out}"
+            )
+            assert refused.value.hint == LOCK_HINT
+        assert first.path.is_dir() and lock_path(out).read_text() == f"{os.getpid()}\n"
+        assert sorted(os.listdir(tmp_path)) == [".out.meldkit-lock", ".out.meldkit-partial"]
     finally:
         first.remove()
+    assert os.listdir(tmp_path) == []  # the lock file goes with the lock
     second = prepare_partial(out, resume=False)
     second.remove()
-    assert leftovers(tmp_path) == []
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_lock_held_before_its_pid_is_written_is_still_refused(tmp_path: Path) -> None:
+    import fcntl
+
+    out = tmp_path / "out"
+    fd = os.open(lock_path(out), os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        with pytest.raises(OutputError) as refused:
+            prepare_partial(out, resume=False)
+        assert refused.value.message == f"another meldkit merge is writing {out}"
+    finally:
+        os.close(fd)
+    assert os.listdir(tmp_path) == [".out.meldkit-lock"]  # not ours: left alone
+
+
+def test_a_stale_or_planted_lock_file_is_taken_over(family: Family, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    lock_path(out).write_text("12345\n")  # left by a run killed with kill -9: nobody holds it
+    partial = prepare_partial(out, resume=False)
+    assert lock_path(out).read_text() == f"{os.getpid()}\n"
+    partial.remove()
+    assert os.listdir(tmp_path) == []
+    # A link planted at the lock's name is removed, not written through.
+    inputs = snapshot(*family.folders)
+    lock_path(out).symlink_to(family.ft1 / "config.json")
+    partial = prepare_partial(out, resume=False)
+    assert not lock_path(out).is_symlink()
+    partial.remove()
+    assert os.listdir(tmp_path) == [] and snapshot(*family.folders) == inputs
+
+
+def test_an_output_published_meanwhile_is_seen_under_the_lock(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "model.safetensors").write_bytes(b"x")  # what a merge that just finished left
+    with pytest.raises(OutputError) as refused:
+        prepare_partial(out, resume=False, overwrite=False)
+    assert refused.value.message == f"output folder {out} already exists and is not empty"
+    assert os.listdir(tmp_path) == ["out"]
+    prepare_partial(out, resume=False, overwrite=True).remove()
+    assert os.listdir(tmp_path) == ["out"]
+
+
+def test_output_names_meldkit_uses_are_refused(
+    recipe: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in ("x.meldkit-partial", "x.meldkit-old", "x.meldkit-lock"):
+        r = run_cli(capsys, "merge", recipe, tmp_path / name)
+        assert r.code == 2
+        assert r.err_lines == [
+            f"error: output folder {tmp_path / name} has a name meldkit uses for its "
+            "temporary folders",
+            "hint: choose another output folder",
+        ]
+    assert os.listdir(tmp_path) == []
 
 
 def test_destination_filled_during_the_merge_is_left_alone(

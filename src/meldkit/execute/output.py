@@ -1,14 +1,24 @@
 """The output folder: refuse dangerous destinations, write into a temporary folder beside it,
 and rename into place only when everything is written.
 
-The temporary folder is ``<parent>/.<name>.meldkit-partial``. It is ours alone (a lock keeps a
-second run away from it while one is writing), so a later run may delete it, or resume from it
-with ``--resume``; the destination itself is only ever replaced by a complete model, an occupied
-destination only with ``--overwrite``, and an input folder never.
+Beside the destination ``<parent>/<name>`` a run keeps two things of its own:
+
+* ``.<name>.meldkit-lock``: an exclusive ``flock`` held for the whole run, holding its pid, so
+  a second merge of the same destination (``--resume`` included) is refused, naming the first.
+  The kernel drops the lock when the process ends, even on ``kill -9``; a clean exit also
+  deletes the file.
+* ``.<name>.meldkit-partial``: the temporary folder. Only the lock holder touches it, so a later
+  run may delete it, or resume from it with ``--resume``.
+
+Missing parent folders are created, as MergeKit does; only the final folder appears by rename.
+A run that fails removes the parents it created that are still empty (ones that already
+existed, or that something else filled meanwhile, stay). The destination is only ever replaced
+by a complete model, an occupied destination only with ``--overwrite``, an input folder never.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from collections.abc import Iterable
@@ -20,6 +30,7 @@ __all__ = [
     "PartialFolder",
     "check_free_space",
     "check_output_folder",
+    "lock_path",
     "partial_folder",
     "prepare_partial",
     "publish",
@@ -27,6 +38,8 @@ __all__ = [
 
 PARTIAL_SUFFIX = ".meldkit-partial"
 OLD_SUFFIX = ".meldkit-old"
+LOCK_SUFFIX = ".meldkit-lock"
+_LOCK_TRIES = 20  # a lock file deleted under us by its finishing holder is simply made again
 
 
 def _inside(child: Path, parent: Path) -> bool:
@@ -34,7 +47,11 @@ def _inside(child: Path, parent: Path) -> bool:
 
 
 def check_output_folder(out: Path, inputs: Iterable[Path], overwrite: bool) -> None:
-    """Refuse an output folder that is an input, lies in one, holds one, or is occupied."""
+    """Refuse an output folder that is an input, lies in one, holds one, or is occupied.
+
+    Missing parents are fine (:func:`prepare_partial` creates them) when the nearest existing
+    one is a writable folder; nothing is created here.
+    """
     target = out.resolve()
     for folder in inputs:
         src = folder.resolve()
@@ -48,7 +65,7 @@ def check_output_folder(out: Path, inputs: Iterable[Path], overwrite: bool) -> N
                 f"output folder {out} contains the input model folder {folder}",
                 hint="choose another output folder; meldkit never deletes or overwrites an input",
             )
-    if target.name.endswith((PARTIAL_SUFFIX, OLD_SUFFIX)):
+    if target.name.endswith((PARTIAL_SUFFIX, OLD_SUFFIX, LOCK_SUFFIX)):
         raise OutputError(
             f"output folder {out} has a name meldkit uses for its temporary folders",
             hint="choose another output folder",
@@ -59,20 +76,31 @@ def check_output_folder(out: Path, inputs: Iterable[Path], overwrite: bool) -> N
         )
     if target.is_dir():
         _refuse_precious(out, target)
-    if target.is_dir() and _non_empty(target) and not overwrite:
-        raise OutputError(
-            f"output folder {out} already exists and is not empty",
-            hint="pass --overwrite to replace it, or choose another folder",
-        )
+    _refuse_occupied(out, target, overwrite)
     parent = target.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent  # the folder mkdir -p would start from
     if not parent.is_dir():
-        raise OutputError(
-            f"the parent folder of {out} does not exist", hint=f"create {parent} first"
-        )
+        raise _not_a_folder(out, parent)
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputError(
             f"cannot write to {parent}",
             hint="check its permissions or choose another output folder",
+        )
+
+
+def _not_a_folder(out: Path, parent: Path) -> OutputError:
+    return OutputError(
+        f"cannot create the output folder {out}: {parent} is not a folder",
+        hint="choose an output path whose parents are folders (missing ones are created)",
+    )
+
+
+def _refuse_occupied(out: Path, target: Path, overwrite: bool) -> None:
+    if target.is_dir() and _non_empty(target) and not overwrite:
+        raise OutputError(
+            f"output folder {out} already exists and is not empty",
+            hint="pass --overwrite to replace it, or choose another folder",
         )
 
 
@@ -134,39 +162,54 @@ def partial_folder(out: Path) -> Path:
     return target.parent / f".{target.name}{PARTIAL_SUFFIX}"
 
 
-class PartialFolder:
-    """The temporary folder of one run, locked (POSIX ``flock``) for as long as it is open.
+def lock_path(out: Path) -> Path:
+    """``<parent>/.<name>.meldkit-lock``: the lock file a run of ``out`` holds while it runs."""
+    target = out.resolve()
+    return target.parent / f".{target.name}{LOCK_SUFFIX}"
 
-    The lock is what makes deleting a leftover partial folder safe: a folder another running
-    meldkit holds is refused instead of being pulled from under it.
+
+class PartialFolder:
+    """The temporary folder of one run, with the run's lock on the destination.
+
+    ``created`` lists the parent folders this run made (outermost first): :meth:`release`
+    removes those still empty, so a failed run leaves the tree as it found it.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._fd: int | None = None
+        self.created: list[Path] = []
+        self._lock: tuple[int, Path] | None = None
 
-    def lock(self) -> None:
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - Windows: no advisory locks on folders
-            self._fd = fd
-            return
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise OutputError(
-                f"another meldkit run is writing {self.path}",
-                hint="wait for it to finish, or stop it first",
-            ) from None
-        self._fd = fd
+    def lock(self, out: Path) -> None:
+        """Create the missing parents of ``out`` and take its lock, or raise :class:`OutputError`
+        naming the run that holds it."""
+        target = lock_path(out)
+        for _ in range(_LOCK_TRIES):
+            self.created += _make_parents(out, target.parent)
+            fd = _try_lock(out, target)
+            if fd is not None:
+                self._lock = (fd, target)
+                return
+        raise OutputError(
+            f"cannot lock {target}: it keeps disappearing",
+            hint="something is deleting files beside the output folder; stop it and retry",
+        )
 
     def release(self) -> None:
-        """Drop the lock; idempotent."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        """Drop the lock (deleting its file) and the empty parents this run created; idempotent."""
+        if self._lock is not None:
+            (fd, lock), self._lock = self._lock, None
+            if _same_file(fd, lock):
+                # Deleted while still locked, so a run that opened it meanwhile sees it replaced.
+                lock.unlink(missing_ok=True)
+            os.close(fd)
+        while self.created:
+            try:
+                self.created[-1].rmdir()  # fails, as it should, once anything is inside
+            except OSError:
+                break
+            self.created.pop()
+        self.created.clear()
 
     def remove(self) -> None:
         """Delete the folder and everything in it (the lock is released last)."""
@@ -174,27 +217,109 @@ class PartialFolder:
         self.release()
 
 
-def prepare_partial(out: Path, resume: bool) -> PartialFolder:
-    """Create and lock the temporary folder; without ``resume`` a leftover is removed first."""
+def _make_parents(out: Path, folder: Path) -> list[Path]:
+    """``mkdir -p folder``; returns the folders this call made, outermost first."""
+    missing: list[Path] = []
+    while not folder.is_dir() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    created: list[Path] = []
+    for path in reversed(missing):
+        try:
+            path.mkdir()
+        except FileExistsError:
+            if path.is_dir():
+                continue  # made by a merge next door at the same moment: not ours to remove
+            raise _not_a_folder(out, path) from None
+        except OSError as exc:
+            raise OutputError(
+                f"cannot create the folder {path} for {out}: {exc.strerror or exc}",
+                hint=f"check the permissions of {path.parent}, or choose another output folder",
+            ) from None
+        created.append(path)
+    return created
+
+
+def _try_lock(out: Path, path: Path) -> int | None:
+    """An fd holding the exclusive lock of ``path``; None when the file vanished meanwhile."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no flock; one merge per folder is on you
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    if path.is_symlink():
+        path.unlink()  # never write through a link planted at our name
+    nofollow = getattr(os, "O_NOFOLLOW", 0)
+    try:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | nofollow, 0o644)
+        except PermissionError:
+            fd = os.open(path, os.O_RDONLY | nofollow)  # another user's: a read-only fd locks too
+    except FileNotFoundError:
+        return None  # a parent we rely on was removed by a run that just failed: make it again
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return _write_pid(fd)  # a file system without flock: run unlocked, as MergeKit does
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        os.close(fd)
+        who = f" (pid {holder})" if holder.isdigit() else ""
+        raise OutputError(
+            f"another meldkit merge{who} is writing {out}",
+            hint="wait for it to finish or stop it, or merge into another output folder",
+        ) from None
+    if not _same_file(fd, path):
+        os.close(fd)  # locked a file its last holder deleted on the way out: take the new one
+        return None
+    return _write_pid(fd)
+
+
+def _write_pid(fd: int) -> int:
+    """Record who holds the lock, for the message a second run shows (best effort)."""
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    except OSError:
+        pass  # a read-only fd: the lock works, the message just cannot name the pid
+    return fd
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        st, cur = os.fstat(fd), os.stat(path, follow_symlinks=False)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (cur.st_dev, cur.st_ino)
+
+
+def prepare_partial(out: Path, resume: bool, overwrite: bool | None = None) -> PartialFolder:
+    """Lock ``out`` (creating its missing parents) and create the temporary folder; without
+    ``resume`` a leftover is removed first.
+
+    With ``overwrite`` given, the destination is checked again under the lock: a merge that
+    held it may just have published there.
+    """
     tmp = partial_folder(out)
-    if tmp.is_symlink() or (tmp.exists() and not tmp.is_dir()):
-        tmp.unlink()  # never follow a link planted at our name
     partial = PartialFolder(tmp)
     try:
-        if tmp.is_dir():
-            partial.lock()  # refuses a folder another run is using
-            if not resume:
-                shutil.rmtree(tmp)
-                partial.release()
+        partial.lock(out)
+        if overwrite is not None:
+            _refuse_occupied(out, out.resolve(), overwrite)
+        if tmp.is_symlink() or (tmp.exists() and not tmp.is_dir()):
+            tmp.unlink()  # never follow a link planted at our name
+        if tmp.is_dir() and not resume:
+            shutil.rmtree(tmp)
         if not tmp.is_dir():
             tmp.mkdir()
-            partial.lock()
     except OSError as exc:
         partial.release()
         raise OutputError(
             f"cannot create the temporary folder {tmp}: {exc.strerror or exc}",
             hint="check the permissions of the output's parent folder",
         ) from None
+    except BaseException:
+        partial.release()
+        raise
     return partial
 
 
