@@ -87,27 +87,214 @@ def test_offline_cache_revision_and_flag(tmp_path: Path, monkeypatch: pytest.Mon
     )
 
 
-def test_not_cached_offline_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+PATH_FIX = "check the path in the recipe (paths are relative to the current directory)"
+CACHE = "pass --transformers-cache if it is cached elsewhere"
+
+
+@pytest.fixture
+def hub_online(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Offline switches off: huggingface_hub reads HF_HUB_OFFLINE once, at import, so an
+    earlier test may have left it offline; connections are still refused (no_network)."""
+    import huggingface_hub.constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+
+
+def test_not_cached_offline_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hub_online: None
+) -> None:
+    monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(InputError) as err:
         resolve_model_folder("org/absent", None, cache_dir=str(tmp_path / "empty"))
-    assert "not in the local Hugging Face cache" in err.value.message
-    assert "offline" in err.value.message
-    assert err.value.hint
+    assert err.value.message == (
+        f"model folder 'org/absent' does not exist (resolved to {tmp_path}/org/absent), "
+        "and as a hub id: offline (HF_HUB_OFFLINE=1) and not in the local cache"
+    )
+    assert err.value.hint == (
+        f"{PATH_FIX}; for a hub model, unset HF_HUB_OFFLINE to download it, or {CACHE}"
+    )
 
 
-def test_missing_local_path_is_not_a_hub_id(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="does not exist"):
-        resolve_model_folder(str(tmp_path / "nope" / "deeper"))
+@pytest.mark.parametrize(
+    ("env", "said"),
+    [
+        ({"HF_HUB_OFFLINE": "true"}, "offline (HF_HUB_OFFLINE=true)"),
+        ({"TRANSFORMERS_OFFLINE": "1"}, "offline (TRANSFORMERS_OFFLINE=1)"),
+        # As in huggingface_hub, the first variable that is set decides: HF_HUB_OFFLINE=0 wins.
+        ({"HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "1"}, "the hub could not be reached"),
+    ],
+)
+def test_offline_state_worded_as_set(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    hub_online: None,
+    no_network: list[tuple[Any, ...]],
+    env: dict[str, str],
+    said: str,
+) -> None:
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    with pytest.raises(InputError) as err:
+        resolve_model_folder("org/absent", cache_dir=str(tmp_path / "empty"))
+    assert said in err.value.message
+    no_network.clear()  # the online case tried to connect, and was refused
+
+
+def test_unreachable_hub_does_not_blame_offline_mode(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    hub_online: None,
+    no_network: list[tuple[Any, ...]],
+) -> None:
+    """The issue's report: HF_HUB_OFFLINE unset, no network, and the old message told the
+    user to unset it."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError) as err:
+        resolve_model_folder("models/ft22", cache_dir=str(tmp_path / "empty"))
+    assert err.value.message == (
+        f"model folder 'models/ft22' does not exist (resolved to {tmp_path}/models/ft22), "
+        "and as a hub id: not in the local cache and the hub could not be reached"
+    )
+    assert err.value.hint == (
+        f"{PATH_FIX}; for a hub model, connect to the network to download it, or {CACHE}"
+    )
+    assert "HF_HUB_OFFLINE" not in str(err.value)
+    no_network.clear()
+
+
+def test_hub_imported_offline_is_said_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hub_online: None
+) -> None:
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(InputError) as err:
+        resolve_model_folder("org/absent", cache_dir=str(tmp_path / "empty"))
+    assert err.value.message.endswith(
+        "and as a hub id: offline (HF_HUB_OFFLINE was set when huggingface_hub was imported) "
+        "and not in the local cache"
+    )
+    assert "unset HF_HUB_OFFLINE" in (err.value.hint or "")
+
+
+def test_explicit_offline_flag(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hub_online: None
+) -> None:
+    with pytest.raises(InputError) as err:
+        resolve_model_folder("org/absent", cache_dir=str(tmp_path / "empty"), offline=True)
+    assert "as a hub id: offline (offline=True) and not in the local cache" in err.value.message
+    assert "turn offline mode off to download it" in (err.value.hint or "")
+
+
+@pytest.fixture
+def hub_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every hub call, which must then never come (the name cannot be a hub id)."""
+    import huggingface_hub
+
+    calls: list[str] = []
+
+    def record(repo: str, **kwargs: Any) -> str:
+        calls.append(repo)
+        raise AssertionError("hub looked up")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", record)
+    monkeypatch.setattr(huggingface_hub, "model_info", record)
+    return calls
+
+
+@pytest.mark.parametrize("written", ["./models/x", "models/x/y", "~/definitely-absent-m", "ABS"])
+def test_non_hub_names_are_never_looked_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hub_calls: list[str], written: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    path = str(tmp_path / "nope" / "deeper") if written == "ABS" else written
+    with pytest.raises(InputError) as err:
+        resolve_model_folder(path)
+    resolved = {
+        "./models/x": f"{tmp_path}/models/x",
+        "models/x/y": f"{tmp_path}/models/x/y",
+        "~/definitely-absent-m": f"{tmp_path}/home/definitely-absent-m",
+    }
+    detail = f" (resolved to {resolved[written]})" if written in resolved else ""
+    assert err.value.message == f"model folder '{path}' does not exist{detail}"
+    assert err.value.hint == PATH_FIX
+    assert hub_calls == []
+
+
+def test_close_sibling_is_suggested(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hub_calls: list[str]
+) -> None:
+    (tmp_path / "models" / "ft2").mkdir(parents=True)
+    (tmp_path / "models" / "other").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError) as err:
+        resolve_model_folder("./models/ft22")
+    assert err.value.message == (
+        f"model folder './models/ft22' does not exist (resolved to {tmp_path}/models/ft22; "
+        "did you mean './models/ft2'?)"
+    )
+    with pytest.raises(InputError) as err:
+        resolve_model_folder(str(tmp_path / "models" / "FT2x"))
+    assert err.value.message == (
+        f"model folder '{tmp_path}/models/FT2x' does not exist "
+        f"(did you mean '{tmp_path}/models/ft2'?)"
+    )
+    with pytest.raises(InputError) as err:  # nothing close: no suggestion
+        resolve_model_folder("./models/zzzzzz")
+    assert "did you mean" not in err.value.message
+
+
+def test_path_beside_the_recipe(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hub_calls: list[str]
+) -> None:
+    (tmp_path / "project" / "models" / "ft2").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    with pytest.raises(InputError) as err:
+        resolve_model_folder("./models/ft2", recipe_dir=tmp_path / "project")
+    beside = tmp_path / "project" / "models" / "ft2"
+    assert err.value.message == (
+        f"model folder './models/ft2' does not exist (resolved to "
+        f"{tmp_path}/elsewhere/models/ft2; {beside} exists beside the recipe)"
+    )
+    assert err.value.hint == (
+        f"run meldkit from {tmp_path / 'project'} (paths are relative to the current "
+        f"directory), or write the path as {beside}"
+    )
+
+
+def test_lora_path_is_named_as_such(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hub_online: None
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(InputError) as err:
+        resolve_model_folder("loras/a", cache_dir=str(tmp_path / "c"), kind="lora")
+    assert err.value.message == (
+        f"LoRA folder 'loras/a' does not exist (resolved to {tmp_path}/loras/a), "
+        "and as a hub id: offline (HF_HUB_OFFLINE=1) and not in the local cache"
+    )
+    with pytest.raises(InputError) as err:
+        resolve_model_folder("org/a", "v2", cache_dir=str(tmp_path / "c"), kind="lora")
+    assert "and as a hub id at revision 'v2': offline" in err.value.message
 
 
 def test_file_instead_of_folder(tmp_path: Path) -> None:
     (tmp_path / "f").write_text("x")
-    with pytest.raises(InputError, match="is a file"):
+    with pytest.raises(InputError) as err:
         resolve_model_folder(str(tmp_path / "f"))
+    assert err.value.message == f"model path '{tmp_path}/f' is a file, not a folder"
+    assert err.value.hint == "give the folder that holds it"
+    with pytest.raises(InputError) as err:
+        resolve_model_folder(str(tmp_path / "f"), kind="lora")
+    assert err.value.message == f"LoRA path '{tmp_path}/f' is a file, not a folder"
 
 
-def test_hub_not_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hub_not_installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import builtins
 
     real_import = builtins.__import__
@@ -118,9 +305,16 @@ def test_hub_not_installed(monkeypatch: pytest.MonkeyPatch) -> None:
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", fake_import)
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(InputError) as err:
         resolve_model_folder("org/model")
-    assert "meldkit[hf]" in (err.value.hint or "")
+    assert err.value.message == (
+        f"model folder 'org/model' does not exist (resolved to {tmp_path}/org/model), "
+        "and as a hub id: huggingface_hub is not installed"
+    )
+    assert err.value.hint == (
+        f"{PATH_FIX}; for a hub model, install the Hugging Face extras: pip install 'meldkit[hf]'"
+    )
 
 
 class FakeHub:
@@ -162,6 +356,8 @@ def _with_fake_hub(monkeypatch: pytest.MonkeyPatch, fake: FakeHub) -> None:
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake.snapshot_download)
     monkeypatch.setattr(huggingface_hub, "model_info", fake.model_info)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
 
 
 SAFETENSORS_REPO = [
@@ -238,7 +434,9 @@ def test_online_adapter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     ]
 
 
-def test_hub_errors_become_input_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hub_errors_become_input_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hub_online: None
+) -> None:
     import huggingface_hub
     from huggingface_hub import errors
 
@@ -254,17 +452,33 @@ def test_hub_errors_become_input_errors(tmp_path: Path, monkeypatch: pytest.Monk
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", missing)
     monkeypatch.setattr(huggingface_hub, "model_info", missing)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    with pytest.raises(InputError, match="neither a local folder nor a model"):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError) as err:
         resolve_model_folder("org/missing")
+    assert err.value.message == (
+        f"model folder 'org/missing' does not exist (resolved to {tmp_path}/org/missing), "
+        "and as a hub id: no such model on the Hugging Face hub"
+    )
+    assert err.value.hint == (
+        f"{PATH_FIX}; for a hub model, check the id (private models need `hf auth login`)"
+    )
 
     def unreachable(repo: str, **kwargs: Any) -> str:
         raise errors.LocalEntryNotFoundError("no connection and not cached")
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", unreachable)
     monkeypatch.setattr(huggingface_hub, "model_info", unreachable)
-    with pytest.raises(InputError, match="hub cannot be reached"):
+    with pytest.raises(InputError) as err:
         resolve_model_folder("org/missing")
+    assert err.value.message.endswith("not in the local cache and the hub could not be reached")
+
+    def broken(repo: str, **kwargs: Any) -> str:
+        raise ValueError("bad answer\nsecond line")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", broken)
+    with pytest.raises(InputError) as err:
+        resolve_model_folder("org/missing")
+    assert err.value.message.endswith("as a hub id: the download failed (ValueError: bad answer)")
 
 
 def test_module_exports() -> None:
@@ -273,7 +487,10 @@ def test_module_exports() -> None:
 
 
 def test_unreachable_hub_falls_back_to_cache(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_network: list[tuple[Any, ...]]
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    no_network: list[tuple[Any, ...]],
+    hub_online: None,
 ) -> None:
     """Online mode with the network down (every connection refused): the cache answers."""
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
@@ -284,8 +501,7 @@ def test_unreachable_hub_falls_back_to_cache(
         resolve_model_folder("org/tiny", cache_dir=str(tmp_path / "cache"), offline=False)
         == snapshot
     )
-    with pytest.raises(InputError, match="hub cannot be reached"):
+    with pytest.raises(InputError) as err:
         resolve_model_folder("org/absent", cache_dir=str(tmp_path / "cache"), offline=False)
-    # huggingface_hub may have read HF_HUB_OFFLINE=1 at import (an earlier test); otherwise the
-    # connections were refused here, so nothing left the machine either way.
-    no_network.clear()
+    assert err.value.message.endswith("not in the local cache and the hub could not be reached")
+    no_network.clear()  # the connections were refused here, so nothing left the machine

@@ -66,8 +66,9 @@ def _parse_string(text: str, where: str) -> ModelRef:
             f"{where}: cannot parse model reference '{text}' (more than one '+')",
             hint="at most one LoRA can be applied: model+lora",
         )
-    model = _parse_path(parts[0], text, where)
-    lora = _parse_path(parts[1], text, where) if len(parts) == 2 else None
+    # `base + lora` (spaces around the '+') names the same two folders as `base+lora`.
+    model = _parse_path(parts[0].strip(), text, where)
+    lora = _parse_path(parts[1].strip(), text, where) if len(parts) == 2 else None
     return ModelRef(model, lora)
 
 

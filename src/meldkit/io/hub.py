@@ -7,7 +7,11 @@ the repository has none. Weights in sub-folders (e.g. ``onnx/``, ``original/``) 
 the merge never reads them.
 
 Offline (``HF_HUB_OFFLINE``, ``offline=True``, or an unreachable hub) resolves from the local
-cache only; a model that is not cached is an :class:`InputError` with a hint.
+cache only. A reference that is neither a local folder nor found this way is one
+:class:`InputError`: first that no local folder of that name exists (see
+:mod:`meldkit.io.locate`), then what the hub lookup found, worded for the actual state (offline
+and which variable says so, unreachable, no such repository, huggingface_hub missing). Names
+that cannot be hub ids (``./x``, absolute paths, more than one ``/``) are never looked up.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from meldkit.errors import InputError
+from meldkit.io.locate import MissingLocal, describe_missing
 
 __all__ = [
     "CONFIG_FILES",
@@ -27,6 +32,7 @@ __all__ = [
     "ADAPTER_PATTERNS",
     "looks_like_hub_id",
     "is_offline",
+    "offline_reason",
     "resolve_model_folder",
 ]
 
@@ -62,6 +68,7 @@ _IGNORE = ["*/*.safetensors", "*/*.bin", "*/*.index.json", "*/*.pt", "*/*.pth"]
 
 _HUB_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}$")
 _TRUE = {"1", "true", "yes", "on", "y", "t"}
+_OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 
 def looks_like_hub_id(path: str) -> bool:
@@ -72,10 +79,20 @@ def looks_like_hub_id(path: str) -> bool:
     return ".." not in path and "--" not in path and not path.endswith(".")
 
 
+def _offline_variable() -> str | None:
+    """``VAR=value`` for the variable that switches huggingface_hub offline, or None. As the
+    hub reads them, the first of HF_HUB_OFFLINE and TRANSFORMERS_OFFLINE that is set decides."""
+    for var in _OFFLINE_VARS:
+        value = os.environ.get(var, "").strip()
+        if value:
+            return f"{var}={value}" if value.lower() in _TRUE else None
+    return None
+
+
 def is_offline() -> bool:
-    """``HF_HUB_OFFLINE`` as huggingface_hub reads it, checked at call time (tests and CLIs set
-    it after import)."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE
+    """``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) as huggingface_hub reads it, checked at
+    call time (tests and CLIs set it after import)."""
+    return _offline_variable() is not None
 
 
 def _has_any(folder: Path, suffix: str) -> bool:
@@ -118,10 +135,57 @@ def _weight_patterns(files: list[str]) -> list[str]:
     return list(PICKLE_PATTERNS)
 
 
-def _hub_error(exc: Exception, ref: str, offline: bool) -> InputError:
+def offline_reason(offline: bool | None = None, hub: Any = None) -> str | None:
+    """Why the hub is not asked, in words, or None when it is: the variable that switches
+    huggingface_hub offline (as set), an explicit ``offline=True``, or a huggingface_hub that
+    read the variable when it was imported (it never reads it again)."""
+    hub_offline = bool(getattr(getattr(hub, "constants", None), "HF_HUB_OFFLINE", False))
+    if offline is False and not hub_offline:
+        return None
+    variable = _offline_variable()
+    if variable is not None:
+        return variable
+    if offline:
+        return "offline=True"
+    if hub_offline:
+        return "HF_HUB_OFFLINE was set when huggingface_hub was imported"
+    return None
+
+
+def _hub_found(exc: Exception, reason: str | None) -> tuple[str, str]:
+    """What the hub lookup found, and how to fix it, for a lookup that found no model."""
     from huggingface_hub import errors
 
-    name = type(exc).__name__
+    if isinstance(exc, getattr(errors, "RepositoryNotFoundError", ())):
+        return (
+            "no such model on the Hugging Face hub",
+            "for a hub model, check the id (private models need `hf auth login`)",
+        )
+    cache = "pass --transformers-cache if it is cached elsewhere"
+    if reason is not None:
+        var = next((v for v in _OFFLINE_VARS if reason.startswith(v)), None)
+        switch = f"unset {var}" if var else "turn offline mode off"
+        return (
+            f"offline ({reason}) and not in the local cache",
+            f"for a hub model, {switch} to download it, or {cache}",
+        )
+    offline_types = (getattr(errors, "LocalEntryNotFoundError", ()), ConnectionError, TimeoutError)
+    if isinstance(exc, offline_types):
+        return (
+            "not in the local cache and the hub could not be reached",
+            f"for a hub model, connect to the network to download it, or {cache}",
+        )
+    detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+    return (
+        f"the download failed ({type(exc).__name__}{': ' + detail if detail else ''})",
+        "for a hub model, check the network and the id",
+    )
+
+
+def _hub_error(exc: Exception, ref: str, reason: str | None, missing: MissingLocal) -> InputError:
+    from huggingface_hub import errors
+
+    # The hub knows the repository: the local folder was never what was meant.
     if isinstance(exc, getattr(errors, "GatedRepoError", ())):
         return InputError(
             f"model '{ref}' is gated on the Hugging Face hub",
@@ -132,22 +196,8 @@ def _hub_error(exc: Exception, ref: str, offline: bool) -> InputError:
             f"model '{ref}': revision not found on the Hugging Face hub",
             hint="check the part after '@' (a branch, tag or commit)",
         )
-    if isinstance(exc, getattr(errors, "RepositoryNotFoundError", ())):
-        return InputError(
-            f"model '{ref}' is neither a local folder nor a model on the Hugging Face hub",
-            hint="check the path or hub id; private models need `hf auth login`",
-        )
-    if isinstance(exc, getattr(errors, "LocalEntryNotFoundError", ())) or offline:
-        why = "offline mode is on" if offline else "the hub cannot be reached"
-        return InputError(
-            f"model '{ref}' is not in the local Hugging Face cache and {why}",
-            hint="download it first (or unset HF_HUB_OFFLINE), pass --transformers-cache if it "
-            "is cached elsewhere, or give a local folder",
-        )
-    return InputError(
-        f"model '{ref}': download from the Hugging Face hub failed ({name}: {exc})",
-        hint="check the network and the hub id, or give a local folder",
-    )
+    found, fix = _hub_found(exc, reason)
+    return missing.error(found, fix)
 
 
 def resolve_model_folder(
@@ -157,6 +207,7 @@ def resolve_model_folder(
     cache_dir: str | None = None,
     offline: bool | None = None,
     kind: Literal["model", "lora"] = "model",
+    recipe_dir: Path | None = None,
 ) -> Path:
     """A local folder holding ``path``'s files.
 
@@ -164,26 +215,44 @@ def resolve_model_folder(
     ``path`` must look like a hub id; it is fetched with ``snapshot_download`` into
     ``cache_dir`` (default: the Hugging Face cache), or only looked up there when
     ``offline`` (default: ``HF_HUB_OFFLINE``). ``kind="lora"`` fetches a PEFT adapter.
+
+    When neither exists, one :class:`InputError` says first that no local folder of that name
+    exists (resolved against the current directory, with a close sibling or a match beside
+    the recipe in ``recipe_dir``), then what the hub lookup found.
     """
     local = Path(os.path.expanduser(path))
     if local.is_dir():
         return local
     ref = f"{path}@{revision}" if revision else path
+    what = "LoRA folder" if kind == "lora" else "model folder"
     if local.exists():
-        raise InputError(f"model '{ref}' is a file, not a folder", hint="give the model's folder")
-    if not looks_like_hub_id(path):
         raise InputError(
-            f"model folder '{path}' does not exist",
-            hint="check the path (hub ids look like org/name)",
+            f"{what.split()[0]} path '{path}' is a file, not a folder",
+            hint="give the folder that holds it"
+            + (" (saved by PEFT's save_pretrained)" if kind == "lora" else ""),
         )
+    missing = describe_missing(path, kind, recipe_dir, revision)
+    if not looks_like_hub_id(path):
+        raise missing.error()
     try:
         import huggingface_hub as hub
     except ImportError:
-        raise InputError(
-            f"model '{ref}' is not a local folder and huggingface_hub is not installed",
-            hint=HF_HINT + ", or download the model and give its folder",
+        raise missing.error(
+            "huggingface_hub is not installed", "for a hub model, " + HF_HINT
         ) from None
-    offline = is_offline() if offline is None else offline
+    reason = offline_reason(offline, hub)
+    local_only = reason is not None if offline is None else offline
+    try:
+        return _fetch(hub, path, revision, cache_dir, local_only, kind)
+    except InputError:
+        raise
+    except Exception as exc:  # huggingface_hub raises HTTP, OS and its own error types
+        raise _hub_error(exc, ref, reason, missing) from None
+
+
+def _fetch(
+    hub: Any, path: str, revision: str | None, cache_dir: str | None, offline: bool, kind: str
+) -> Path:
     kwargs: dict[str, Any] = {"cache_dir": cache_dir, "local_files_only": offline}
     if kind == "lora":
         files, weights, fallback = [], list(ADAPTER_PATTERNS), list(_ADAPTER_PICKLE)
@@ -194,15 +263,16 @@ def resolve_model_folder(
     # Online, list the repository first so that one download fetches exactly the weight files
     # needed; without a listing (offline, no network), try safetensors, then pickles.
     listed = None if offline or kind == "lora" else _list_files(hub, path, revision)
-    try:
-        if listed is not None:
-            folder = _download(hub, path, revision, [*files, *_weight_patterns(listed)], **kwargs)
-        else:
-            folder = _download(hub, path, revision, [*files, *weights], **kwargs)
-            if not offline and not _has_any(folder, weight_suffix):
-                folder = _download(hub, path, revision, [*files, *weights, *fallback], **kwargs)
-    except Exception as exc:  # huggingface_hub raises HTTP, OS and its own error types
-        raise _hub_error(exc, ref, offline) from None
+    if listed is not None:
+        folder = _download(hub, path, revision, [*files, *_weight_patterns(listed)], **kwargs)
+    else:
+        folder = _download(hub, path, revision, [*files, *weights], **kwargs)
+        if not offline and not _has_any(folder, weight_suffix):
+            folder = _download(hub, path, revision, [*files, *weights, *fallback], **kwargs)
     if not folder.is_dir():
-        raise InputError(f"model '{ref}': the hub download gave no folder ({folder})")
+        ref = f"{path}@{revision}" if revision else path
+        raise InputError(
+            f"model '{ref}': the hub download gave no folder ({folder})",
+            hint="clear that entry from the Hugging Face cache and try again",
+        )
     return folder
