@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from meldkit.errors import InputError
+from meldkit.io.header import TensorInfo
 from meldkit.io.lora import LoraAdapter, pattern_value
+from meldkit.io.lora_check import check_adapter
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
 
@@ -66,7 +68,14 @@ def _merge_case(
     return base, merged, folder
 
 
+def _infos(state: dict[str, torch.Tensor]) -> dict[str, TensorInfo]:
+    """Header entries with the tensors' shapes (all the plan-time check reads)."""
+    return {k: TensorInfo(k, "F32", tuple(v.shape), Path("x"), 0, 0) for k, v in state.items()}
+
+
 def _check_parity(base: dict, merged: dict, folder: Path) -> set[str]:
+    # The plan-time check accepts every adapter PEFT itself merges, without a warning.
+    assert check_adapter(folder, folder, _infos(base)) == []
     adapter = LoraAdapter.open(folder)
     assert adapter.bind(base) == []
     affected = adapter.affected(base)
@@ -140,6 +149,35 @@ def test_bind_strips_missing_prefix(tmp_path: Path) -> None:
     assert "h.0.attn.c_attn.weight" in adapter.affected(short)
     out = adapter.apply("h.1.attn.c_attn.weight", short["h.1.attn.c_attn.weight"])
     torch.testing.assert_close(out, merged["transformer.h.1.attn.c_attn.weight"], atol=1e-5, rtol=0)
+
+
+def test_wrong_fan_in_fan_out_is_a_plan_time_error(tmp_path: Path) -> None:
+    base, _, folder = _merge_case(
+        tmp_path, _tiny_gpt2, r=2, lora_alpha=4, fan_in_fan_out=True, target_modules=["c_attn"]
+    )
+    config = json.loads((folder / "adapter_config.json").read_text())
+    (folder / "adapter_config.json").write_text(json.dumps({**config, "fan_in_fan_out": False}))
+    with pytest.raises(InputError) as err:
+        check_adapter(folder, folder, _infos(base))
+    key = "base_model.model.transformer.h.0.attn.c_attn"
+    assert err.value.message == (
+        f"{folder / 'adapter_model.safetensors'}: LoRA for 'transformer.h.0.attn.c_attn.weight' "
+        f"has shape [48, 16] ('{key}.lora_A.weight' [2, 16] and '{key}.lora_B.weight' [48, 2]), "
+        "the base tensor [16, 48]"
+    )
+    assert err.value.hint == (
+        "the adapter was trained for a different base model; pair it with that model "
+        "(or fan_in_fan_out is wrong)"
+    )
+
+
+def test_pickled_adapter_is_checked_too(tmp_path: Path) -> None:
+    base, _, folder = _merge_case(
+        tmp_path, _tiny_llama, safe=False, r=4, lora_alpha=8, target_modules=["q_proj"]
+    )
+    wrong = {k: (v[:, :8] if k.endswith("q_proj.weight") else v) for k, v in base.items()}
+    with pytest.raises(InputError, match=r"adapter_model.bin: LoRA for 'model.layers.0"):
+        check_adapter(folder, folder, _infos(wrong))
 
 
 def test_bf16_cast_back(tmp_path: Path) -> None:

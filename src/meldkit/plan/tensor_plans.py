@@ -16,7 +16,7 @@ from meldkit.io.dtypes import parse_dtype_name, promote
 from meldkit.io.header import DTYPE_SIZES, TensorInfo
 from meldkit.methods.registry import MethodSpec
 from meldkit.plan.architecture import ModelLayout, tied_head_name
-from meldkit.plan.models import InputModelInfo
+from meldkit.plan.models import InputModelInfo, input_warnings
 from meldkit.plan.moe import FusedExperts, fuse_expert_suffixes
 from meldkit.plan.parameters import ProblemLog, resolve_tensor_parameters
 from meldkit.plan.slices import PlannedSlice, SliceSource
@@ -106,6 +106,8 @@ class TensorBuilder:
     def plan_all(self, slices: list[PlannedSlice]) -> None:
         """Each module in turn: non-layer "pre" tensors from its first slice, its layers
         renumbered slice after slice, then "post" tensors from its last slice."""
+        for key, message in input_warnings(self.models):  # found when the inputs were opened
+            self.log.warn(key, message)
         modules: dict[str, list[PlannedSlice]] = {}
         for sl in slices:
             modules.setdefault(sl.module_where, []).append(sl)
