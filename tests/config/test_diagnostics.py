@@ -128,7 +128,7 @@ def test_strict_raises_every_warning_together_each_once() -> None:
         load_config(_EVERY_LEVEL, strict=True)
     assert info.value.problems == _EVERY_LEVEL_WARNINGS
     assert info.value.message.splitlines()[0] == "5 problems found in the recipe:"
-    assert info.value.hint == "fix or remove each key, or drop --strict to only warn"
+    assert info.value.hint == "remove or fix each key, or drop --strict to only warn"
     with pytest.raises(RecipeProblems) as info:
         load_config("merge_method: linear\nmodels: [a]\ndype: x\n", strict=True)
     assert (
@@ -139,6 +139,9 @@ def test_strict_raises_every_warning_together_each_once() -> None:
 def test_stray_moe_key_in_a_merge_recipe_is_only_a_warning() -> None:
     cfg = load_config("merge_method: linear\nmodels: [a]\nexperts_per_token: 2\n")
     assert cfg.warnings == ("unknown key 'experts_per_token' is ignored.",)
+    with pytest.raises(RecipeError) as info:
+        load_config("merge_methd: linear\nmodels: [a]\nexperts: [b]\n")
+    assert info.value.message.startswith("missing 'merge_method' (found 'merge_methd'")
 
 
 def test_every_bad_layer_range_is_reported_together() -> None:
@@ -191,6 +194,7 @@ def test_valid_and_outside_ranges() -> None:
     assert range_problem("r", 30, 34, "m", 32) == (
         "r: layer_range [30, 34] is outside m, which has 32 layers (0..31)"
     )
+    assert range_problem("r", 0, 1, "m", 0) == "r: [0, 1] selects layers of m, which has none"
 
 
 _MOE = """\

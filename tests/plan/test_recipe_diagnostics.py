@@ -84,6 +84,21 @@ def test_misspelling_of_a_parameter_given_elsewhere_is_a_warning(llama_family):
     )
 
 
+def test_parameter_written_at_the_top_level_is_named(llama_family, tmp_path, capsys):
+    base, (a, b) = llama_family
+    text = f"merge_method: linear\nweight: 0.5\nmodels: [{a}, {b}]\n"
+    problem = (
+        "missing required parameter 'weight' for linear; the top-level 'weight:' is ignored: "
+        "put it under 'parameters:'"
+    )
+    for strict in (False, True):  # the recipe's warning about the key is not a second problem
+        with pytest.raises(PlanError) as info:
+            _plan(text, strict=strict)
+        assert info.value.problems == [problem]
+    code, err, _ = _cli(capsys, "plan", _write(tmp_path, text), "--strict")
+    assert (code, err) == (2, [f"error: {problem}"])
+
+
 # -- --strict: every warning is an error, each reported once -----------------------------------
 
 

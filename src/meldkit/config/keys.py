@@ -28,6 +28,7 @@ __all__ = [
     "check_keys",
     "expect_dict",
     "expect_list",
+    "key_warning",
     "missing_key",
     "typo_of",
 ]
@@ -46,7 +47,11 @@ TOKEN_KEYS = ("source", "force")
 _COMMON_PARAMS = frozenset(
     {"weight", "density", "t", "lambda", "normalize", "int8_mask", "epsilon", "gamma"}
 )
-_STRICT_HINT = "fix or remove each key, or drop --strict to only warn"
+
+
+def _strict_hint(problems: Sequence[str]) -> str:
+    each = "the key" if len(problems) == 1 else "each key"
+    return f"remove or fix {each}, or drop --strict to only warn"
 
 
 class RecipeProblems(RecipeError):
@@ -89,23 +94,26 @@ class ParseLog:
         if self.strict:
             problems += self.warnings
         if problems:
-            hint = RANGE_HINT if problems[0] in self.range_problems else _STRICT_HINT
+            hint = RANGE_HINT if problems[0] in self.range_problems else _strict_hint(problems)
             raise RecipeProblems(problems, hint=hint)
+
+
+def key_warning(key: str, known: Sequence[str], where: str = "") -> str:
+    """The warning for the unknown ``key`` at ``where`` (``""``: the top level)."""
+    place = f"{where}.{key}" if where else key
+    if where == "" and key in _COMMON_PARAMS:
+        return (
+            f"'{place}' is a method parameter at the top level and is ignored; "
+            "put it under 'parameters:'"
+        )
+    return f"unknown key '{place}' is ignored.{did_you_mean(key, known)}"
 
 
 def check_keys(d: dict[str, Any], known: tuple[str, ...], where: str, log: ParseLog) -> None:
     """Warn about each key of ``d`` not in ``known``, with the closest valid key."""
     for key in d:
-        if key in known:
-            continue
-        place = f"{where}.{key}" if where else str(key)
-        if where == "" and key in _COMMON_PARAMS:
-            log.warn(
-                f"'{place}' is a method parameter at the top level and is ignored; "
-                "put it under 'parameters:'"
-            )
-        else:
-            log.warn(f"unknown key '{place}' is ignored.{did_you_mean(str(key), known)}")
+        if key not in known:
+            log.warn(key_warning(str(key), known, where))
 
 
 def typo_of(d: dict[str, Any], wanted: Iterable[str], known: Sequence[str]) -> tuple[str, str]:

@@ -139,6 +139,7 @@ def parse_config(
         chat_template=chat,
         source_text=source_text,
         warnings=tuple(log.warnings),
+        ignored_top_keys=tuple(str(k) for k in data if k not in TOP_KEYS),
     )
     log.finish(check_ranges)
     return config

@@ -57,6 +57,8 @@ def range_problem(
     ``where`` names the key (``slices[0].sources[1].layer_range``); ``num_layers`` is the
     model's layer count when known (at plan time).
     """
+    if num_layers == 0:  # a module without a layer stack (a vision projector, say)
+        return f"{where}: [{start}, {end}] selects layers of {model}, which has none"
     if start < 0 or end < 0:
         return _negative_problem(where, start, end, model, num_layers)
     if end <= start:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from meldkit.config.keys import TOP_KEYS, typo_of
 from meldkit.errors import RecipeError
 
 __all__ = ["other_tool_error", "multi_document_error", "list_recipe_error"]
@@ -53,10 +54,10 @@ _OTHER_TOOLS: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
 def other_tool_error(data: dict[str, Any]) -> RecipeError | None:
     """The error for a mapping that is another tool's file, or None for a merge recipe.
 
-    A file with ``merge_method`` is always read as a merge recipe: its stray keys are only
-    warned about, as MergeKit ignores them.
+    A file with ``merge_method`` (or a misspelling of it) is always read as a merge recipe: its
+    stray keys are only warned about, as MergeKit ignores them.
     """
-    if "merge_method" in data:
+    if "merge_method" in data or typo_of(data, ["merge_method"], TOP_KEYS)[0]:
         return None
     for what, keys, lacking, hint in _OTHER_TOOLS:
         found = [k for k in keys if k in data]

@@ -122,6 +122,9 @@ class MergeConfig:
     # The recipe text as given (saved verbatim as mergekit_config.yml), and load-time warnings.
     source_text: str | None = field(default=None, compare=False)
     warnings: tuple[str, ...] = field(default=(), compare=False)
+    # Top-level keys that are not recipe keys: the planner tells a user who wrote a method
+    # parameter there (`weight: 0.5`) why that parameter is then missing.
+    ignored_top_keys: tuple[str, ...] = field(default=(), compare=False)
 
     def referenced_models(self) -> list[ModelRef]:
         """Every model the recipe names, in first-appearance order (base first when given).

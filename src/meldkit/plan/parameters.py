@@ -27,6 +27,7 @@ from meldkit.errors import did_you_mean
 from meldkit.methods.registry import MethodSpec, ParamSpec
 
 __all__ = [
+    "Misplaced",
     "ParamScope",
     "ProblemLog",
     "filter_warnings",
@@ -52,13 +53,18 @@ class ParamScope:
 
 
 @dataclass(frozen=True)
-class _Typo:
-    """An unknown parameter name in ``scope`` (compared by identity) that misspells ``wanted``."""
+class Misplaced:
+    """Why the parameter ``wanted`` may be missing wherever ``scope`` (compared by identity)
+    applies: a misspelling of it, or the key written where it is ignored.
+
+    ``problem`` is the whole report; ``warning_key`` the warning that said the same already
+    (dropped, so that --strict, which turns warnings into problems, reports it once).
+    """
 
     scope: Parameters
-    where: str
-    found: str
     wanted: str
+    problem: str
+    warning_key: tuple[Any, ...]
 
 
 @dataclass
@@ -67,7 +73,7 @@ class ProblemLog:
 
     problems: dict[tuple[Any, ...], str] = field(default_factory=dict)
     warnings: dict[tuple[Any, ...], str] = field(default_factory=dict)
-    typos: list[_Typo] = field(default_factory=list)
+    misplaced: list[Misplaced] = field(default_factory=list)
 
     def problem(self, key: tuple[Any, ...], message: str) -> None:
         self.problems.setdefault(key, message)
@@ -110,34 +116,27 @@ def _coerce(spec: ParamSpec, value: Any) -> tuple[Any, str | None]:
     return (value if isinstance(value, str) else str(value)), None
 
 
-def _missing_typo(
-    spec: ParamSpec, method: str, scopes: Sequence[Parameters | None], log: ProblemLog
+def _missing_explained(
+    spec: ParamSpec, scopes: Sequence[Parameters | None], log: ProblemLog
 ) -> bool:
-    """Report a missing required parameter as the misspelling it likely is; False if none."""
-    typo = next(
+    """Report a missing required parameter as the misplaced key it likely is; False if none."""
+    found = next(
         (
-            t
-            for t in log.typos
-            if t.wanted == spec.name and any(t.scope is s for s in scopes if s is not None)
+            m
+            for m in log.misplaced
+            if m.wanted == spec.name and any(m.scope is s for s in scopes if s is not None)
         ),
         None,
     )
-    if typo is None:
+    if found is None:
         return False
-    log.problem(
-        ("typo", typo.where, typo.found),
-        f"{typo.where}: missing required parameter '{spec.name}' for {method}; "
-        f"found '{typo.found}' (did you mean '{spec.name}'?)",
-    )
-    # The same key must not be reported a second time as an unknown parameter (--strict
-    # turns that warning into a problem too).
-    log.warnings.pop(("unknown-param", typo.where, typo.found), None)
+    log.problem(("misplaced", found.problem), found.problem)
+    log.warnings.pop(found.warning_key, None)
     return True
 
 
 def _resolve_one(
     spec: ParamSpec,
-    method: str,
     scopes: Sequence[Parameters | None],
     tensor_name: str,
     t: float,
@@ -147,7 +146,7 @@ def _resolve_one(
     """The parameter's value for one tensor, and whether it is usable (present and valid)."""
     value = resolve_parameter(spec.name, scopes, tensor_name, t)
     if value is None:
-        if spec.required and not _missing_typo(spec, method, scopes, log):
+        if spec.required and not _missing_explained(spec, scopes, log):
             log.problem(
                 ("missing", spec.name, who),
                 f"missing required parameter '{spec.name}' for {who} (first needed by tensor {tensor_name})",
@@ -179,9 +178,7 @@ def resolve_tensor_parameters(
     shared: dict[str, Any] = {}
     for spec in method.params:
         if spec.scope == "shared":
-            shared[spec.name], ok = _resolve_one(
-                spec, method.name, shared_scopes, out_name, t, "the merge", log
-            )
+            shared[spec.name], ok = _resolve_one(spec, shared_scopes, out_name, t, "the merge", log)
             usable &= ok
     per_input: list[dict[str, Any]] = []
     for i, (src_name, own) in enumerate(zip(source_names, source_scopes)):
@@ -190,7 +187,7 @@ def resolve_tensor_parameters(
             if spec.scope == "per_input" or (spec.scope == "per_non_base" and i != base_index):
                 scopes = [own, *shared_scopes]
                 values[spec.name], ok = _resolve_one(
-                    spec, method.name, scopes, src_name, t, source_labels[i], log
+                    spec, scopes, src_name, t, source_labels[i], log
                 )
                 usable &= ok
         per_input.append(values)
@@ -237,7 +234,12 @@ def unknown_parameter_warnings(
                 )
                 target = _typo_target(key, names)
                 if target is not None:
-                    log.typos.append(_Typo(scope.parameters, where, key, target))
+                    problem = (
+                        f"{where}: missing required parameter '{target}' for {method.name}; "
+                        f"found '{key}' (did you mean '{target}'?)"
+                    )
+                    warning = ("unknown-param", where, key)
+                    log.misplaced.append(Misplaced(scope.parameters, target, problem, warning))
             elif spec.scope == "shared" and scope.per_model:
                 log.warn(
                     ("shared-per-model", where, key),

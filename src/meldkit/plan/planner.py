@@ -11,14 +11,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from meldkit.config.keys import TOP_KEYS, key_warning
 from meldkit.config.load import load_config
 from meldkit.config.schema import MergeConfig
 from meldkit.errors import InputError, PlanError
 from meldkit.io.writer import OutputTensorSpec, plan_shards
-from meldkit.methods.registry import get_method
+from meldkit.methods.registry import MethodSpec, get_method
 from meldkit.plan.models import InputModelInfo, open_models
 from meldkit.plan.output_config import output_config
 from meldkit.plan.parameters import (
+    Misplaced,
     ParamScope,
     ProblemLog,
     filter_warnings,
@@ -79,6 +81,7 @@ def plan_merge(recipe: Any, options: PlanOptions | None = None, **kwargs: Any) -
     slices = normalise_slices(config, models, log)
     scopes = _parameter_scopes(config, slices, list(models))
     unknown_parameter_warnings(method, scopes, log)
+    _note_top_level_parameters(config, method, log)
     if log.problems:
         raise _failure(list(log.problems.values()), list(log.warnings.values()) if strict else [])
     donor = str(config.base_model) if config.base_model else str(config.referenced_models()[0])
@@ -152,6 +155,20 @@ def _parameter_scopes(
                 where = f"{_source_scope_label(sl, i)}.parameters"
                 scopes[where] = ParamScope(where, src.parameters, (src.model,), per_model=True)
     return list(scopes.values())
+
+
+def _note_top_level_parameters(config: MergeConfig, method: MethodSpec, log: ProblemLog) -> None:
+    """A method parameter written at the top level instead of under ``parameters:`` is ignored
+    (as MergeKit does); when that leaves a required parameter missing, the error says why."""
+    for key in config.ignored_top_keys:
+        if method.param(key) is None:
+            continue
+        problem = (
+            f"missing required parameter '{key}' for {method.name}; the top-level '{key}:' is "
+            "ignored: put it under 'parameters:'"
+        )
+        warning = ("recipe", key_warning(key, TOP_KEYS))
+        log.misplaced.append(Misplaced(config.parameters, key, problem, warning))
 
 
 def _tensor_names(
