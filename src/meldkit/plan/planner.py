@@ -17,7 +17,7 @@ from meldkit.config.schema import MergeConfig
 from meldkit.errors import InputError, PlanError
 from meldkit.io.writer import OutputTensorSpec, plan_shards
 from meldkit.methods.registry import MethodSpec, get_method
-from meldkit.plan.models import InputModelInfo, open_models
+from meldkit.plan.models import InputModelInfo, open_models, recipe_folder
 from meldkit.plan.output_config import output_config
 from meldkit.plan.parameters import (
     Misplaced,
@@ -30,7 +30,6 @@ from meldkit.plan.slices import PlannedSlice, normalise_slices
 from meldkit.plan.tensor_plans import TensorBuilder
 from meldkit.plan.types import MergePlan, PlanOptions, TensorPlan, TensorSource
 from meldkit.plan.vocabulary import (
-    check_lora_targets,
     plan_chat_template,
     plan_vocabulary,
     update_vocab_size,
@@ -68,7 +67,10 @@ def plan_merge(recipe: Any, options: PlanOptions | None = None, **kwargs: Any) -
     recipe_warnings = list(config.warnings) if strict else []
     errors: list[InputError] = []
     models, problems = open_models(
-        config.referenced_models(), cache_dir=options.cache_dir, errors=errors
+        config.referenced_models(),
+        cache_dir=options.cache_dir,
+        errors=errors,
+        recipe_dir=recipe_folder(recipe),
     )
     if len(errors) == 1:
         # One broken input: its own hint ("the file is corrupt...") says more than a generic one.
@@ -95,7 +97,6 @@ def plan_merge(recipe: Any, options: PlanOptions | None = None, **kwargs: Any) -
         plan_vocabulary(config, models, donor, builder.tensors, log) if not log.problems else None
     )
     chat_template = plan_chat_template(config, models, log)
-    check_lora_targets(models, log)
     if log.problems:
         raise _failure(list(log.problems.values()), list(log.warnings.values()) if strict else [])
     warnings = list(log.warnings.values())

@@ -14,7 +14,7 @@ from meldkit.plan.architecture import find_config_key, set_config_key
 from meldkit.plan.models import InputModelInfo
 from meldkit.plan.parameters import ProblemLog
 
-__all__ = ["plan_vocabulary", "plan_chat_template", "check_lora_targets"]
+__all__ = ["plan_vocabulary", "plan_chat_template"]
 
 
 def _rows(info: InputModelInfo) -> int:
@@ -75,24 +75,3 @@ def plan_chat_template(
     except MeldError as exc:
         log.problem(("chat_template",), exc.message + (f" ({exc.hint})" if exc.hint else ""))
         return None
-
-
-def check_lora_targets(models: dict[str, InputModelInfo], log: ProblemLog) -> None:
-    """Open each LoRA adapter now (a broken one fails before computing) and warn about
-    adapter targets that match no tensor of the model they are applied to."""
-    for key, info in models.items():
-        if info.lora_folder is None:
-            continue
-        from meldkit.io.lora import LoraAdapter
-
-        try:
-            unmatched = LoraAdapter.open(info.lora_folder).bind(info.index.tensors)
-        except MeldError as exc:
-            log.problem(("lora", key), exc.message + (f" ({exc.hint})" if exc.hint else ""))
-            continue
-        if unmatched:
-            log.warn(
-                ("lora-unmatched", key),
-                f"{len(unmatched)} LoRA targets of {info.lora_folder} match no tensor "
-                f"of {info.folder} and are not applied (e.g. {unmatched[0]})",
-            )
