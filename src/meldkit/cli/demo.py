@@ -35,7 +35,7 @@ out_dtype: bfloat16
 def run_demo(out: str | Path) -> Path:
     """Make the models under ``out/models``, write ``out/recipe.yaml``, merge into ``out/merged``."""
     from meldkit.api import run_merge
-    from meldkit.cli.plan_summary import describe_plan
+    from meldkit.plan.summary import describe_plan
     from meldkit.testing import make_model_family
 
     root = Path(out).resolve()

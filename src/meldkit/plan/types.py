@@ -12,8 +12,10 @@ from typing import Any
 
 from meldkit.config.schema import MergeConfig
 from meldkit.io.header import DTYPE_SIZES, TensorInfo
+from meldkit.io.sizes import format_size
 from meldkit.io.writer import ShardLayout
 from meldkit.methods.registry import MethodSpec
+from meldkit.plan.export import plan_to_dict
 from meldkit.plan.models import InputModelInfo
 
 __all__ = ["PlanOptions", "TensorSource", "TensorPlan", "MergePlan"]
@@ -59,6 +61,13 @@ class TensorPlan:
     integer: bool = False  # non-float tensor: copied when identical across inputs
     vocabulary: Any = None  # the OutputVocabulary that re-indexes this tensor's rows
 
+    def __repr__(self) -> str:
+        # The generated repr would print every source's TensorInfo and the vocabulary.
+        return (
+            f"TensorPlan({self.name!r}, shape={list(self.shape)}, dtype={self.out_dtype}, "
+            f"{len(self.sources)} source{'s' if len(self.sources) != 1 else ''})"
+        )
+
     @property
     def out_nbytes(self) -> int:
         """Bytes of the output tensor in ``out_dtype``."""
@@ -84,6 +93,21 @@ class MergePlan:
     warnings: list[str] = field(default_factory=list)
     vocabulary: Any = None  # OutputVocabulary when the recipe sets a tokenizer
     chat_template: str | None = None
+
+    def __repr__(self) -> str:
+        # The generated repr would print the recipe, every input's index and every tensor
+        # (115 KB for a small model); this says what the plan is in one line.
+        shards = len(self.shards)
+        return (
+            f"<MergePlan {self.method.name}: {len(self.tensors)} tensors from "
+            f"{len(self.models)} model{'s' if len(self.models) != 1 else ''}, "
+            f"{shards} shard{'s' if shards != 1 else ''}, "
+            f"{format_size(self.bytes_to_write)} to write>"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The whole plan as JSON-ready data (see :func:`meldkit.plan.export.plan_to_dict`)."""
+        return plan_to_dict(self)
 
     @property
     def bytes_to_read(self) -> int:
