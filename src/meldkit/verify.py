@@ -12,6 +12,10 @@ Checks, each reported as one line naming the file or tensor:
 
 Tensors are read one at a time with the same positional reader as a merge, so memory stays at
 one tensor whatever the model size. Nothing here raises: every failure becomes a problem line.
+
+A weight file that cannot be read (missing, truncated, a corrupt header) is one problem, its
+root cause: the checks that would only repeat it (each index entry pointing at the file, the
+index's total size, the layers whose tensors it holds) are left out.
 """
 
 from __future__ import annotations
@@ -19,12 +23,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from meldkit.errors import MeldError
-from meldkit.io.header import TensorInfo, read_header
+from meldkit.io.header import MAX_HEADER_BYTES, TensorInfo, read_header
 
 __all__ = ["VerifyReport", "verify_folder", "verify_report"]
 
@@ -53,6 +58,9 @@ class VerifyReport:
     notes: list[str] = field(default_factory=list)
     tensors: int = 0
     files: int = 0
+    # Weight files whose header could not be read: already reported, and the checks that
+    # depend on their tensors are skipped rather than reported once per tensor.
+    unreadable: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -162,7 +170,7 @@ def _check_weights(report: VerifyReport, index_doc: Any) -> dict[str, TensorInfo
     report.files = len(files)
     tensors: dict[str, TensorInfo] = {}
     for f in files:
-        for name, info in _header(report, f).items():
+        for name, info in (_header(report, f) or {}).items():
             if name in tensors:
                 report.problems.append(
                     f"tensor {name} is stored twice: in {tensors[name].file.name} and {f.name}"
@@ -172,12 +180,59 @@ def _check_weights(report: VerifyReport, index_doc: Any) -> dict[str, TensorInfo
     return tensors
 
 
-def _header(report: VerifyReport, path: Path) -> dict[str, TensorInfo]:
+def _header(report: VerifyReport, path: Path) -> dict[str, TensorInfo] | None:
+    """The tensors of ``path``; None (with one problem line) when it cannot be read."""
+    truncated = _truncation(path)
+    if truncated is not None:
+        report.problems.append(truncated)
+        report.unreadable.append(path.name)
+        return None
     try:
         return read_header(path)
     except MeldError as exc:
         report.problems.append(exc.message)
-        return {}
+        report.unreadable.append(path.name)
+        return None
+
+
+def _truncation(path: Path) -> str | None:
+    """``<file> is truncated: ...`` when ``path`` is shorter than its own header says (the
+    usual damage of an interrupted download or copy), else None."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                return f"{path.name} is truncated: file has {size:,} bytes, fewer than a header"
+            (n,) = struct.unpack("<Q", head)
+            if n > MAX_HEADER_BYTES:
+                return None  # not a header length at all: read_header says so
+            if 8 + n > size:
+                have = size - 8
+                return f"{path.name} is truncated: header says {n:,} bytes of header, file has {have:,}"
+            header = json.loads(fh.read(n))
+    except (OSError, ValueError, RecursionError, MemoryError, OverflowError):
+        return None  # read_header reports it precisely
+    need = _data_bytes(header)
+    have = size - 8 - n
+    if need > have:
+        return f"{path.name} is truncated: header says {need:,} bytes of data, file has {have:,}"
+    return None
+
+
+def _data_bytes(header: Any) -> int:
+    """How long the data section must be for every tensor of ``header`` (0 when unknown)."""
+    if not isinstance(header, dict):
+        return 0
+    ends = [
+        entry["data_offsets"][1]
+        for entry in header.values()
+        if isinstance(entry, dict)
+        and isinstance(entry.get("data_offsets"), list)
+        and len(entry["data_offsets"]) == 2
+        and isinstance(entry["data_offsets"][1], int)
+    ]
+    return max(ends, default=0)
 
 
 def _check_indexed(
@@ -200,12 +255,16 @@ def _check_indexed(
             report.problems.append(
                 f"{INDEX_NAME} names {filename!r}, which is not a file in the folder"
             )
+            report.unreadable.append(filename)
             continue
         path = report.folder / filename
         if not path.is_file():
             report.problems.append(f"{INDEX_NAME} lists {filename}, which does not exist")
+            report.unreadable.append(filename)
             continue
-        headers[filename] = _header(report, path)
+        header = _header(report, path)
+        if header is not None:
+            headers[filename] = header
     report.files = len(headers)
     stray = [p.name for p in all_st if p.name not in weight_map.values()]
     for name in stray:
@@ -232,7 +291,7 @@ def _check_indexed(
             )
     meta = doc.get("metadata")
     total = meta.get("total_size") if isinstance(meta, dict) else None
-    if isinstance(total, int) and not isinstance(total, bool):
+    if isinstance(total, int) and not isinstance(total, bool) and not report.unreadable:
         actual = sum(t.nbytes for t in tensors.values())
         if total != actual:
             report.problems.append(
@@ -288,25 +347,11 @@ def _config_int(config: dict[str, Any], keys: tuple[str, ...]) -> tuple[str, int
 def _check_config(
     report: VerifyReport, config: dict[str, Any], tensors: dict[str, TensorInfo]
 ) -> None:
-    from meldkit.plan.architecture import LAYER_COUNT_KEYS, infer_layout
+    from meldkit.plan.architecture import infer_layout
 
     layout = infer_layout(tensors, config)
-    layers = _config_int(config, LAYER_COUNT_KEYS)
-    if layout.stack_prefix is not None:
-        if layers is not None and layers[1] != layout.num_layers:
-            report.problems.append(
-                f"config.json says {layers[0]}={layers[1]} but the weights hold {layout.num_layers} layers"
-            )
-        missing = [i for i in range(layout.num_layers) if i not in layout.layer_suffixes]
-        if missing:
-            shown = ", ".join(map(str, missing[:10]))
-            report.problems.append(
-                f"layers {shown} of {layout.stack_prefix.rstrip('.')} have no tensors"
-            )
-    elif layers is not None and layers[1] > 0:
-        report.problems.append(
-            f"config.json says {layers[0]}={layers[1]} but the weights hold no layers"
-        )
+    if not report.unreadable:  # an unreadable file's layers look missing: it is the problem
+        _check_layers(report, config, layout)
     embed = tensors.get(layout.input_embedding) if layout.input_embedding else None
     if embed is None or len(embed.shape) != 2:
         return
@@ -324,6 +369,28 @@ def _check_config(
     head = tensors.get(layout.output_head) if layout.output_head else None
     if head is not None and len(head.shape) == 2 and head.shape[0] != rows:
         report.problems.append(f"{head.name} has {head.shape[0]} rows but {embed.name} has {rows}")
+
+
+def _check_layers(report: VerifyReport, config: dict[str, Any], layout: Any) -> None:
+    """The layer count of ``config.json`` against the layers the weights hold."""
+    from meldkit.plan.architecture import LAYER_COUNT_KEYS
+
+    layers = _config_int(config, LAYER_COUNT_KEYS)
+    if layout.stack_prefix is not None:
+        if layers is not None and layers[1] != layout.num_layers:
+            report.problems.append(
+                f"config.json says {layers[0]}={layers[1]} but the weights hold {layout.num_layers} layers"
+            )
+        missing = [i for i in range(layout.num_layers) if i not in layout.layer_suffixes]
+        if missing:
+            shown = ", ".join(map(str, missing[:10]))
+            report.problems.append(
+                f"layers {shown} of {layout.stack_prefix.rstrip('.')} have no tensors"
+            )
+    elif layers is not None and layers[1] > 0:
+        report.problems.append(
+            f"config.json says {layers[0]}={layers[1]} but the weights hold no layers"
+        )
 
 
 # -- tokenizer ----------------------------------------------------------------------------------

@@ -115,7 +115,13 @@ DAMAGE: list[tuple[str, str, Callable[[Path], None], str]] = [
         "truncated-shard",
         "sharded",
         lambda f: _shard(f, 0).write_bytes(_shard(f, 0).read_bytes()[:-8]),
-        "not a valid safetensors file",
+        "safetensors is truncated: header says ",
+    ),
+    (
+        "corrupt-header",
+        "sharded",
+        lambda f: _shard(f, 0).write_bytes(struct.pack("<Q", 2) + b"[]"),
+        "not a valid safetensors file (header is not a JSON object)",
     ),
     ("no-index", "sharded", lambda f: (f / INDEX).unlink(), f"but no {INDEX}"),
     (
@@ -237,3 +243,79 @@ def test_pickled_checkpoints_are_checked_safely(tmp_path: Path) -> None:
     (folder / "pytorch_model.bin").write_bytes(b"\x80\x04not a pickle")
     problems = verify_folder(folder)
     assert len(problems) == 1 and "refused to load pickled weights" in problems[0]
+
+
+def _data_size(path: Path) -> int:
+    """Bytes of the data section that the header of ``path`` describes."""
+    data = path.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + n])
+    return max(e["data_offsets"][1] for k, e in header.items() if k != "__metadata__")
+
+
+def _cut(path: Path, keep: int) -> None:
+    path.write_bytes(path.read_bytes()[:keep])
+
+
+@pytest.mark.parametrize("kind", ["sharded", "single"])
+def test_truncated_weights_are_one_root_cause_line(
+    kind: str, outputs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = _copy(outputs, kind, tmp_path)
+    # The shard holding the most tensors: every one of them would otherwise be a line.
+    victim = _shard(folder, 1) if kind == "sharded" else folder / "model.safetensors"
+    size = victim.stat().st_size
+    need = _data_size(victim)
+    have = need - 100
+    _cut(victim, size - 100)
+    r = run_cli(capsys, "verify", folder)
+    assert r.code == 1
+    assert r.err_lines == [
+        f"problem: {victim.name} is truncated: header says {need:,} bytes of data, file has "
+        f"{have:,}",
+        f"verify: 1 problem(s) in {folder}",
+    ]
+
+
+def test_a_shard_cut_inside_its_header_or_emptied_is_truncated(
+    outputs: dict[str, Path], tmp_path: Path
+) -> None:
+    folder = _copy(outputs, "sharded", tmp_path)
+    victim = _shard(folder, 1)
+    (n,) = struct.unpack("<Q", victim.read_bytes()[:8])
+    _cut(victim, 50)
+    assert verify_folder(folder) == [
+        f"{victim.name} is truncated: header says {n:,} bytes of header, file has 42"
+    ]
+    _cut(victim, 0)
+    assert verify_folder(folder) == [
+        f"{victim.name} is truncated: file has 0 bytes, fewer than a header"
+    ]
+
+
+def test_a_missing_shard_is_one_root_cause_line(
+    outputs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = _copy(outputs, "sharded", tmp_path)
+    victim = _shard(folder, 1)
+    victim.unlink()
+    r = run_cli(capsys, "verify", folder)
+    assert r.code == 1
+    assert r.err_lines == [
+        f"problem: {INDEX} lists {victim.name}, which does not exist",
+        f"verify: 1 problem(s) in {folder}",
+    ]
+
+
+def test_other_damage_is_still_found_beside_a_truncated_shard(
+    outputs: dict[str, Path], tmp_path: Path
+) -> None:
+    folder = _copy(outputs, "sharded", tmp_path)
+    victim = _shard(folder, 1)
+    _cut(victim, victim.stat().st_size - 8)
+    _edit_json(folder, "config.json", hidden_size=32)
+    problems = verify_folder(folder)
+    assert len(problems) == 2 and problems[0].startswith(f"{victim.name} is truncated: ")
+    assert (
+        problems[1] == "config.json says hidden_size=32 but model.embed_tokens.weight is [64, 16]"
+    )
