@@ -5,13 +5,21 @@ Kernels (``kernels/*_numba.py``) are ``@njit(nogil=True)`` functions that take a
 work items and write into arrays the caller passes; :func:`parallel` runs one range per math
 thread. Results never depend on how the work is split: kernels accumulate per fixed-size
 chunk, and the caller combines chunks in order.
+
+numba compiles a kernel on its first call after an install (``cache=True`` keeps the machine
+code in ``__pycache__`` afterwards), which takes 10-30 s: :func:`watch_compiles` lets the
+engine say so and count that time.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Sequence
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from functools import cache
 from types import ModuleType
 from typing import Any
@@ -31,6 +39,7 @@ __all__ = [
     "run_all",
     "parallel",
     "zeroed_scratch",
+    "watch_compiles",
 ]
 
 # Stored dtypes kernels read directly (bf16 as its uint16 bits); float16 is widened first.
@@ -42,9 +51,84 @@ ACCEPTED = (torch.bfloat16, torch.float32, torch.float16)
 def load(name: str) -> ModuleType | None:
     """The kernels module ``meldkit.kernels.<name>``, or None when numba cannot be imported."""
     try:
-        return importlib.import_module(f"meldkit.kernels.{name}")
+        module = importlib.import_module(f"meldkit.kernels.{name}")
     except ImportError:
         return None
+    _hook_numba()
+    return module
+
+
+# -- compile notices ---------------------------------------------------------------------------
+
+_WATCH_LOCK = threading.Lock()
+# (on_start, on_end) pairs of the runs in progress; numba's events are process-wide.
+_WATCHERS: list[tuple[Callable[[], None], Callable[[float], None]]] = []
+_HOOKED = False
+_DEPTH = 0  # nested compiles (a kernel compiles the functions it calls)
+_STARTED = 0.0
+
+
+@contextmanager
+def watch_compiles(on_start: Callable[[], None], on_end: Callable[[float], None]) -> Iterator[None]:
+    """While the block runs, call ``on_start()`` when numba starts compiling (a cache miss:
+    nothing is compiled when the cache in ``__pycache__`` is valid) and ``on_end(seconds)``
+    when that compilation, nested ones included, ends. The callbacks run in the compiling
+    thread. numba is not imported for this: a merge without kernels never loads it."""
+    entry = (on_start, on_end)
+    with _WATCH_LOCK:
+        _WATCHERS.append(entry)
+    if "numba" in sys.modules:
+        _hook_numba()
+    try:
+        yield
+    finally:
+        with _WATCH_LOCK:
+            _WATCHERS.remove(entry)
+
+
+def _hook_numba() -> None:
+    """Subscribe to numba's ``numba:compile`` events, once per process."""
+    global _HOOKED
+    with _WATCH_LOCK:
+        if _HOOKED:
+            return
+        _HOOKED = True
+    from numba.core import event
+
+    class CompileListener(event.Listener):
+        """Forwards numba's compile events to the callbacks of :func:`watch_compiles`."""
+
+        def on_start(self, ev: Any) -> None:
+            _compile_started()
+
+        def on_end(self, ev: Any) -> None:
+            _compile_ended()
+
+    event.register("numba:compile", CompileListener())  # type: ignore[no-untyped-call]
+
+
+def _compile_started() -> None:
+    global _DEPTH, _STARTED
+    with _WATCH_LOCK:
+        _DEPTH += 1
+        if _DEPTH > 1:
+            return
+        _STARTED = time.perf_counter()
+        watchers = list(_WATCHERS)
+    for on_start, _ in watchers:
+        on_start()
+
+
+def _compile_ended() -> None:
+    global _DEPTH
+    with _WATCH_LOCK:
+        _DEPTH = max(0, _DEPTH - 1)
+        if _DEPTH:
+            return
+        seconds = time.perf_counter() - _STARTED
+        watchers = list(_WATCHERS)
+    for _, on_end in watchers:
+        on_end(seconds)
 
 
 def key_halves(key: int) -> tuple[np.uint64, np.uint64]:
