@@ -151,7 +151,10 @@ def test_interrupt_removes_everything_then_a_rerun_succeeds(
         f"error: interrupted by {name}; the temporary files were removed and nothing "
         f"was written to {out}"
     )
-    assert lines[-1].startswith("hint: run the same command again")
+    assert lines[-1] == (
+        "hint: nothing was kept: run the same command again (add --resume to keep the finished "
+        "shards if it is interrupted again)"
+    )
     assert "Traceback" not in err
     assert not out.exists() and leftovers(tmp_path) == []
     # A --resume run has nothing to continue (the interrupt removed it all) and starts afresh;
@@ -227,7 +230,15 @@ def test_interrupted_resume_run_keeps_shards_and_resume_finishes_identically(
     rc, err = _stop(proc, sig)
     assert rc == code, err
     kept = _journaled(out)
-    assert kept and f"{len(kept)} of " in err and "--resume to continue" in err
+    shards = sum(name.endswith(".safetensors") for name in reference)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    name = "SIGTERM" if sig == signal.SIGTERM else "Ctrl-C (SIGINT)"
+    verb = "is" if len(kept) == 1 else "are"
+    assert kept and lines[-2:] == [
+        f"error: interrupted by {name}; {len(kept)} of {shards} shards {verb} kept in "
+        f"{partial_path(out)} and nothing was written to {out}",
+        "hint: run the same command again with --resume to continue from them",
+    ]
     assert not out.exists()
     # Only the journal and the shards it vouches for stay: nothing that looks like a model.
     assert sorted(p.name for p in partial_path(out).iterdir()) == sorted([JOURNAL_NAME, *kept])
@@ -236,7 +247,6 @@ def test_interrupted_resume_run_keeps_shards_and_resume_finishes_identically(
     loads = _CountingLoads(monkeypatch)
     r = run_cli(capsys, "merge", recipe, out, "--out-shard-size", SHARD, "--seed", "3", "--resume")
     assert r.code == 0, r.err
-    shards = sum(name.endswith(".safetensors") for name in reference)
     assert f"note: resuming: {len(kept)} of {shards} shard(s) already written and verified" in r.err
     assert folder_bytes(out) == reference
     assert JOURNAL_NAME not in os.listdir(out) and leftovers(tmp_path) == []

@@ -9,26 +9,27 @@
 
 So only a few pieces' data is alive at any time, whatever the model size. The knobs (how far
 ahead, how big a piece, how many threads, which order) are the run's
-:class:`~meldkit.execute.policy.EnginePolicy`.
+:class:`~meldkit.execute.policy.EnginePolicy`. Each stage adds its busy time and bytes to the
+run's :class:`~meldkit.execute.timings.RunStats`, and the computing thread its waits.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from meldkit.execute.interrupt import InterruptGuard
 from meldkit.execute.journal import Journal
 from meldkit.execute.policy import EnginePolicy
+from meldkit.execute.progress import Progress
 from meldkit.execute.tensors import Piece, TensorLoader, compute_order, compute_tensor, split_pieces
+from meldkit.execute.timings import RunStats
 from meldkit.io.writer import ShardedWriter
 from meldkit.methods.registry import MergeContext, MergeFunction, load_merge_function
 from meldkit.plan.planner import MergePlan, TensorPlan
@@ -50,25 +51,34 @@ def run_pipeline(
     completed: list[str],
     guard: InterruptGuard,
     warn: Callable[[str], None],
-    quiet: bool,
+    progress: Progress,
+    stats: RunStats,
 ) -> None:
     """Compute every tensor of ``plan`` outside the ``completed`` shards and write it into its
-    shard in ``tmp``; ``journal`` records each shard as it completes."""
+    shard in ``tmp``; ``journal`` records each shard as it completes. ``progress`` shows it,
+    ``stats`` counts where the time went."""
+    started = time.perf_counter()
     todo = _tensors_to_compute(plan, set(completed), policy)
-    fn = load_merge_function(plan.method)
-    read = ReadStage(plan, device, warn, policy)
-    compute = ComputeStage(plan, fn, device, seed, read.loader)
-    write = WriteStage(tmp, journal, policy)
-    bar = _progress(len(todo), quiet)
+    # The bar starts before anything is loaded, so that its clock counts the import of the
+    # method's math and the compilation of its kernels, which a user waits for too.
+    progress.start(len(todo))
+    read = ReadStage(plan, device, warn, policy, stats)
+    write = WriteStage(tmp, journal, policy, stats)
     try:
-        write.open(plan, completed)
-        for piece, inputs in read.ahead(_pieces(plan, todo, policy), _read_ahead(plan, policy)):
-            result = compute.run(piece, inputs)
-            write.put(piece, result)
-            del result  # the writer holds it now, and frees it once it is written
-            if piece.last:
-                bar.update(1)
-        write.finish()
+        with progress.watching_compiles():
+            compute = ComputeStage(
+                plan, load_merge_function(plan.method), device, seed, read.loader
+            )
+            write.open(plan, completed)
+            pieces = _pieces(plan, todo, policy)
+            for piece, inputs in read.ahead(pieces, _read_ahead(plan, policy)):
+                result = compute.run(piece, inputs, stats)
+                write.put(piece, result)
+                del result  # the writer holds it now, and frees it once it is written
+                if piece.last:
+                    stats.tensors += 1
+                    progress.tensor_done()
+            write.finish()
     finally:
         # Order matters: no thread may still touch a descriptor when the writer and the reader
         # close theirs (the OS could hand the number to another file), nor write into a folder
@@ -76,8 +86,9 @@ def run_pipeline(
         with guard.shielded():
             read.close()
             write.close()
-            bar.close()
+            progress.close()
     write.check_journal()
+    stats.pipeline_seconds = time.perf_counter() - started
 
 
 def _read_ahead(plan: MergePlan, policy: EnginePolicy) -> int:
@@ -103,9 +114,15 @@ class ReadStage:
     """Reads the inputs of the pieces ahead of the computation, on its own thread(s)."""
 
     def __init__(
-        self, plan: MergePlan, device: str, warn: Callable[[str], None], policy: EnginePolicy
+        self,
+        plan: MergePlan,
+        device: str,
+        warn: Callable[[str], None],
+        policy: EnginePolicy,
+        stats: RunStats | None = None,
     ) -> None:
         self.loader = TensorLoader(plan, device, warn, policy)
+        self._stats = stats or RunStats()
         self._prefetch = policy.prefetch
         self._pool = ThreadPoolExecutor(policy.read_threads, thread_name_prefix="meldkit-read")
         self._window: deque[tuple[Piece, Future[list[torch.Tensor]]]] = deque()
@@ -118,7 +135,9 @@ class ReadStage:
         self._refill(pieces, read_ahead)
         while self._window:
             piece, future = self._window.popleft()
+            waited = time.perf_counter()
             inputs = future.result()
+            self._stats.wait_read += time.perf_counter() - waited
             self._refill(pieces, read_ahead)
             yield piece, inputs
 
@@ -132,7 +151,13 @@ class ReadStage:
             nxt = next(pieces, None)
             if nxt is None:
                 return
-            self._window.append((nxt, self._pool.submit(self.loader.load, nxt.tensor, nxt.rows)))
+            self._window.append((nxt, self._pool.submit(self._load, nxt)))
+
+    def _load(self, piece: Piece) -> list[torch.Tensor]:
+        started = time.perf_counter()
+        inputs = self.loader.load(piece.tensor, piece.rows)
+        self._stats.add_read(time.perf_counter() - started, piece.input_bytes)
+        return inputs
 
     def close(self) -> None:
         """Cancel the reads not started, wait for the one in progress, close the inputs."""
@@ -159,14 +184,20 @@ class ComputeStage:
         self._seed = seed
         self._loader = loader
 
-    def run(self, piece: Piece, inputs: list[torch.Tensor]) -> torch.Tensor:
-        """The output of ``piece`` on the CPU, in the output dtype; ``inputs`` is consumed."""
+    def run(
+        self, piece: Piece, inputs: list[torch.Tensor], stats: RunStats | None = None
+    ) -> torch.Tensor:
+        """The output of ``piece`` on the CPU, in the output dtype; ``inputs`` is consumed.
+        ``stats`` receives the time it took."""
+        started = time.perf_counter()
         tensor = piece.tensor
         ctx = MergeContext(tensor.name, self._seed, self._device, tensor.out_dtype)
         result = compute_tensor(
             tensor, inputs, self._fn, ctx, self._device, piece.rows, self._native
         )
         self._loader.check_result(tensor, piece.rows, result)
+        if stats is not None:
+            stats.add_compute(tensor.name, time.perf_counter() - started)
         return result
 
 
@@ -174,10 +205,13 @@ class WriteStage:
     """Writes finished pieces into their shards, on its own thread(s), while the next ones are
     computed; a completed shard is checksummed for the journal on a thread of its own."""
 
-    def __init__(self, tmp: Path, journal: Journal, policy: EnginePolicy) -> None:
+    def __init__(
+        self, tmp: Path, journal: Journal, policy: EnginePolicy, stats: RunStats | None = None
+    ) -> None:
         self._tmp = tmp
         self._journal = journal
         self._policy = policy
+        self._stats = stats or RunStats()
         self._pool = ThreadPoolExecutor(policy.write_threads, thread_name_prefix="meldkit-write")
         # Hashing a finished shard reads it back: a thread of its own keeps that off the
         # writer's path.
@@ -196,7 +230,18 @@ class WriteStage:
             completed=completed,
             writeback=self._policy.writeback,
         )
-        self._write = _slowed(self._writer.write)
+        self._write = self._timed(_slowed(self._writer.write))
+
+    def _timed(
+        self, write: Callable[[str, torch.Tensor, int | None], None]
+    ) -> Callable[[str, torch.Tensor, int | None], None]:
+        def timed(name: str, tensor: torch.Tensor, row_start: int | None) -> None:
+            started = time.perf_counter()
+            write(name, tensor, row_start)
+            nbytes = tensor.numel() * tensor.element_size()
+            self._stats.add_write(time.perf_counter() - started, nbytes)
+
+        return timed
 
     def _shard_complete(self, name: str) -> None:
         self._hash_jobs.append(self._hashes.submit(self._journal.record, name))
@@ -207,15 +252,19 @@ class WriteStage:
         row_start = piece.rows[0] if piece.rows else None
         self._in_flight.append(self._pool.submit(self._write, piece.tensor.name, result, row_start))
         backlog = self._policy.write_backlog
+        waited = time.perf_counter()
         while len(self._in_flight) > backlog or (self._in_flight and self._in_flight[0].done()):
             self._in_flight.popleft().result()
+        self._stats.wait_write += time.perf_counter() - waited
 
     def finish(self) -> None:
         """Wait for every write, write the index; stop checksumming."""
+        waited = time.perf_counter()
         while self._in_flight:
             self._in_flight.popleft().result()
         assert self._writer is not None, "open() first"
         self._writer.finish()
+        self._stats.wait_write += time.perf_counter() - waited
         # Every tensor is written and the folder is about to be published: hashing the last
         # shards for a resume that can no longer be needed would only delay it.
         self._journal.stop_recording()
@@ -254,22 +303,7 @@ def _slowed(
 
 
 def _slow_write_delay() -> float:
-    raw = os.environ.get(SLOW_WRITE_ENV)
-    if not raw:
-        return 0.0
     try:
-        return max(0.0, float(raw))
+        return max(0.0, float(os.environ.get(SLOW_WRITE_ENV) or 0))
     except ValueError:
         return 0.0
-
-
-def _progress(total: int, quiet: bool) -> Any:
-    from tqdm import tqdm
-
-    return tqdm(
-        total=total,
-        unit="tensor",
-        desc="merging",
-        disable=quiet or not sys.stderr.isatty(),
-        leave=False,
-    )

@@ -17,12 +17,18 @@ so no interruption ever leaves a folder that looks complete:
 * Any other failure (a full disk, a corrupt input, a bug) cleans up the same way.
 * A crash (SIGKILL, power cut) leaves the temporary folder; ``resume`` continues from the
   shards its journal vouches for (:mod:`meldkit.execute.journal`), a plain run deletes it.
+
+What is kept after a failure, and what the user is told, is :mod:`meldkit.execute.stopping`;
+the progress bar and its final line :mod:`meldkit.execute.progress`; the ``verbose`` timings
+:mod:`meldkit.execute.timings`.
 """
 
 from __future__ import annotations
 
 import shutil
 import signal
+import sys
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -33,14 +39,13 @@ import torch
 
 from meldkit.errors import (
     MeldError,
-    MergeInterrupted,
     MergeRuntimeError,
     PublishRefused,
     disk_full,
     is_disk_full,
 )
 from meldkit.execute.device import resolve_device
-from meldkit.execute.interrupt import Interrupted, InterruptGuard, signal_name
+from meldkit.execute.interrupt import Interrupted, InterruptGuard
 from meldkit.execute.journal import Journal, plan_fingerprint
 from meldkit.execute.output import (
     PartialFolder,
@@ -52,6 +57,10 @@ from meldkit.execute.output import (
 )
 from meldkit.execute.pipeline import run_pipeline
 from meldkit.execute.policy import EnginePolicy, policy_from_environment
+from meldkit.execute.progress import Progress, final_line
+from meldkit.execute.resume import resumable_shards, start_journal
+from meldkit.execute.stopping import abandon, add_kept_hint, interrupted_error
+from meldkit.execute.timings import RunStats, summary_lines
 from meldkit.plan.planner import MergePlan
 
 __all__ = ["RunOptions", "execute_plan", "partial_path"]
@@ -63,6 +72,7 @@ class RunOptions:
 
     ``policy``: the engine's tuning knobs; None takes the defaults with the overrides of the
     ``MELDKIT_ENGINE_POLICY`` environment variable (:mod:`meldkit.execute.policy`).
+    ``verbose``: from 1, a successful merge ends with notes on where its time went.
     """
 
     device: str = "cpu"
@@ -74,6 +84,7 @@ class RunOptions:
     overwrite: bool = False
     resume: bool = False
     policy: EnginePolicy | None = None
+    verbose: int = 0
 
 
 def _ignore(message: str) -> None:
@@ -95,25 +106,35 @@ def execute_plan(
     """Run ``plan`` and write a complete Hugging Face model folder at ``out``.
 
     ``on_warning`` receives problems worth a user's attention (NaN inputs, a resume that has to
-    start afresh); ``on_info`` progress notes (how much a resume could reuse). Raises
+    start afresh); ``on_info`` progress notes (how much a resume could reuse, the one-off
+    compilation of the CPU kernels, and with ``options.verbose`` the timings). Raises
     :class:`~meldkit.errors.OutputError` before any work for an unusable destination,
     :class:`~meldkit.errors.MergeInterrupted` on SIGINT/SIGTERM and
     :class:`~meldkit.errors.MergeRuntimeError` for failures while merging; in every case the
     destination is left as it was.
     """
+    stats = RunStats(planning=getattr(plan, "planning_seconds", None), method=plan.method.name)
     options = options or RunOptions()
     policy = options.policy or policy_from_environment()
     out = Path(out)
     warn = on_warning or _ignore
     info = on_info or _ignore
+    progress = Progress(Progress.wanted(options.quiet), info, stats)
     check_output_folder(out, _input_folders(plan), options.overwrite)
     device = resolve_device(options.device)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(policy.math_threads(options.threads))
     try:
-        return _execute(plan, out, options, policy, device, warn, info)
+        _execute(plan, out, options, policy, device, warn, info, progress, stats)
     finally:
         torch.set_num_threads(previous_threads)
+    stats.finish()
+    if progress.enabled:
+        print(final_line(stats), file=sys.stderr)  # where the bar was: it is the bar's last word
+    if options.verbose >= 1:
+        for line in summary_lines(stats):
+            info(line)
+    return out
 
 
 def _execute(
@@ -124,23 +145,30 @@ def _execute(
     device: str,
     warn: Callable[[str], None],
     info: Callable[[str], None],
-) -> Path:
+    progress: Progress,
+    stats: RunStats,
+) -> None:
     fingerprint = plan_fingerprint(plan, device, options.seed)
+    # Warnings and notes may come while the bar is drawn (from the reader, the metadata thread).
+    warn, info = progress.wrap(warn), progress.wrap(info)
+    stats.shards = len(plan.shards)
+    stats.read_threads, stats.write_threads = policy.read_threads, policy.write_threads
     partial: PartialFolder | None = None
     journal: Journal | None = None
     computing = False
     with InterruptGuard() as guard:
         try:
-            resumable = 0 if options.resume else _resumable_shards(out, fingerprint)
+            resumable = 0 if options.resume else resumable_shards(out, fingerprint)
             partial = prepare_partial(out, options.resume)
             if resumable:
                 info(
                     f"removed an interrupted earlier merge of {out} ({resumable} shard(s) done); "
                     "--resume would have continued it"
                 )
-            journal, completed = _start_journal(
+            journal, completed = start_journal(
                 plan, out, partial.path, fingerprint, policy, options.resume, warn, info
             )
+            stats.shards_reused = len(completed)
             remaining = sum(s.file_size for s in plan.shards if s.filename not in completed)
             check_free_space(out, remaining)
             computing = True
@@ -160,123 +188,48 @@ def _execute(
                     completed,
                     guard,
                     warn,
-                    options.quiet,
+                    progress,
+                    stats,
                 )
+                publishing = time.perf_counter()
                 written.result()
             finally:
                 metadata.shutdown(wait=True)
             with guard.shielded(raise_after=False):
                 journal.discard()
                 publish(partial.path, out, options.overwrite)
+            stats.publish_seconds = time.perf_counter() - publishing
         except (Interrupted, KeyboardInterrupt) as exc:
             signum = exc.signum if isinstance(exc, Interrupted) else int(signal.SIGINT)
             with guard.shielded(raise_after=False):
-                kept = _abandon(partial, journal, options.resume)
-            raise _interrupted_error(out, partial, kept, len(plan.shards), signum) from None
+                kept = abandon(partial, journal, options.resume)
+            shards = len(plan.shards)
+            raise interrupted_error(out, partial, kept, shards, signum, options.resume) from None
         except PublishRefused:
             raise  # the finished model stays in the temporary folder, as the message says
         except BaseException as exc:
             with guard.shielded(raise_after=False):
-                _abandon(partial, journal, options.resume)
-            if isinstance(exc, OSError):
-                raise _os_failure(exc) from None
-            if computing and isinstance(exc, MeldError) and not isinstance(exc, MergeRuntimeError):
-                # Found while merging (an input changed after planning, say): a runtime failure.
-                raise MergeRuntimeError(exc.message, exc.hint) from exc
-            raise
+                kept = abandon(partial, journal, options.resume)
+            error = _as_meld_error(exc, computing)
+            if error is None:
+                raise
+            add_kept_hint(error, kept, len(plan.shards), partial)
+            if error is exc:
+                raise
+            raise error from (None if isinstance(exc, OSError) else exc)
         finally:
             if partial is not None:
                 partial.release()
-    return out
 
 
-def _resumable_shards(out: Path, fingerprint: str) -> int:
-    """How many shards a leftover run of the same merge has journaled (a plain run deletes them;
-    the user should know that --resume would have kept them)."""
-    previous = Journal.read(partial_folder(out))
-    if previous is None or previous["fingerprint"] != fingerprint:
-        return 0
-    return len(previous["shards"])
-
-
-def _start_journal(
-    plan: MergePlan,
-    out: Path,
-    tmp: Path,
-    fingerprint: str,
-    policy: EnginePolicy,
-    resume: bool,
-    warn: Callable[[str], None],
-    info: Callable[[str], None],
-) -> tuple[Journal, list[str]]:
-    """Open the journal of ``tmp``; with ``resume``, adopt the earlier run's verified shards."""
-    journal = Journal(tmp, fingerprint, policy.hash_chunk_bytes)
-    completed: list[str] = []
-    if resume:
-        previous = Journal.read(tmp)
-        if previous is None:
-            if any(tmp.iterdir()):
-                warn(f"--resume: {tmp} has no usable journal; starting from the beginning")
-            else:
-                info(
-                    f"--resume: no interrupted merge of {out} to continue; starting from the beginning"
-                )
-        elif previous["fingerprint"] != fingerprint:
-            warn(
-                "--resume: the interrupted merge used another recipe, other inputs or other "
-                "options; starting from the beginning"
-            )
-        else:
-            sizes = {s.filename: s.file_size for s in plan.shards}
-            completed = journal.adopt(
-                previous, sizes, lambda name, why: warn(f"--resume: writing {name} again: {why}")
-            )
-            info(
-                f"resuming: {len(completed)} of {len(plan.shards)} shard(s) already written and verified"
-            )
-    # Half-written shards and metadata of an earlier run are not trusted: only verified shards stay.
-    journal.prune(keep=completed)
-    journal.save()
-    return journal, completed
-
-
-def _abandon(partial: PartialFolder | None, journal: Journal | None, resume: bool) -> int:
-    """Clean up after a failed or interrupted run; returns the number of shards kept.
-
-    With ``resume`` the shards the journal vouches for stay (with the journal) for the next
-    ``--resume`` run; everything else, and without ``resume`` the whole folder, is deleted.
-    """
-    if partial is None:
-        return 0
-    if resume and journal is None:
-        # Stopped while checking the earlier run's shards: leave them for the next --resume.
-        previous = Journal.read(partial.path)
-        return len(previous["shards"]) if previous else 0
-    done = journal.completed() if journal is not None else []
-    if resume and done and journal is not None:
-        journal.prune(keep=done)
-        return len(done)
-    partial.remove()
-    return 0
-
-
-def _interrupted_error(
-    out: Path, partial: PartialFolder | None, kept: int, shards: int, signum: int
-) -> MergeInterrupted:
-    what = signal_name(signum)
-    if kept and partial is not None:
-        return MergeInterrupted(
-            f"interrupted by {what}; {kept} of {shards} shard(s) are kept in {partial.path} and "
-            f"nothing was written to {out}",
-            "run the same command with --resume to continue",
-            signum,
-        )
-    return MergeInterrupted(
-        f"interrupted by {what}; the temporary files were removed and nothing was written to {out}",
-        "run the same command again (with --resume, an interrupted merge keeps its finished "
-        "shards for the next --resume run)",
-        signum,
-    )
+def _as_meld_error(exc: BaseException, computing: bool) -> MeldError | None:
+    """The user-facing error for ``exc`` (itself when it is one), None for a bug."""
+    if isinstance(exc, OSError):
+        return _os_failure(exc)
+    if computing and isinstance(exc, MeldError) and not isinstance(exc, MergeRuntimeError):
+        # Found while merging (an input changed after planning, say): a runtime failure.
+        return MergeRuntimeError(exc.message, exc.hint)
+    return exc if isinstance(exc, MeldError) else None
 
 
 def _os_failure(exc: OSError) -> MergeRuntimeError:
