@@ -7,7 +7,14 @@ import json
 import sys
 from typing import Any
 
-__all__ = ["cmd_merge", "cmd_plan", "cmd_methods", "cmd_demo", "cmd_verify"]
+__all__ = [
+    "cmd_merge",
+    "cmd_plan",
+    "cmd_methods",
+    "cmd_demo",
+    "cmd_make_test_models",
+    "cmd_verify",
+]
 
 
 def _warn(message: str) -> None:
@@ -31,18 +38,26 @@ def _plan_options(args: argparse.Namespace) -> Any:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from meldkit.cli.plan_summary import describe_plan
+    """``meldkit plan``: the summary (``--tensors``, ``--params``), or the plan as ``--json``."""
     from meldkit.plan import plan_merge
+    from meldkit.plan.summary import describe_parameters, describe_plan
 
     plan = plan_merge(args.recipe, _plan_options(args))
     for w in plan.warnings:
         _warn(w)
+    if args.json:
+        # stdout holds the JSON alone, so `meldkit plan r.yaml --json | jq` works.
+        print(json.dumps(plan.to_dict(), indent=2))
+        return 0
     print(describe_plan(plan, args.tensors))
+    if args.params:
+        print(describe_parameters(plan))
     print("plan OK: nothing was computed")
     return 0
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
+    """``meldkit merge``: plan, then execute the plan into the output folder."""
     from meldkit.plan import plan_merge
 
     if args.no_safe_serialization:
@@ -72,23 +87,51 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    from meldkit.methods.describe import methods_json, methods_table
+    """``meldkit methods [NAME] [--json]``: every method, or one in full."""
+    from meldkit.methods import describe
 
-    if args.json:
-        print(json.dumps(methods_json(), indent=2))
+    if args.name is not None:
+        spec = describe.find_method(args.name)
+        if args.json:
+            print(json.dumps(describe.method_detail_json(spec), indent=2))
+        else:
+            print(describe.describe_method(spec), end="")
+    elif args.json:
+        print(json.dumps(describe.methods_json(), indent=2))
     else:
-        print(methods_table())
+        print(describe.methods_table())
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """``meldkit demo``: tiny models, a recipe and their merge in one folder."""
     from meldkit.cli.demo import run_demo
 
     run_demo(args.out)
     return 0
 
 
+def cmd_make_test_models(args: argparse.Namespace) -> int:
+    """``meldkit make-test-models DIR``: a tiny base and fine-tunes to try recipes on."""
+    from meldkit.cli.tiny_models import TinyModelOptions, make_test_models
+
+    options = TinyModelOptions(
+        arch=args.arch,
+        n=args.n,
+        layers=args.layers,
+        hidden=args.hidden,
+        intermediate=args.intermediate,
+        vocab=args.vocab,
+        dtype=args.dtype,
+        seed=args.seed,
+        overwrite=args.overwrite,
+    )
+    print(make_test_models(args.dir, options), end="")
+    return 0
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
+    """``meldkit verify``: check a model folder; exit 1 with one line per problem."""
     from meldkit.verify import verify_report
 
     report = verify_report(args.folder)

@@ -6,13 +6,13 @@ lists them all) and exit with the error's code (2 for problems found before comp
 merging, 130/143 when interrupted by SIGINT/SIGTERM). Anything else that escapes is a bug:
 one ``error: internal error: ...`` line, exit 1. ``--debug`` shows the traceback, and lets
 library warnings through (they are hidden otherwise: they are meant for developers). Heavy
-modules (torch) are imported only by the subcommands that compute, so ``--help`` and ``plan``
-stay fast.
+modules (torch) are imported only by the subcommands that compute, so ``--help``, ``plan``
+and ``methods`` stay fast. The subcommands and their options are in :mod:`meldkit.cli.parser`,
+their bodies in :mod:`meldkit.cli.commands`.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import sys
@@ -22,190 +22,10 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, NoReturn
 
-from meldkit import __version__
-from meldkit.cli import commands, process
+from meldkit.cli import process
+from meldkit.cli.parser import build_parser
 
 __all__ = ["main", "run", "build_parser"]
-
-_COMPAT_NOTE = (
-    "accepted for MergeKit compatibility; no effect (meldkit already does the right thing)"
-)
-
-
-def _add_merge_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("execution")
-    g.add_argument(
-        "--device", default=None, help="math device: cpu (default), cuda, cuda:N or auto"
-    )
-    g.add_argument("--cuda", action="store_true", help="same as --device cuda")
-    g.add_argument(
-        "--gpu-rich", action="store_true", help="same as --device cuda (MergeKit spelling)"
-    )
-    g.add_argument(
-        "--threads",
-        "--num-threads",
-        "-j",
-        type=int,
-        default=None,
-        dest="threads",
-        help="CPU threads for the math (default: torch's choice)",
-    )
-    g.add_argument(
-        "--seed",
-        "--random-seed",
-        type=int,
-        default=None,
-        dest="seed",
-        help="seed for random methods (DARE, DELLA); the same seed gives the same bytes",
-    )
-    g.add_argument("--quiet", action="store_true", help="no progress bar")
-    g.add_argument("-v", "--verbose", action="count", default=0, help="more messages")
-    o = p.add_argument_group("output")
-    o.add_argument(
-        "--out-shard-size",
-        default="5GB",
-        help="largest output shard, in bytes with units: 5GB, 500MB, 2GiB (MergeKit's 5B = 5e9 also works)",
-    )
-    o.add_argument(
-        "--copy-tokenizer",
-        dest="copy_tokenizer",
-        action="store_true",
-        default=True,
-        help="write the tokenizer with the model (default)",
-    )
-    o.add_argument(
-        "--no-copy-tokenizer",
-        dest="copy_tokenizer",
-        action="store_false",
-        help="do not write a tokenizer",
-    )
-    o.add_argument(
-        "--write-model-card",
-        dest="write_model_card",
-        action="store_true",
-        default=True,
-        help="write README.md and mergekit_config.yml (default)",
-    )
-    o.add_argument("--no-write-model-card", dest="write_model_card", action="store_false")
-    o.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace an existing, non-empty output folder (only once the new model is "
-        "complete; never an input folder, your home or the current folder)",
-    )
-    o.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue an interrupted merge from the shards already written (checked "
-        "against their checksums; a changed recipe, input or option starts afresh). "
-        "A --resume run that is interrupted (Ctrl-C, SIGTERM, an error) keeps its "
-        "finished shards for the next --resume; without --resume an interrupted run "
-        "removes all its temporary files",
-    )
-    c = p.add_argument_group("checks")
-    c.add_argument("--strict", action="store_true", help="treat every recipe warning as an error")
-    c.add_argument(
-        "--unsafe-truncate-embeddings",
-        action="store_true",
-        help="truncate vocabulary tensors of different sizes to the smallest (MergeKit opt-in)",
-    )
-    c.add_argument(
-        "--transformers-cache",
-        "--cache-dir",
-        dest="cache_dir",
-        default=None,
-        help="Hugging Face cache folder for hub model ids",
-    )
-    c.add_argument(
-        "--trust-remote-code",
-        action="store_true",
-        help="allow remote code when a tokenizer needs it (off by default; never needed for weights)",
-    )
-    compat = p.add_argument_group("MergeKit compatibility (no effect)")
-    for flag in (
-        "--allow-crimes",
-        "--lazy-unpickle",
-        "--low-cpu-memory",
-        "--clone-tensors",
-        "--read-to-gpu",
-        "--multi-gpu",
-        "--async-write",
-        "--safe-serialization",
-    ):
-        compat.add_argument(flag, action="store_true", help=_COMPAT_NOTE)
-    compat.add_argument(
-        "--no-safe-serialization",
-        action="store_true",
-        help="ignored: meldkit always writes safetensors",
-    )
-    compat.add_argument(
-        "--lora-merge-cache",
-        default=None,
-        help="ignored: LoRA adapters are applied on the fly, tensor by tensor",
-    )
-    compat.add_argument("--lora-merge-dtype", default=None, help=_COMPAT_NOTE)
-    compat.add_argument("--write-threads", type=int, default=None, help=_COMPAT_NOTE)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="meldkit",
-        description="Merge LLM checkpoints from MergeKit YAML recipes, streaming and memory-bounded.",
-    )
-    parser.add_argument("--version", action="version", version=f"meldkit {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    merge = sub.add_parser(
-        "merge",
-        help="run a recipe and write a model folder",
-        description="Run a MergeKit YAML recipe and write a Hugging Face model folder.",
-    )
-    merge.add_argument("recipe", help="recipe YAML file")
-    merge.add_argument("out", help="output folder")
-    merge.add_argument(
-        "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks"
-    )
-    _add_merge_options(merge)
-    merge.set_defaults(func=commands.cmd_merge)
-
-    plan = sub.add_parser(
-        "plan",
-        help="check a recipe and show what a merge would do",
-        description="Validate a recipe against its inputs (headers only) and print the plan.",
-    )
-    plan.add_argument("recipe")
-    plan.add_argument("--out-shard-size", default="5GB")
-    plan.add_argument("--strict", action="store_true")
-    plan.add_argument("--unsafe-truncate-embeddings", action="store_true")
-    plan.add_argument("--cache-dir", "--transformers-cache", dest="cache_dir", default=None)
-    plan.add_argument("--tensors", action="store_true", help="list every output tensor")
-    plan.add_argument("-v", "--verbose", action="count", default=0, help="list every problem found")
-    plan.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
-    plan.set_defaults(func=commands.cmd_plan)
-
-    methods = sub.add_parser("methods", help="list the merge methods and their parameters")
-    methods.add_argument("--json", action="store_true", help="machine-readable output")
-    methods.set_defaults(func=commands.cmd_methods)
-
-    demo = sub.add_parser("demo", help="make tiny models and merge them (no downloads)")
-    demo.add_argument(
-        "out", nargs="?", default="demo-out", help="folder for the demo (default: demo-out)"
-    )
-    demo.add_argument("--overwrite", action="store_true", default=True, help=argparse.SUPPRESS)
-    demo.set_defaults(func=commands.cmd_demo)
-
-    verify = sub.add_parser(
-        "verify",
-        help="check a merged model folder",
-        description="Check a model folder: the index covers every shard and tensor exactly once, every "
-        "tensor reads back without NaN or Inf, config.json agrees with the weights, the tokenizer "
-        "loads. Exits 1 with one line per problem.",
-    )
-    verify.add_argument("folder")
-    verify.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
-    verify.set_defaults(func=commands.cmd_verify)
-    return parser
 
 
 class _Terminated(KeyboardInterrupt):
@@ -255,6 +75,8 @@ def _first_line(exc: BaseException) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``meldkit`` command with ``argv`` (default: ``sys.argv[1:]``); returns the exit
+    code. A usage error exits through argparse (``SystemExit(2)``, the subcommand's usage)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
