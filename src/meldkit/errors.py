@@ -5,17 +5,22 @@ one-line ``message`` and an optional ``hint`` saying how to fix it. The CLI prin
 ``error: <message>`` and ``hint: <hint>`` and exits with :attr:`MeldError.exit_code`; only
 ``--debug`` shows a traceback. Problems found before any computation (recipe, inputs, plan)
 exit with 2; failures while merging exit with 1.
+
+What deserves attention without stopping a merge (an ignored recipe key, NaN inputs) is a
+warning: the CLI prints ``warning: <message>``, the Python API emits a :class:`MeldWarning`.
 """
 
 from __future__ import annotations
 
 import difflib
 import errno
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 __all__ = [
     "MeldError",
+    "MeldWarning",
+    "OptionError",
     "RecipeError",
     "InputError",
     "PlanError",
@@ -44,6 +49,27 @@ class MeldError(Exception):
             return f"{self.message} (hint: {self.hint})"
         return self.message
 
+    def respell(self, spell: Callable[[str], str]) -> None:
+        """Rewrite the message and the hint with ``spell``, in place (the class, the other
+        attributes and the traceback stay): how the Python API names options in its hints."""
+        self.message = spell(self.message)
+        self.args = (self.message,)
+        if self.hint:
+            self.hint = spell(self.hint)
+
+
+class MeldWarning(UserWarning):
+    """A recipe, plan or merge problem that does not stop the merge, from the Python API.
+
+    :func:`meldkit.run_merge` and :func:`meldkit.plan_merge` emit these through Python's
+    :mod:`warnings` unless given an ``on_warning`` callback; the message is the text the CLI
+    prints after ``warning:``, with keyword options for flags (``copy_tokenizer=False``).
+    """
+
+
+class OptionError(MeldError, TypeError):
+    """A keyword option of the Python API that does not exist (a TypeError, as Python's own)."""
+
 
 class RecipeError(MeldError):
     """The recipe (YAML or dict) is malformed or asks for something impossible."""
@@ -67,6 +93,11 @@ class PlanError(MeldError):
             lines = "\n".join(f"  - {p}" for p in self.problems)
             message = f"{len(self.problems)} problems found while planning:\n{lines}"
         super().__init__(message, hint)
+
+    def respell(self, spell: Callable[[str], str]) -> None:
+        """Rewrite the problems too, so ``message`` keeps summarising them."""
+        super().respell(spell)
+        self.problems = [spell(p) for p in self.problems]
 
 
 class OutputError(MeldError):
