@@ -4,24 +4,31 @@
 >>> meldkit.run_merge("recipe.yaml", "./merged")            # doctest: +SKIP
 >>> plan = meldkit.plan_merge("recipe.yaml")                # headers only, nothing computed
 
-Names are imported on first use, so ``import meldkit`` (and ``meldkit --help``) stays fast.
+Recipe and merge warnings are emitted as :class:`MeldWarning` through Python's ``warnings``
+(or passed to an ``on_warning`` callback); errors are :class:`MeldError` subclasses whose hints
+name keyword options (``overwrite=True``). Names are imported on first use, so
+``import meldkit`` (and ``meldkit --help``) stays fast and never imports torch.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+# Only the API is visible: helpers are private names, so that dir(meldkit) is __all__.
+import importlib as _importlib
+import typing as _typing
 
 __version__ = "0.1.0"
 
 _EXPORTS = {
     "run_merge": "meldkit.api",
-    "load_config": "meldkit.config",
+    "describe_plan": "meldkit.plan.summary",
+    "plan_merge": "meldkit.api",
+    "load_config": "meldkit.api",
     "MergeConfig": "meldkit.config",
-    "plan_merge": "meldkit.plan",
     "MergePlan": "meldkit.plan",
     "PlanOptions": "meldkit.plan",
     "MeldError": "meldkit.errors",
+    "MeldWarning": "meldkit.errors",
+    "OptionError": "meldkit.errors",
     "RecipeError": "meldkit.errors",
     "InputError": "meldkit.errors",
     "PlanError": "meldkit.errors",
@@ -32,37 +39,52 @@ _EXPORTS = {
 __all__ = [
     "InputError",
     "MeldError",
+    "MeldWarning",
     "MergeConfig",
     "MergePlan",
     "MergeRuntimeError",
+    "OptionError",
     "OutputError",
     "PlanError",
     "PlanOptions",
     "RecipeError",
     "__version__",
+    "describe_plan",
     "load_config",
     "plan_merge",
     "run_merge",
 ]
 
-if TYPE_CHECKING:
-    from meldkit.api import run_merge
-    from meldkit.config import MergeConfig, load_config
+if _typing.TYPE_CHECKING:
+    from meldkit.api import load_config, plan_merge, run_merge
+    from meldkit.config import MergeConfig
     from meldkit.errors import (
         InputError,
         MeldError,
+        MeldWarning,
         MergeRuntimeError,
+        OptionError,
         OutputError,
         PlanError,
         RecipeError,
     )
-    from meldkit.plan import MergePlan, PlanOptions, plan_merge
+    from meldkit.plan import MergePlan, PlanOptions
+    from meldkit.plan.summary import describe_plan
+
+# `from __future__ import annotations` binds the name `annotations`; the API does not have it.
+del annotations
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
+    """Import an API name on first use (PEP 562)."""
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'meldkit' has no attribute '{name}'")
-    value = getattr(importlib.import_module(module), name)
+    value = getattr(_importlib.import_module(module), name)
     globals()[name] = value
     return value
+
+
+def __dir__() -> list[str]:
+    """The API and nothing else: what ``__all__`` lists."""
+    return sorted(__all__)
