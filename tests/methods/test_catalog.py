@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from meldkit.methods import get_method, list_methods, load_merge_function
 from meldkit.methods.describe import methods_json, methods_table
@@ -235,5 +236,89 @@ def test_registering_first_does_not_hide_builtins() -> None:
         "from meldkit.methods.registry import MethodSpec, register, get_method, list_methods; "
         "register(MethodSpec(name='my_method', pretty_name='Mine', impl='x:merge')); "
         "get_method('ties'); assert len(list_methods()) >= 21"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# describe_method / method_docs: one method in full, read from its module without importing it.
+
+
+def test_method_docs_reads_the_module_docstring() -> None:
+    from meldkit.methods.describe import method_docs
+
+    formula, example = method_docs(get_method("slerp"))
+    assert formula.startswith("SLERP: spherical interpolation between the base `a`")
+    assert "out = sin((1-t)θ)/sin θ · a + sin(tθ)/sin θ · b" in formula
+    assert "```" not in formula and "merge_method" not in formula
+    assert example == (
+        "merge_method: slerp\n"
+        "base_model: ./chat\n"
+        "models: [{model: ./chat}, {model: ./code}]\n"
+        "parameters:\n"
+        "  t: [{filter: self_attn, value: [0, 0.5, 1]}, {value: 0.5}]\n"
+    )
+
+
+@pytest.mark.parametrize("name", sorted(TASK_VECTOR_FAMILY))
+def test_family_members_show_their_own_row(name: str) -> None:
+    from meldkit.methods.describe import method_docs
+
+    formula, example = method_docs(get_method(name))
+    rows = [line for line in formula.splitlines() if line.startswith("|")]
+    assert rows[0] == "| method | sparsifier | signs | normalize | rescale |"
+    assert rows[1] == "|---|---|---|---|---|"
+    assert len(rows) == 3 and rows[2].startswith(f"| {name} |")
+    assert "sparsify(δ_i, density_i" in formula
+    assert "TASK_VECTOR_FAMILY holds this table" in formula  # the :data: role is gone
+    assert yaml.safe_load(example)["merge_method"] == name
+
+
+def test_family_member_examples_use_their_own_parameters() -> None:
+    from meldkit.methods.describe import method_docs
+
+    _, example = method_docs(get_method("della"))
+    recipe = yaml.safe_load(example)
+    assert recipe["base_model"] == "./base"
+    assert [m["parameters"] for m in recipe["models"]] == [
+        {"weight": 0.5, "density": 0.5, "epsilon": 0.15}
+    ] * 2
+    _, example = method_docs(get_method("breadcrumbs"))
+    assert yaml.safe_load(example)["models"][0]["parameters"]["gamma"] == 0.01
+
+
+def test_a_method_whose_module_cannot_be_found_is_still_described() -> None:
+    from meldkit.methods.describe import describe_method, method_docs
+    from meldkit.methods.registry import MethodSpec, ParamSpec
+
+    spec = MethodSpec(
+        name="mine",
+        pretty_name="Mine",
+        impl="no_such_package.merges:mine",
+        params=(ParamSpec("weight", "per_input", required=True, doc="how much"),),
+        base="forbidden",
+        min_inputs=2,
+        max_inputs=2,
+    )
+    formula, example = method_docs(spec)
+    assert formula == ""
+    assert example == (
+        "merge_method: mine\n"
+        "models:\n"
+        "  - {model: ./model_a, parameters: {weight: 0.5}}\n"
+        "  - {model: ./model_b, parameters: {weight: 0.5}}\n"
+    )
+    text = describe_method(spec)
+    assert "formula (no_such_package.merges):\n  (not documented)\n" in text
+    assert "  base model: not allowed\n  input models: exactly 2\n" in text
+    assert "paper: none\n" in text
+
+
+def test_describe_method_does_not_import_torch() -> None:
+    code = (
+        "import sys; from meldkit.methods.describe import describe_method, method_detail_json; "
+        "from meldkit.methods import list_methods; "
+        "[describe_method(s) and method_detail_json(s) for s in list_methods()]; "
+        "assert 'torch' not in sys.modules, 'torch was imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
