@@ -211,10 +211,56 @@ def test_strict_hints_name_the_keyword(llama_family):
     with pytest.raises(RecipeError) as info:
         meldkit.load_config(_linear(a, b, extra="colour: blue\n"), strict=True)
     assert info.value.hint == "remove or fix the key, or drop strict=True to only warn"
+    with pytest.raises(RecipeError) as info:
+        meldkit.load_config(_linear(a, b, extra="colour: blue\nzzz: 1\n"), strict=True)
+    assert info.value.problems == [
+        "unknown key 'colour' is ignored.",
+        "unknown key 'zzz' is ignored.",
+    ]
+    assert info.value.hint == "remove or fix each key, or drop strict=True to only warn"
     with pytest.raises(PlanError) as info:
         meldkit.plan_merge(_ties_with_typo(base, a, b), strict=True)
     assert info.value.problems == [DENSTY]
     assert info.value.hint == "fix the recipe, or drop strict=True to only warn"
+
+
+def test_vocabulary_mismatch_names_the_keyword_in_error_and_warning(tmp_path, capsys):
+    from meldkit.testing import make_tiny_model
+
+    a = make_tiny_model(tmp_path / "a", "llama", num_layers=2, vocab=128, seed=1)
+    b = make_tiny_model(tmp_path / "b", "llama", num_layers=2, vocab=160, seed=2)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(_linear(a, b))
+    problem = (
+        f"the models have different vocabulary sizes ({a} [128, 16], {b} [160, 16] for "
+        "model.embed_tokens.weight); set `tokenizer_source: base` (keep the base vocabulary) or "
+        "`tokenizer_source: union` (all tokens), or pass {}"
+    )
+    with pytest.raises(PlanError) as info:
+        meldkit.run_merge(recipe, tmp_path / "out", quiet=True)
+    assert info.value.problems == [problem.format("unsafe_truncate_embeddings=True")]
+    assert info.value.message == problem.format("unsafe_truncate_embeddings=True")
+    assert main(["merge", str(recipe), str(tmp_path / "out"), "--quiet"]) == 2
+    assert capsys.readouterr().err.splitlines()[0] == (
+        "error: " + problem.format("--unsafe-truncate-embeddings")
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "r.yaml"]
+    with pytest.warns(MeldWarning) as record:
+        meldkit.run_merge(recipe, tmp_path / "out", quiet=True, unsafe_truncate_embeddings=True)
+    assert (
+        "model.embed_tokens.weight: truncating the vocabulary to 128 rows "
+        "(unsafe_truncate_embeddings=True)"
+    ) in _meld_warnings(record.list)
+
+
+def test_problems_are_respelled_with_the_message():
+    exc = PlanError(["a (pass --unsafe-truncate-embeddings)", "b"], hint="drop --strict")
+    exc.respell(python_spelling)
+    assert exc.problems == ["a (pass unsafe_truncate_embeddings=True)", "b"]
+    assert exc.message == (
+        "2 problems found while planning:\n  - a (pass unsafe_truncate_embeddings=True)\n  - b"
+    )
+    assert exc.args == (exc.message,) and exc.hint == "drop strict=True"
 
 
 def test_unknown_options_are_option_errors(llama_family, tmp_path):

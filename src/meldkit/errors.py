@@ -50,12 +50,16 @@ class MeldError(Exception):
         return self.message
 
     def respell(self, spell: Callable[[str], str]) -> None:
-        """Rewrite the message and the hint with ``spell``, in place (the class, the other
-        attributes and the traceback stay): how the Python API names options in its hints."""
+        """Rewrite the message, the hint and any ``problems`` list with ``spell``, in place (the
+        class, the other attributes and the traceback stay): how the Python API names options."""
         self.message = spell(self.message)
         self.args = (self.message,)
         if self.hint:
             self.hint = spell(self.hint)
+        # PlanError and the recipe's RecipeProblems carry one line per problem besides the summary.
+        problems = getattr(self, "problems", None)
+        if isinstance(problems, list):
+            self.problems = [spell(p) if isinstance(p, str) else p for p in problems]
 
 
 class MeldWarning(UserWarning):
@@ -93,11 +97,6 @@ class PlanError(MeldError):
             lines = "\n".join(f"  - {p}" for p in self.problems)
             message = f"{len(self.problems)} problems found while planning:\n{lines}"
         super().__init__(message, hint)
-
-    def respell(self, spell: Callable[[str], str]) -> None:
-        """Rewrite the problems too, so ``message`` keeps summarising them."""
-        super().respell(spell)
-        self.problems = [spell(p) for p in self.problems]
 
 
 class OutputError(MeldError):
