@@ -123,14 +123,22 @@ def drop_caches() -> bool:
         return False
 
 
-def timed(label: str, argv: list[str], log: Path, timeout: float, cwd: Path = REPO) -> Run:
-    """Run ``argv`` as one child; wall time around spawn..exit, peak RSS from wait4."""
+def timed(
+    label: str,
+    argv: list[str],
+    log: Path,
+    timeout: float,
+    cwd: Path = REPO,
+    env: dict[str, str] | None = None,
+) -> Run:
+    """Run ``argv`` as one child (in ``env``, default this process's); wall time around
+    spawn..exit, peak RSS from wait4."""
     run = Run(label, [str(a) for a in argv], log=str(log))
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "wb") as fh:
         busy0 = busy_cpu_s()
         start = time.perf_counter()
-        proc = subprocess.Popen(run.argv, stdout=fh, stderr=subprocess.STDOUT, cwd=cwd)
+        proc = subprocess.Popen(run.argv, stdout=fh, stderr=subprocess.STDOUT, cwd=cwd, env=env)
         deadline = start + timeout
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
