@@ -287,11 +287,12 @@ CASES = [
         out_exists_after=True,
     ),
     Case(
-        "output-parent-missing",
+        "output-parent-is-a-file",
         _two,
         2,
-        ["the parent folder of", "does not exist"],
-        args=["--overwrite"],
+        ["cannot create the output folder", "is not a folder"],
+        ["missing ones are created"],
+        setup_out=lambda out: out.parent.write_text("x"),
     ),
     Case("unknown-device", _two, 2, ["unknown device 'tpu'"], ["cpu"], args=["--device", "tpu"]),
     Case(
@@ -314,7 +315,7 @@ def test_user_error_catalogue(
     case: Case, family: Family, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     recipe = write_recipe(tmp_path, case.recipe(tmp_path, family))
-    out = tmp_path / ("missing-parent/out" if case.id == "output-parent-missing" else "out")
+    out = tmp_path / ("file-parent/out" if case.id == "output-parent-is-a-file" else "out")
     if case.setup_out:
         case.setup_out(out)
     inputs = [p for p in tmp_path.iterdir() if p.is_dir() and p != out] + family.folders
@@ -338,7 +339,7 @@ def test_user_error_catalogue(
     assert out.exists() == case.out_exists_after
     if before_out is not None:
         assert snapshot(out) == before_out
-    assert leftovers(out.parent if out.parent.exists() else tmp_path) == []
+    assert leftovers(out.parent if out.parent.is_dir() else tmp_path) == []
     assert snapshot(*inputs) == before
 
 

@@ -79,6 +79,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
         write_model_card=args.write_model_card,
         overwrite=args.overwrite,
         resume=args.resume,
+        verbose=args.verbose,
     )
     out = execute_plan(plan, args.out, run, _warn, None if args.quiet else _note)
     if not args.quiet:

@@ -8,6 +8,7 @@ the task-vector pipeline, sharded output and the model card.
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 __all__ = ["run_demo", "DEMO_RECIPE"]
@@ -48,7 +49,14 @@ def run_demo(out: str | Path) -> Path:
     recipe = root / "recipe.yaml"
     recipe.write_text(DEMO_RECIPE.format(root=root.as_posix()), encoding="utf-8")
     print(f"made 3 tiny Llama models in {root / 'models'} and the recipe {recipe}")
-    plan = run_merge(recipe, root / "merged", overwrite=True, quiet=True, out_shard_size=200_000)
+    plan = run_merge(
+        recipe,
+        root / "merged",
+        on_warning=lambda message: print(f"warning: {message}", file=sys.stderr),
+        overwrite=True,
+        quiet=True,
+        out_shard_size=200_000,
+    )
     print(describe_plan(plan))
     files = sorted(p.name for p in (root / "merged").iterdir())
     print(f"merged model written to {root / 'merged'}: {', '.join(files)}")

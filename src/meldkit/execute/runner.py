@@ -159,7 +159,7 @@ def _execute(
     with InterruptGuard() as guard:
         try:
             resumable = 0 if options.resume else resumable_shards(out, fingerprint)
-            partial = prepare_partial(out, options.resume)
+            partial = prepare_partial(out, options.resume, overwrite=options.overwrite)
             if resumable:
                 info(
                     f"removed an interrupted earlier merge of {out} ({resumable} shard(s) done); "
