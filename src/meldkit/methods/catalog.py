@@ -12,81 +12,11 @@ describes each member and is read by both the specs below and the math.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
-from typing import Any
-
+from meldkit.methods.checks import check_della, check_linear, check_multislerp
 from meldkit.methods.registry import MethodSpec, ParamSpec, register
 from meldkit.methods.task_vector_family import TASK_VECTOR_FAMILY, TaskVectorVariant
 
 __all__: list[str] = []
-
-
-# ---------------------------------------------------------------------------------------------
-# Cross-parameter checks (called by the planner with one tensor's resolved values).
-
-
-def _non_base(
-    per_input: Sequence[Mapping[str, Any]], base_index: int | None
-) -> list[tuple[int, Mapping[str, Any]]]:
-    return [(i, p) for i, p in enumerate(per_input) if i != base_index]
-
-
-def _float(params: Mapping[str, Any], name: str, default: float) -> float:
-    value = params.get(name)
-    return default if value is None else float(value)
-
-
-def _check_linear(
-    shared: Mapping[str, Any], per_input: Sequence[Mapping[str, Any]], base_index: int | None
-) -> list[str]:
-    # MergeKit divides by the weight sum unguarded and writes inf/NaN; refuse before any work.
-    if not shared.get("normalize", True):
-        return []
-    if any(p.get("weight") is None for p in per_input):
-        return []  # a missing required weight is reported by the planner itself
-    total = math.fsum(float(p["weight"]) for p in per_input)
-    if abs(total) < 1e-8:
-        return [
-            f"linear: the weights sum to {total:g}, so normalize: true would divide by zero; "
-            "change a weight or set normalize: false"
-        ]
-    return []
-
-
-def _check_multislerp(
-    shared: Mapping[str, Any], per_input: Sequence[Mapping[str, Any]], base_index: int | None
-) -> list[str]:
-    # MergeKit divides the weights by their sum unguarded (NaN output); one input ignores them.
-    others = _non_base(per_input, base_index)
-    if len(others) < 2 or not shared.get("normalize_weights", True):
-        return []
-    if any(p.get("weight") is None for _, p in others):
-        return []
-    total = math.fsum(float(p["weight"]) for _, p in others)
-    if abs(total) < 1e-8:
-        return [
-            f"multislerp: the weights sum to {total:g}, so normalize_weights: true would divide "
-            "by zero; change a weight or set normalize_weights: false"
-        ]
-    return []
-
-
-def _check_della(
-    shared: Mapping[str, Any], per_input: Sequence[Mapping[str, Any]], base_index: int | None
-) -> list[str]:
-    problems = []
-    for i, p in _non_base(per_input, base_index):
-        density = _float(p, "density", 1.0)
-        epsilon = _float(p, "epsilon", 0.15)
-        if density >= 1:
-            continue  # no pruning happens, so the range does not matter
-        if not (0 < density - epsilon and density + epsilon < 1):
-            problems.append(
-                f"della: input {i} has density={density:g} and epsilon={epsilon:g}; "
-                "DELLA needs 0 < density - epsilon and density + epsilon < 1"
-            )
-    return problems
 
 
 # ---------------------------------------------------------------------------------------------
@@ -113,7 +43,7 @@ register(
         min_inputs=1,
         reference_url="https://arxiv.org/abs/2203.05482",
         summary="Weighted average of the inputs (model soups).",
-        check=_check_linear,
+        check=check_linear,
     )
 )
 
@@ -225,7 +155,7 @@ register(
         min_non_base=1,
         reference_url="https://mathweb.ucsd.edu/~sbuss/ResearchWeb/spheremean/",
         summary="Weighted spherical mean of any number of models (one tangent-space step).",
-        check=_check_multislerp,
+        check=check_multislerp,
     )
 )
 
@@ -345,7 +275,7 @@ for _name, _variant in TASK_VECTOR_FAMILY.items():
             elementwise=_variant.sparsifier is None and not _variant.consensus,
             native_inputs=True,
             summary=_variant.summary,
-            check=_check_della if _variant.sparsifier == "della_magprune" else None,
+            check=check_della if _variant.sparsifier == "della_magprune" else None,
         )
     )
 
