@@ -6,7 +6,7 @@ Beside the destination ``<parent>/<name>`` a run keeps two things of its own:
 * ``.<name>.meldkit-lock``: an exclusive ``flock`` held for the whole run, holding its pid, so
   a second merge of the same destination (``--resume`` included) is refused, naming the first.
   The kernel drops the lock when the process ends, even on ``kill -9``; a clean exit also
-  deletes the file.
+  deletes the file. It lives in :mod:`meldkit.execute.output_lock`.
 * ``.<name>.meldkit-partial``: the temporary folder. Only the lock holder touches it, so a later
   run may delete it, or resume from it with ``--resume``.
 
@@ -18,13 +18,14 @@ by a complete model, an occupied destination only with ``--overwrite``, an input
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
 from meldkit.errors import OutputError, PublishRefused
+from meldkit.execute.output_lock import LOCK_SUFFIX as LOCK_SUFFIX
+from meldkit.execute.output_lock import lock_path, release_lock, take_lock
 
 __all__ = [
     "PartialFolder",
@@ -38,8 +39,6 @@ __all__ = [
 
 PARTIAL_SUFFIX = ".meldkit-partial"
 OLD_SUFFIX = ".meldkit-old"
-LOCK_SUFFIX = ".meldkit-lock"
-_LOCK_TRIES = 20  # a lock file deleted under us by its finishing holder is simply made again
 
 
 def _inside(child: Path, parent: Path) -> bool:
@@ -162,12 +161,6 @@ def partial_folder(out: Path) -> Path:
     return target.parent / f".{target.name}{PARTIAL_SUFFIX}"
 
 
-def lock_path(out: Path) -> Path:
-    """``<parent>/.<name>.meldkit-lock``: the lock file a run of ``out`` holds while it runs."""
-    target = out.resolve()
-    return target.parent / f".{target.name}{LOCK_SUFFIX}"
-
-
 class PartialFolder:
     """The temporary folder of one run, with the run's lock on the destination.
 
@@ -183,26 +176,17 @@ class PartialFolder:
     def lock(self, out: Path) -> None:
         """Create the missing parents of ``out`` and take its lock, or raise :class:`OutputError`
         naming the run that holds it."""
-        target = lock_path(out)
-        for _ in range(_LOCK_TRIES):
-            self.created += _make_parents(out, target.parent)
-            fd = _try_lock(out, target)
-            if fd is not None:
-                self._lock = (fd, target)
-                return
-        raise OutputError(
-            f"cannot lock {target}: it keeps disappearing",
-            hint="something is deleting files beside the output folder; stop it and retry",
-        )
+
+        def make_parents(folder: Path) -> None:
+            self.created += _make_parents(out, folder)
+
+        self._lock = take_lock(out, make_parents)
 
     def release(self) -> None:
         """Drop the lock (deleting its file) and the empty parents this run created; idempotent."""
         if self._lock is not None:
             (fd, lock), self._lock = self._lock, None
-            if _same_file(fd, lock):
-                # Deleted while still locked, so a run that opened it meanwhile sees it replaced.
-                lock.unlink(missing_ok=True)
-            os.close(fd)
+            release_lock(fd, lock)
         while self.created:
             try:
                 self.created[-1].rmdir()  # fails, as it should, once anything is inside
@@ -238,58 +222,6 @@ def _make_parents(out: Path, folder: Path) -> list[Path]:
             ) from None
         created.append(path)
     return created
-
-
-def _try_lock(out: Path, path: Path) -> int | None:
-    """An fd holding the exclusive lock of ``path``; None when the file vanished meanwhile."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: no flock; one merge per folder is on you
-        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    if path.is_symlink():
-        path.unlink()  # never write through a link planted at our name
-    nofollow = getattr(os, "O_NOFOLLOW", 0)
-    try:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | nofollow, 0o644)
-        except PermissionError:
-            fd = os.open(path, os.O_RDONLY | nofollow)  # another user's: a read-only fd locks too
-    except FileNotFoundError:
-        return None  # a parent we rely on was removed by a run that just failed: make it again
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            return _write_pid(fd)  # a file system without flock: run unlocked, as MergeKit does
-        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-        os.close(fd)
-        who = f" (pid {holder})" if holder.isdigit() else ""
-        raise OutputError(
-            f"another meldkit merge{who} is writing {out}",
-            hint="wait for it to finish or stop it, or merge into another output folder",
-        ) from None
-    if not _same_file(fd, path):
-        os.close(fd)  # locked a file its last holder deleted on the way out: take the new one
-        return None
-    return _write_pid(fd)
-
-
-def _write_pid(fd: int) -> int:
-    """Record who holds the lock, for the message a second run shows (best effort)."""
-    try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
-    except OSError:
-        pass  # a read-only fd: the lock works, the message just cannot name the pid
-    return fd
-
-
-def _same_file(fd: int, path: Path) -> bool:
-    try:
-        st, cur = os.fstat(fd), os.stat(path, follow_symlinks=False)
-    except OSError:
-        return False
-    return (st.st_dev, st.st_ino) == (cur.st_dev, cur.st_ino)
 
 
 def prepare_partial(out: Path, resume: bool, overwrite: bool | None = None) -> PartialFolder:
