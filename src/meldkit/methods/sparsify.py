@@ -57,8 +57,9 @@ _SUM_BLOCK = 16384
 RESCALE_EPS = 1e-7
 
 
-def kth_smallest(flat: torch.Tensor, k: int) -> torch.Tensor:
+def kth_smallest(flat: torch.Tensor, k: int, *, nonnegative: bool = False) -> torch.Tensor:
     """The ``k``-th smallest value (1-based) of a 1-D tensor, as a 0-dim tensor.
+    ``nonnegative``: the caller knows no element has its sign bit set (it checked once).
 
     ``kthvalue`` is O(N) on the CPU but runs one thread block per slice on CUDA (about 1 s for
     131M elements on an H100), where a multi-block ``topk`` of the smaller side takes ~3 ms.
@@ -66,7 +67,7 @@ def kth_smallest(flat: torch.Tensor, k: int) -> torch.Tensor:
     if flat.device.type == "cpu":
         if flat.dtype in (torch.float32, torch.int32) and flat.numel() >= _RADIX_MIN:
             bits = flat.view(torch.int32)
-            if not bool((bits < 0).any()):  # magnitudes (or their keys): no sign bit set
+            if nonnegative or not bool((bits < 0).any()):  # magnitudes or their keys
                 return _radix_kth(bits, k).view(flat.dtype).reshape(())
         return torch.kthvalue(flat, k).values
     n = flat.numel()
@@ -99,14 +100,14 @@ def _radix_kth(bits: torch.Tensor, k: int) -> torch.Tensor:
 _KEY_DTYPES = {2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
-def _order_keys(scores: torch.Tensor) -> torch.Tensor:
+def _order_keys(scores: torch.Tensor) -> tuple[torch.Tensor, bool]:
     """Integer keys ordering like ``scores`` when they are magnitudes (non-negative floats,
-    whose bit patterns order like their values), with NaN above +inf as in the CPU kernels;
-    scores with a sign bit set are compared as values."""
+    whose bit patterns order like their values), with NaN above +inf as in the CPU kernels,
+    and True; scores with a sign bit set (or integers) are compared as values, and False."""
     if not scores.dtype.is_floating_point:
-        return scores
+        return scores, False
     keys = scores.view(_KEY_DTYPES[scores.element_size()])
-    return scores if bool((keys < 0).any()) else keys
+    return (scores, False) if bool((keys < 0).any()) else (keys, True)
 
 
 def rank_window_mask(scores: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
@@ -117,14 +118,14 @@ def rank_window_mask(scores: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
     the last ones at the high end. ``scores`` are magnitudes (``|δ|``, a variance); a NaN
     ranks above every number.
     """
-    flat = _order_keys(scores.reshape(-1))
+    flat, keyed = _order_keys(scores.reshape(-1))
     n = flat.numel()
     lo, hi = max(lo, 0), min(hi, n)
     if hi <= lo:
         return torch.zeros_like(scores, dtype=torch.bool)
     if lo > 0 and hi == n:
         # The common case (top-k): one comparison pass, then drop surplus ties at the cut.
-        cut = kth_smallest(flat, lo)
+        cut = kth_smallest(flat, lo, nonnegative=keyed)
         keep = flat >= cut
         extra = int(keep.sum()) - (n - lo)
         if extra > 0:
@@ -134,7 +135,7 @@ def rank_window_mask(scores: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
     keep = torch.ones(n, dtype=torch.bool, device=flat.device)
     if lo > 0:
         # The lo-th smallest value (1-based) is the largest one to drop.
-        cut = kth_smallest(flat, lo)
+        cut = kth_smallest(flat, lo, nonnegative=keyed)
         below = flat < cut
         keep &= ~below
         extra = lo - int(below.sum())
@@ -143,7 +144,7 @@ def rank_window_mask(scores: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
             keep[tied[:extra]] = False
     if hi < n:
         # The (hi+1)-th smallest value is the smallest one to drop.
-        cut = kth_smallest(flat, hi + 1)
+        cut = kth_smallest(flat, hi + 1, nonnegative=keyed)
         above = flat > cut
         keep &= ~above
         extra = (n - hi) - int(above.sum())
