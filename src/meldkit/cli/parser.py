@@ -14,6 +14,7 @@ from typing import Any
 
 from meldkit import __version__
 from meldkit.cli import commands, options
+from meldkit.cli.tools import add_tool_parsers
 
 __all__ = ["build_parser", "SubcommandParser"]
 
@@ -177,4 +178,5 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=SubcommandParser)
     for add in (_add_merge, _add_plan, _add_methods, _add_demo, _add_make_test_models, _add_verify):
         add(sub)
+    add_tool_parsers(sub)
     return parser
