@@ -148,7 +148,10 @@ def _save_full(
         result.handling = "unchanged"
         return result
     for pair in module.tensors:
-        writer.write(_PREFIX + pair.name, _value(plan, pair, inputs))
+        value = _value(plan, pair, inputs)
+        writer.write(_PREFIX + pair.name, value)
+        if module.tied_head and pair.name.endswith(".weight"):
+            writer.write(_PREFIX + module.tied_head, value)
     return result
 
 
@@ -165,6 +168,8 @@ def _header_names(plan: ExtractionPlan) -> list[tuple[str, int]]:
             names += [
                 (adapter_key(m.module, p), 2) for p in ("lora_embedding_A", "lora_embedding_B")
             ]
+        if m.tied_head:
+            names.append((_PREFIX + m.tied_head, 2))
         for pair in m.tensors:
             names.append((_PREFIX + pair.name, len(pair.model.shape)))
             names.append((adapter_key(m.module, "base_layer." + pair.name.rpartition(".")[2]), 1))

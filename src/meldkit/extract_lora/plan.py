@@ -28,7 +28,7 @@ from meldkit.errors import MeldError, PlanError
 from meldkit.execute.output import check_output_folder
 from meldkit.extract_lora.options import ExtractionOptions
 from meldkit.io.header import TensorInfo
-from meldkit.plan.architecture import is_skipped_buffer
+from meldkit.plan.architecture import is_skipped_buffer, tied_head_name
 from meldkit.plan.models import InputModelInfo, open_models
 
 __all__ = ["ExtractionPlan", "ModulePlan", "TensorPair", "plan_extraction"]
@@ -59,6 +59,9 @@ class ModulePlan:
     reason: str
     weight: TensorPair | None = None
     tensors: list[TensorPair] = field(default_factory=list)
+    # A tied model's embedding saved in full is saved under the head's name too, as PEFT does
+    # with ensure_weight_tying (else merge_and_unload would leave the head the old embedding).
+    tied_head: str | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -125,49 +128,55 @@ def _tie(base: InputModelInfo, model: InputModelInfo) -> dict[str, tuple[str, st
     return {}
 
 
-def _pairs(
-    base: InputModelInfo, model: InputModelInfo, problems: list[str], warnings: list[str]
-) -> tuple[dict[str, TensorPair], tuple[int, int] | None, list[str]]:
-    """Pair the fine-tune's tensors with the base's; returns the pairs, the vocabulary change
-    and the fine-tune tensors the base lacks."""
+@dataclass
+class _Pairing:
+    pairs: dict[str, TensorPair]
+    vocab: tuple[int, int] | None  # (base rows, fine-tune rows) when the vocabulary changed
+    unpaired: list[str]  # fine-tune tensors the base lacks
+    mismatched: dict[str, str]  # tensor name -> problem
+
+
+def _pairs(base: InputModelInfo, model: InputModelInfo, warnings: list[str]) -> _Pairing | str:
+    """Pair the fine-tune's tensors with the base's (a problem when they share none)."""
     m_t, b_t = _float_tensors(model), _float_tensors(base)
+    if m_t and b_t and not set(m_t) & set(b_t):
+        return (
+            f"{model.folder} and {base.folder} share no tensor names: they are not the same "
+            "architecture"
+        )
     ties = _tie(base, model)
     vocab_names = {*model.layout.vocab_tensors, *ties}
-    pairs: dict[str, TensorPair] = {}
-    unpaired: list[str] = []
-    vocab: tuple[int, int] | None = None
-    names = [n for n in m_t if n not in ties] + list(ties)
-    for name in names:
+    found = _Pairing({}, None, [], {})
+    for name in [n for n in m_t if n not in ties] + list(ties):
         m_name, b_name = ties.get(name, (name, name))
         mt, bt = m_t.get(m_name), b_t.get(b_name)
         if mt is None:
             continue
         if bt is None:
-            unpaired.append(name)
+            found.unpaired.append(name)
             continue
         if mt.shape != bt.shape:
             same_rest = len(mt.shape) == len(bt.shape) == 2 and mt.shape[1:] == bt.shape[1:]
-            if name in vocab_names and same_rest:
-                vocab = (bt.shape[0], mt.shape[0])
-            else:
-                problems.append(
+            if not (name in vocab_names and same_rest):
+                found.mismatched[name] = (
                     f"'{name}' has shape {list(mt.shape)} in the fine-tune but "
                     f"{list(bt.shape)} in the base"
                 )
                 continue
-        pairs[name] = TensorPair(name, mt, bt)
-    if m_t and b_t and not pairs and not problems:
-        problems.append(
-            f"{model.folder} and {base.folder} share no tensor names: they are not the same "
-            "architecture"
-        )
-    base_only = [n for n in b_t if n not in m_t and n not in {b for _, b in ties.values()}]
+            found.vocab = (bt.shape[0], mt.shape[0])
+        found.pairs[name] = TensorPair(name, mt, bt)
+    tied_base = {b for _, b in ties.values()}
+    base_only = [n for n in b_t if n not in m_t and n not in tied_base]
     if base_only:
         warnings.append(
             f"{len(base_only)} base tensor(s) are missing from the fine-tune and keep the base's "
             f"values: {_some(base_only)}"
         )
-    return pairs, vocab, unpaired
+    return found
+
+
+def _module_of(name: str) -> str:
+    return name.rpartition(".")[0]
 
 
 def _group(pairs: dict[str, TensorPair]) -> dict[str, dict[str, TensorPair]]:
@@ -231,7 +240,10 @@ def plan_extraction(
         # The options must be sound before the modules can be selected with them.
         raise PlanError(problems, hint=_hint(problems))
     warnings = [*b_info.lora_warnings, *m_info.lora_warnings]
-    pairs, vocab, unpaired = _pairs(b_info, m_info, problems, warnings)
+    pairing = _pairs(b_info, m_info, warnings)
+    if isinstance(pairing, str):
+        raise PlanError([pairing], hint=_hint([pairing]))
+    pairs, vocab = pairing.pairs, pairing.vocab
     embed_lora = options.embed_lora
     if vocab is not None and embed_lora:
         warnings.append(
@@ -250,7 +262,8 @@ def plan_extraction(
             modules.append(decided)
         else:
             left_out.append(decided)
-    missing = [n for n in unpaired if options.selects(n.rpartition(".")[0])]
+    problems += [p for n, p in pairing.mismatched.items() if options.selects(_module_of(n))]
+    missing = [n for n in pairing.unpaired if options.selects(_module_of(n))]
     if missing:
         problems.append(
             f"{len(missing)} fine-tune tensor(s) have no counterpart in the base, and an adapter "
@@ -268,6 +281,9 @@ def plan_extraction(
     if problems:
         raise PlanError(problems, hint=_hint(problems))
     tied = m_info.layout.output_head is None and m_info.layout.input_embedding is not None
+    for m in modules:
+        if tied and m.handling == "full" and m.tensors[0].name == m_info.layout.input_embedding:
+            m.tied_head = tied_head_name(m_info.layout)
     return ExtractionPlan(
         b_info, m_info, Path(out), options, modules, left_out, warnings, vocab, tied
     )

@@ -161,6 +161,7 @@ def adapter_config(plan: ExtractionPlan, results: list[ModuleResult]) -> dict[st
             "the fine-tune equals the base in every module extracted: the adapter would be empty",
             hint="check --model and --base, or the --include/--exclude patterns",
         )
+    tied = {m.module for m in plan.modules if m.tied_head}
     r = max((m.rank or 0 for m in lora), default=1)
     pattern = {m.module: m.rank for m in lora if m.rank != r}
     architectures = (plan.model.config or {}).get("architectures") or []
@@ -182,7 +183,7 @@ def adapter_config(plan: ExtractionPlan, results: list[ModuleResult]) -> dict[st
         "use_dora": False,
         "init_lora_weights": True,
         "inference_mode": True,
-        "ensure_weight_tying": bool(plan.tied and saved),
+        "ensure_weight_tying": bool(tied & set(saved)),
     }
 
 
