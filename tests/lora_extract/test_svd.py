@@ -73,3 +73,15 @@ def test_sv_epsilon_zero_delta_and_no_distribute_scale():
     # B = U (orthonormal columns), A = S V^T
     torch.testing.assert_close(f.b.T @ f.b, torch.eye(2), atol=1e-5, rtol=0)
     torch.testing.assert_close(f.a.norm(dim=1), torch.tensor([3.0, 2.0]), atol=1e-5, rtol=0)
+
+
+def test_unchecked_randomized_reports_its_own_exact_error():
+    delta = torch.randn(300, 200, generator=torch.Generator().manual_seed(1))
+    f = low_rank_factors(delta, name="m", max_rank=8, energy=None, svd="randomized")
+    assert f.method == "randomized" and f.rank == 8
+    residual = float((delta - f.b @ f.a).double().square().sum()) / f.total
+    assert 1 - f.energy == pytest.approx(residual, rel=1e-4)
+    # on a flat spectrum it keeps less than the optimum, but not much less
+    s = np.linalg.svd(delta.double().numpy(), compute_uv=False)
+    best = (s[:8] ** 2).sum() / (s**2).sum()
+    assert 0.8 * best < f.energy <= best + 1e-6

@@ -59,9 +59,12 @@ def _add_rank(g: Any) -> None:
         help="A = sqrt(S) V^T, B = U sqrt(S) (default); off: A = S V^T, B = U",
     )
     g.add_argument(
-        "--full-svd",
-        action="store_true",
-        help="always use the full SVD (slower; the randomized SVD is used for small ranks)",
+        "--svd",
+        choices=["auto", "full", "randomized"],
+        default="auto",
+        help="auto (default): randomized SVD when the rank is far below the matrix size, "
+        "checked against the full SVD's accuracy at a fixed rank (else full); full; "
+        "randomized: unchecked, faster on flat spectra (the error reported stays exact)",
     )
 
 
@@ -141,6 +144,7 @@ def _command(args: argparse.Namespace, out: str) -> str:
         ("--max-error", args.max_error),
         ("--sv-epsilon", args.sv_epsilon or None),
         ("--seed", args.seed or None),
+        ("--svd", None if args.svd == "auto" else args.svd),
     ):
         if value is not None:
             words += [flag, str(value)]
@@ -155,7 +159,6 @@ def _command(args: argparse.Namespace, out: str) -> str:
         ("--embed-lora", args.embed_lora),
         ("--skip-undecomposable", args.skip_undecomposable),
         ("--no-distribute-scale", not args.distribute_scale),
-        ("--full-svd", args.full_svd),
     ):
         if on:
             words.append(flag)
@@ -186,7 +189,7 @@ def cmd_extract_lora(args: argparse.Namespace) -> int:
         distribute_scale=args.distribute_scale,
         device="cuda" if args.cuda else args.device,
         seed=args.seed,
-        full_svd=args.full_svd,
+        svd=args.svd,
     )
     plan = plan_extraction(
         args.base, args.model, out, opts, cache_dir=args.cache_dir, overwrite=args.overwrite

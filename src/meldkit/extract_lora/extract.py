@@ -95,7 +95,7 @@ def _extract_lora(
         sv_epsilon=opts.sv_epsilon,
         distribute_scale=opts.distribute_scale,
         seed=opts.seed,
-        full_svd=opts.full_svd,
+        svd=opts.svd,
     )
     seconds = time.perf_counter() - started
     result = ModuleResult(

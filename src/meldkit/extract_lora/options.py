@@ -18,8 +18,12 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from typing import Literal
 
-__all__ = ["ExtractionOptions", "DEFAULT_RANK"]
+SvdMode = Literal["auto", "full", "randomized"]
+SVD_MODES: tuple[SvdMode, ...] = ("auto", "full", "randomized")
+
+__all__ = ["ExtractionOptions", "DEFAULT_RANK", "SVD_MODES", "SvdMode"]
 
 DEFAULT_RANK = 128  # MergeKit's --max-rank default
 
@@ -40,7 +44,7 @@ class ExtractionOptions:
     distribute_scale: bool = True
     device: str = "cpu"
     seed: int = 0
-    full_svd: bool = False  # always use the full SVD (the benchmark's baseline)
+    svd: SvdMode = "auto"
 
     @property
     def target_energy(self) -> float | None:
@@ -75,6 +79,8 @@ class ExtractionOptions:
             problems.append(f"--max-error must be in [0, 1), got {self.max_error}")
         if not math.isfinite(self.sv_epsilon) or self.sv_epsilon < 0:
             problems.append(f"--sv-epsilon must be a number >= 0, got {self.sv_epsilon}")
+        if self.svd not in SVD_MODES:
+            problems.append(f"--svd must be one of {', '.join(SVD_MODES)}, got '{self.svd}'")
         for flag, patterns in (("--include", self.include), ("--exclude", self.exclude)):
             for pattern in patterns:
                 try:

@@ -5,8 +5,14 @@ For ``delta`` (out, in) of rank at most ``n = min(out, in)``:
 * **full** SVD (``torch.linalg.svd``) when the rank sought is not far below ``n``
   (``rank + oversample >= n / 2``), where a randomized method saves nothing;
 * **randomized** subspace iteration otherwise (Halko, Martinsson & Tropp 2011, alg. 4.4):
-  a seeded Gaussian sketch of ``rank + oversample`` columns, ``power_iterations`` rounds of
+  a seeded Gaussian sketch of ``rank + oversample`` columns, ``POWER_ITERATIONS`` rounds of
   re-orthonormalised power iteration, then the exact SVD of the small projected matrix.
+
+A fixed rank (MergeKit's mode, where the product ``B A`` should be the truncated SVD itself)
+keeps iterating, up to ``MAX_POWER_ITERATIONS``, until the top-r subspace is within
+``SUBSPACE_TOLERANCE`` of the exact one (a Davis-Kahan bound from the residual and the spectral
+gap, one extra product to evaluate); a spectrum too flat for that (noise-like deltas) falls back
+to the full SVD. ``svd="randomized"`` skips the check.
 
 Both give ``U_r diag(S_r) V_r^T = P delta`` for an orthogonal projection ``P``, so the energy kept
 ``sum(S_r^2)`` and the residual ``||delta||_F^2 - sum(S_r^2)`` are exact for the factors
@@ -30,7 +36,7 @@ __all__ = ["Factors", "low_rank_factors", "OVERSAMPLE", "POWER_ITERATIONS", "MAX
 
 OVERSAMPLE = 10
 POWER_ITERATIONS = 2  # rounds always run
-MAX_POWER_ITERATIONS = 8  # for a fixed rank, until the subspace is accurate, else full SVD
+MAX_POWER_ITERATIONS = 6  # for a fixed rank, until the subspace is accurate, else full SVD
 SUBSPACE_TOLERANCE = 1e-4  # sin of the largest angle to the exact top-r subspace
 _FIRST_GUESS = 32  # first rank tried by the energy rule before doubling
 
@@ -121,10 +127,11 @@ def _rank_for(s: torch.Tensor, total: float, energy: float) -> int | None:
 
 
 def _svd(
-    delta: torch.Tensor, want: int, n: int, seed: int, full: bool, exact_rank: bool
+    delta: torch.Tensor, want: int, n: int, seed: int, mode: str, exact_rank: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, str]:
-    if not full and 2 * (want + OVERSAMPLE) < n:
-        found = _randomized(delta, want + OVERSAMPLE, seed, want if exact_rank else None)
+    if mode != "full" and 2 * (want + OVERSAMPLE) < n:
+        check = want if exact_rank and mode == "auto" else None
+        found = _randomized(delta, want + OVERSAMPLE, seed, check)
         if found is not None:
             return (*found, "randomized")
     u, s, vh = _full(delta)
@@ -140,21 +147,24 @@ def low_rank_factors(
     sv_epsilon: float = 0.0,
     distribute_scale: bool = True,
     seed: int = 0,
-    full_svd: bool = False,
+    svd: str = "auto",
 ) -> Factors:
     """Factor ``delta`` (out, in) as ``B @ A`` by the rank rule given (see
-    :class:`~meldkit.extract_lora.options.ExtractionOptions`); ``name`` seeds the sketch."""
+    :class:`~meldkit.extract_lora.options.ExtractionOptions`); ``name`` seeds the sketch.
+
+    ``svd``: ``auto`` (randomized when the rank is far below the size; for a fixed rank only
+    once its subspace is accurate, else full), ``full`` or ``randomized`` (unchecked)."""
     n = min(delta.shape)
     cap = n if max_rank is None else min(max_rank, n)
     total = float(delta.double().square().sum()) if delta.numel() else 0.0
     module_seed = _seed(seed, name)
     if energy is None:
-        u, s, vh, method = _svd(delta, cap, n, module_seed, full_svd, exact_rank=True)
+        u, s, vh, method = _svd(delta, cap, n, module_seed, svd, exact_rank=True)
         rank = cap if total > 0 else 0
     else:
         want = min(cap, _FIRST_GUESS)
         while True:
-            u, s, vh, method = _svd(delta, want, n, module_seed, full_svd, exact_rank=False)
+            u, s, vh, method = _svd(delta, want, n, module_seed, svd, exact_rank=False)
             trusted = s if method == "full" else s[:want]  # the tail of a sketch is rough
             found = _rank_for(trusted, total, energy)
             if found is not None or want >= cap or method == "full":
