@@ -109,3 +109,17 @@ def test_cli_error_lines(tiny, tmp_path, capsys):
         "hint: see `meldkit extract-lora --help` for the options",
     ]
     assert not (tmp_path / "o").exists()
+
+
+def test_missing_gpu_is_refused_before_anything_is_written(tiny, tmp_path):
+    import torch
+
+    from meldkit.errors import MeldError
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    base, tuned, _ = tiny
+    with pytest.raises(MeldError) as info:
+        extract_lora(base, tuned, tmp_path / "o", device="cuda")
+    assert info.value.message == "device 'cuda' was asked for but no CUDA GPU is available"
+    assert list(tmp_path.iterdir()) == []

@@ -197,10 +197,27 @@ def cmd_extract_lora(args: argparse.Namespace) -> int:
     for warning in plan.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     from meldkit.extract_lora.extract import run_extraction
-    from meldkit.extract_lora.report import format_table
+    from meldkit.extract_lora.report import ModuleResult, format_table
 
     command = _command(args, out)
-    report = run_extraction(plan, overwrite=args.overwrite, command=command)
+    total = len(plan.modules)
+    done = [0]
+
+    def progress(result: ModuleResult) -> None:
+        done[0] += 1
+        rank = "full" if result.rank is None else f"rank {result.rank}"
+        print(
+            f"[{done[0]}/{total}] {result.module}: {result.handling}, {rank}, "
+            f"error {result.error:.3e}",
+            file=sys.stderr,
+        )
+
+    report = run_extraction(
+        plan,
+        overwrite=args.overwrite,
+        command=command,
+        on_module=progress if args.verbose else None,
+    )
     table = format_table(report)
     print(table.splitlines()[-1] if args.quiet else table)
     print(f"wrote {plan.out}")
