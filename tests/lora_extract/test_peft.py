@@ -52,3 +52,14 @@ def test_peft_tied_embeddings(tmp_path, embed_lora):
     # the head stays tied to the new embedding
     torch.testing.assert_close(merged["lm_head.weight"], want[embed], atol=1e-5, rtol=1e-5)
     assert report.worst.error < 1e-5
+
+
+def test_peft_biases_of_decomposed_layers(tmp_path):
+    """Qwen2's q/k/v biases: saved whole beside the LoRA (bias: all), restored exactly."""
+    base, (tuned,) = make_model_family(tmp_path / "fam", "qwen2", n=1, dtype="float32")
+    report = extract_lora(base, tuned, tmp_path / "a", rank=2)
+    assert sum(m.saved_bias for m in report.modules) == 6  # q, k, v in two layers
+    merged, want = _merged(base, tmp_path / "a"), read_model(tuned)
+    for name, value in want.items():
+        if name.endswith(".bias"):
+            torch.testing.assert_close(merged[name], value, atol=0, rtol=0)

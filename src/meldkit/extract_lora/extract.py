@@ -120,23 +120,22 @@ def _extract_lora(
     writer.write(adapter_key(module.module, names[0]), a)
     writer.write(adapter_key(module.module, names[1]), b)
     for extra in module.tensors:  # the layer's bias, saved whole when it changed
-        if _changed(plan, extra, inputs):
+        value, changed = _changed_value(plan, extra, inputs)
+        if changed:
             param = extra.name.rpartition(".")[2]
-            writer.write(
-                adapter_key(module.module, f"base_layer.{param}"), _value(plan, extra, inputs)
-            )
+            writer.write(adapter_key(module.module, f"base_layer.{param}"), value)
             result.saved_bias = True
     return result
 
 
-def _value(plan: ExtractionPlan, pair: TensorPair, inputs: _Inputs) -> torch.Tensor:
-    return inputs.read(plan.model, pair.model).cpu()
-
-
-def _changed(plan: ExtractionPlan, pair: TensorPair, inputs: _Inputs) -> bool:
+def _changed_value(
+    plan: ExtractionPlan, pair: TensorPair, inputs: _Inputs
+) -> tuple[torch.Tensor, bool]:
+    """The fine-tune's tensor (on the CPU, for writing) and whether it differs from the base's."""
+    value = inputs.read(plan.model, pair.model)
     if pair.model.shape != pair.base.shape:
-        return True
-    return not torch.equal(inputs.read(plan.model, pair.model), inputs.read(plan.base, pair.base))
+        return value.cpu(), True
+    return value.cpu(), not torch.equal(value, inputs.read(plan.base, pair.base))
 
 
 def _save_full(
@@ -144,11 +143,11 @@ def _save_full(
 ) -> ModuleResult:
     result = ModuleResult(module.module, "full", module.reason, list(module.shape), None)
     result.energy, result.error = 1.0, 0.0
-    if not any(_changed(plan, pair, inputs) for pair in module.tensors):
+    values = [(pair, *_changed_value(plan, pair, inputs)) for pair in module.tensors]
+    if not any(changed for _, _, changed in values):
         result.handling = "unchanged"
         return result
-    for pair in module.tensors:
-        value = _value(plan, pair, inputs)
+    for pair, value, _ in values:  # a module is saved whole: PEFT replaces the whole module
         writer.write(_PREFIX + pair.name, value)
         if module.tied_head and pair.name.endswith(".weight"):
             writer.write(_PREFIX + module.tied_head, value)
