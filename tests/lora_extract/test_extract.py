@@ -159,3 +159,21 @@ def test_lora_reference_as_the_finetune(tiny, tmp_path):
     first, again = _reconstruct(base, tmp_path / "a"), _reconstruct(base, tmp_path / "b")
     for name, value in first.items():
         torch.testing.assert_close(again[name], value, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("tied_side", ["base", "finetune"])
+def test_one_side_tied(tmp_path, tied_side):
+    """A head on one side only: the tied side's embedding stands in for it."""
+    kw = dict(num_layers=1, hidden=16, vocab=32, dtype="float32", with_tokenizer=False)
+    untied = make_tiny_model(tmp_path / "untied", "llama", tie_embeddings=False, **kw)
+    tied = make_tiny_model(tmp_path / "tied", "llama", tie_embeddings=True, seed=1, **kw)
+    base, tuned = (tied, untied) if tied_side == "base" else (untied, tied)
+    extract_lora(base, tuned, tmp_path / "a", rank=2)
+    saved, t, b = _adapter(tmp_path / "a"), read_model(tuned), read_model(base)
+    head = t.get("lm_head.weight", t["model.embed_tokens.weight"])
+    torch.testing.assert_close(saved[f"{PREFIX}lm_head.weight"], head, atol=0, rtol=0)
+    assert f"{PREFIX}model.embed_tokens.weight" in saved
+    cfg = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
+    assert {"lm_head", "model.embed_tokens"} <= set(cfg["modules_to_save"])
+    assert cfg["ensure_weight_tying"] is False  # the head is saved under its own name
+    assert b["model.embed_tokens.weight"].shape == head.shape

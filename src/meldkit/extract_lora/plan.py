@@ -222,6 +222,28 @@ def _decide(
     return ModulePlan(module, "full", reason, tensors=everything)
 
 
+def _classify(
+    pairs: dict[str, TensorPair],
+    b_info: InputModelInfo,
+    m_info: InputModelInfo,
+    options: ExtractionOptions,
+    embed_lora: bool,
+) -> tuple[list[ModulePlan], list[tuple[str, str]]]:
+    """Every module's handling, in the fine-tune's file order, and the modules left out."""
+    embeddings = {n for n in pairs if n in m_info.layout.pre or n == m_info.layout.input_embedding}
+    heads = {n for n in (m_info.layout.output_head, b_info.layout.output_head) if n in pairs}
+    embeddings = {n for n in embeddings if len(pairs[n].model.shape) == 2} - heads
+    modules: list[ModulePlan] = []
+    left_out: list[tuple[str, str]] = []
+    for module, params in _group(pairs).items():
+        decided = _decide(module, params, options, embeddings, heads, embed_lora)
+        if isinstance(decided, ModulePlan):
+            modules.append(decided)
+        else:
+            left_out.append(decided)
+    return modules, left_out
+
+
 def plan_extraction(
     base: str,
     model: str,
@@ -251,17 +273,7 @@ def plan_extraction(
             "and the embeddings are saved at full rank"
         )
         embed_lora = False
-    embeddings = {n for n in pairs if n in m_info.layout.pre or n == m_info.layout.input_embedding}
-    heads = {n for n in (m_info.layout.output_head, b_info.layout.output_head) if n in pairs}
-    embeddings = {n for n in embeddings if len(pairs[n].model.shape) == 2} - heads
-    modules: list[ModulePlan] = []
-    left_out: list[tuple[str, str]] = []
-    for module, params in _group(pairs).items():
-        decided = _decide(module, params, options, embeddings, heads, embed_lora)
-        if isinstance(decided, ModulePlan):
-            modules.append(decided)
-        else:
-            left_out.append(decided)
+    modules, left_out = _classify(pairs, b_info, m_info, options, embed_lora)
     problems += [p for n, p in pairing.mismatched.items() if options.selects(_module_of(n))]
     missing = [n for n in pairing.unpaired if options.selects(_module_of(n))]
     if missing:
@@ -281,9 +293,11 @@ def plan_extraction(
     if problems:
         raise PlanError(problems, hint=_hint(problems))
     tied = m_info.layout.output_head is None and m_info.layout.input_embedding is not None
+    head = tied_head_name(m_info.layout)
     for m in modules:
-        if tied and m.handling == "full" and m.tensors[0].name == m_info.layout.input_embedding:
-            m.tied_head = tied_head_name(m_info.layout)
+        embedding = m.handling == "full" and m.tensors[0].name == m_info.layout.input_embedding
+        if tied and embedding and head not in pairs:  # (a base with a head pairs it already)
+            m.tied_head = head
     return ExtractionPlan(
         b_info, m_info, Path(out), options, modules, left_out, warnings, vocab, tied
     )
