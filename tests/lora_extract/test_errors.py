@@ -123,3 +123,14 @@ def test_missing_gpu_is_refused_before_anything_is_written(tiny, tmp_path):
         extract_lora(base, tuned, tmp_path / "o", device="cuda")
     assert info.value.message == "device 'cuda' was asked for but no CUDA GPU is available"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_planning_and_the_cli_module_do_not_import_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, meldkit.extract_lora, meldkit.extract_lora.cli\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

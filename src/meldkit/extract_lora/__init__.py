@@ -11,18 +11,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from meldkit.extract_lora.options import ExtractionOptions
 from meldkit.extract_lora.plan import ExtractionPlan, plan_extraction
-
-if TYPE_CHECKING:
-    from meldkit.extract_lora.report import ExtractionReport, ModuleResult
+from meldkit.extract_lora.report import ExtractionReport, ModuleResult, format_table
 
 __all__ = [
     "ExtractionOptions",
     "ExtractionPlan",
+    "ExtractionReport",
+    "ModuleResult",
     "extract_lora",
+    "format_table",
     "plan_extraction",
 ]
 
