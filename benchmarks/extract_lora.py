@@ -22,10 +22,25 @@ What it runs, in one invocation:
 randomized SVD (no decay to exploit) and for ``--svd auto`` (it falls back to the full SVD). A
 real fine-tune's delta decays, which the tests cover (``tests/lora_extract/test_svd.py``).
 
-Results (2026-12-02, the shared 2-core machine under a load average of 12-15 from other
-sessions: absolute times are several times an idle machine's; compare ratios):
+Results (2026-12-02, ``--layers 1 --ranks 16 64 256``, on the shared 2-core machine under a
+load average of 11-18 from other sessions: absolute times are several times an idle machine's
+and vary from run to run; compare ratios within a run):
 
-    see docs/performance.md, section "LoRA extraction"
+    run                                  wall s  x floor  x full  peak RSS  mean err   worst
+    floor (read both, write one)           46.0     1.00    0.27    2.46G
+    extract rank 16 randomized             39.5     0.86    0.23    0.41G    0.9795  0.9891
+    extract rank 64 randomized             63.1     1.37    0.37    0.42G    0.9199  0.9569
+    extract rank 256 randomized            69.8     1.52    0.41    0.44G    0.6846  0.8321
+    extract rank 256 full                 171.2     3.72    1.00    0.45G    0.6702  0.8126
+
+    per module (7 decomposed), in-process SVD only: full SVD total 534.3 s
+     rank  rand s  x full  mean err rand/full  worst rand/full
+       16    11.4   0.021    0.9794/0.9759   0.9891/0.9869
+       64    46.9   0.088    0.9199/0.9090   0.9570/0.9494
+      256   100.9   0.189    0.6847/0.6702   0.8323/0.8126
+
+(The errors are near 1 because med's deltas are noise: rank 16 of a 1536-wide noise matrix
+keeps about 4% of its energy, for any method.)
 """
 
 from __future__ import annotations
