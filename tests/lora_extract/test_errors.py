@@ -90,7 +90,8 @@ def test_cli_runs_and_reports(tiny, tmp_path, capsys):
     # MergeKit's spellings
     code = main(
         ["extract-lora", "--base-model", str(base), "--model", str(low), "--out-path",
-         str(tmp_path / "mk"), "--max-rank", "2", "-e", "mlp", "--quiet"]
+         str(tmp_path / "mk"), "--max-rank", "2", "-e", "mlp", "--quiet", "--allow-crimes",
+         "--lora-merge-cache", str(tmp_path / "cache")]
     )  # fmt: skip
     assert code == 0
     assert capsys.readouterr().out.startswith("adapter ")

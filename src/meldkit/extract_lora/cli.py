@@ -131,6 +131,7 @@ def add_parser(sub: Any) -> None:
     )
     run.add_argument("--quiet", action="store_true", help="print the summary only")
     common.add_verbose(run)
+    common.add_compat(p)  # MergeKit's shared merge options, accepted with no effect
     common.add_debug(p)
     p.set_defaults(func=cmd_extract_lora)
 
