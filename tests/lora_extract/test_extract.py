@@ -113,6 +113,8 @@ def test_report_card_and_config(tiny, tmp_path):
     assert cfg["base_model_name_or_path"] == str(base)
     card = (out / "README.md").read_text()
     assert "cmd x" in card and str(tuned) in card and "resize_token_embeddings" not in card
+    q = next(m for m in report.decomposed if m.module == "model.layers.0.self_attn.q_proj")
+    assert f"| `{q.module}` | 4 | {q.energy:.4f} | {q.error:.3e} |" in card
     assert not list(tmp_path.glob(".*meldkit*"))  # no temporary folder or lock left
 
 

@@ -226,4 +226,11 @@ def write_card(folder: Path, plan: ExtractionPlan, report: ExtractionReport) -> 
             "```",
             "",
         ]
+    if report.decomposed:
+        lines += ["| module | rank | energy kept | relative error |", "|---|---:|---:|---:|"]
+        lines += [
+            f"| `{m.module}` | {m.rank} | {m.energy:.4f} | {m.error:.3e} |"
+            for m in report.decomposed
+        ]
+        lines.append("")
     (folder / "README.md").write_text("\n".join(lines), encoding="utf-8")
