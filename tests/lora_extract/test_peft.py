@@ -3,6 +3,7 @@ report gives for each module."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -63,3 +64,19 @@ def test_peft_biases_of_decomposed_layers(tmp_path):
     for name, value in want.items():
         if name.endswith(".bias"):
             torch.testing.assert_close(merged[name], value, atol=0, rtol=0)
+
+
+def test_peft_gpt2_conv1d_layers(tmp_path):
+    """GPT-2 stores its layers (in, out) (Conv1D): told from the biases, fan_in_fan_out is set
+    and each delta is factored transposed, as PEFT expects."""
+    base, (tuned,) = make_model_family(tmp_path / "fam", "gpt2", n=1, dtype="float32")
+    report = extract_lora(base, tuned, tmp_path / "a", rank=64)
+    assert report.decomposed and report.worst.error < 1e-5
+    merged, want = _merged(base, tmp_path / "a"), read_model(tuned)
+    checked = [n for n in want if n in merged and n.endswith(("c_attn.weight", "c_fc.weight"))]
+    assert len(checked) == 4  # two layers
+    for name, value in want.items():
+        if name in merged:
+            torch.testing.assert_close(merged[name], value, atol=1e-5, rtol=1e-5)
+    cfg = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
+    assert cfg["fan_in_fan_out"] is True

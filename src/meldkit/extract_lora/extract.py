@@ -84,8 +84,9 @@ def _extract_lora(
     delta = tuned.to(dtype)
     delta -= inputs.read(plan.base, pair.base).to(dtype)  # (out, in), or (vocab, hidden)
     embedding = module.handling == "embedding_lora"
-    if embedding:
-        delta = delta.T  # PEFT factors an embedding's (hidden, vocab) transpose
+    if embedding or (plan.fan_in_fan_out and module.reason == "linear"):
+        # PEFT factors an embedding's (hidden, vocab) transpose, and a Conv1D's (out, in) one
+        delta = delta.T
     started = time.perf_counter()
     factors = low_rank_factors(
         delta,

@@ -82,6 +82,7 @@ class ExtractionPlan:
     warnings: list[str]
     vocab: tuple[int, int] | None  # (base rows, fine-tune rows) when the vocabulary changed
     tied: bool  # the fine-tune ties its output head to its input embedding
+    fan_in_fan_out: bool = False  # weights stored (in, out), as GPT-2's Conv1D layers
 
     @property
     def lora_modules(self) -> list[ModulePlan]:
@@ -222,6 +223,23 @@ def _decide(
     return ModulePlan(module, "full", reason, tensors=everything)
 
 
+def _stores_in_out(pairs: dict[str, TensorPair]) -> bool:
+    """Whether the layers store weights as (in, out) (GPT-2's ``Conv1D``), told by the biases:
+    a bias has the output size, which is a linear weight's first dimension and a Conv1D's
+    second. Decided for the whole model, so that square layers follow the others."""
+    votes = {"in_out": 0, "out_in": 0}
+    for module, params in _group(pairs).items():
+        weight, bias = params.get("weight"), params.get("bias")
+        if weight is None or bias is None or len(weight.model.shape) != 2:
+            continue
+        rows, cols = weight.model.shape
+        if rows != cols and bias.model.shape == (cols,):
+            votes["in_out"] += 1
+        elif rows != cols and bias.model.shape == (rows,):
+            votes["out_in"] += 1
+    return votes["in_out"] > 0 and votes["out_in"] == 0
+
+
 def _classify(
     pairs: dict[str, TensorPair],
     b_info: InputModelInfo,
@@ -299,7 +317,16 @@ def plan_extraction(
         if tied and embedding and head not in pairs:  # (a base with a head pairs it already)
             m.tied_head = head
     return ExtractionPlan(
-        b_info, m_info, Path(out), options, modules, left_out, warnings, vocab, tied
+        b_info,
+        m_info,
+        Path(out),
+        options,
+        modules,
+        left_out,
+        warnings,
+        vocab,
+        tied,
+        fan_in_fan_out=_stores_in_out(pairs),
     )
 
 

@@ -178,7 +178,7 @@ def adapter_config(plan: ExtractionPlan, results: list[ModuleResult]) -> dict[st
         "modules_to_save": saved or None,
         "lora_dropout": 0.0,
         "bias": "all" if any(m.saved_bias for m in lora) else "none",
-        "fan_in_fan_out": False,
+        "fan_in_fan_out": plan.fan_in_fan_out,
         "use_rslora": False,
         "use_dora": False,
         "init_lora_weights": True,
