@@ -228,7 +228,7 @@ def _stores_in_out(pairs: dict[str, TensorPair]) -> bool:
     a bias has the output size, which is a linear weight's first dimension and a Conv1D's
     second. Decided for the whole model, so that square layers follow the others."""
     votes = {"in_out": 0, "out_in": 0}
-    for module, params in _group(pairs).items():
+    for params in _group(pairs).values():
         weight, bias = params.get("weight"), params.get("bias")
         if weight is None or bias is None or len(weight.model.shape) != 2:
             continue
