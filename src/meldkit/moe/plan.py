@@ -74,6 +74,17 @@ class MoePlan:
         return sum(s.file_size for s in self.shards)
 
     @property
+    def read_bytes(self) -> int:
+        """Bytes of input tensors read (each source once per use)."""
+        total = 0
+        for t in self.tensors:
+            sources = [t.source] if t.source else [s for b in t.blocks for s in b.parts]
+            for s in sources:
+                info = self.models[s.model].index.tensors[s.name]
+                total += info.end - info.start
+        return total
+
+    @property
     def peak_bytes(self) -> int:
         """Estimated tensor memory: the largest block read (input dtype) plus its float32 math
         and its cast output, or the largest copied tensor likewise."""
