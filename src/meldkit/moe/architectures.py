@@ -136,9 +136,8 @@ def find_output_arch(
         )
     key = requested.lower()
     key = _ALIASES.get(key, key)
-    named = [a for a in OUTPUT_ARCHS if a.name == key] or [
-        a for a in OUTPUT_ARCHS if a.name.startswith(key)
-    ]
+    # Prefix matches, the exact name first: "qwen" names Qwen2-MoE, then Qwen3-MoE.
+    named = sorted((a for a in OUTPUT_ARCHS if a.name.startswith(key)), key=lambda a: a.name != key)
     if not named:
         names = ", ".join(a.name for a in OUTPUT_ARCHS)
         return None, f"architecture '{requested}' is not one of {names}"

@@ -101,7 +101,7 @@ def is_moe_recipe(data: Any) -> bool:
 
 def _unknown_keys(data: dict[str, Any], allowed: tuple[str, ...], where: str) -> list[str]:
     return [
-        f"{where}: unknown key '{k}' is ignored.{did_you_mean(str(k), allowed)}"
+        f"{where}: unknown key '{k}' is ignored.{did_you_mean(str(k), allowed, n=1)}"
         for k in data
         if k not in allowed
     ]

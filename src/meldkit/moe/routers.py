@@ -20,8 +20,10 @@ plan's order (routed, then shared: a Qwen2-MoE shared expert's row becomes its
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -43,15 +45,35 @@ def _normalise(v: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _tokenizer(folder: str) -> object:
+def _bos_text(folder: Path) -> str:
+    """The BOS token's text from tokenizer_config.json ("" when there is none)."""
+    try:
+        cfg = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ""
+    bos = cfg.get("bos_token") if isinstance(cfg, dict) else None
+    if isinstance(bos, dict):
+        bos = bos.get("content")
+    return bos if isinstance(bos, str) else ""
+
+
+def _prompt_encoder(folder: Path) -> Callable[[str], list[int]]:
+    """Token ids of a text without added special tokens: ``tokenizers`` reads tokenizer.json
+    directly (no transformers import); other tokenizers go through AutoTokenizer."""
+    if (folder / "tokenizer.json").is_file():
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        return lambda text: list(tok.encode(text, add_special_tokens=False).ids)
     try:
         from transformers import AutoTokenizer
     except ImportError:
         raise MeldError(
-            "gate_mode cheap_embed needs transformers to tokenize the prompts",
+            f"gate_mode cheap_embed needs transformers to read the tokenizer of {folder}",
             hint="pip install 'meldkit[hf]'",
         ) from None
-    return AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+    auto = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
+    return lambda text: list(auto.encode(text, add_special_tokens=False))
 
 
 def cheap_embedding(embed: torch.Tensor, ids: Sequence[Sequence[int]]) -> torch.Tensor:
@@ -73,12 +95,10 @@ def _cheap_embed_gates(plan: MoePlan, reader: SourceReader) -> torch.Tensor:
             hint="use gate_mode hidden or random",
         )
     embed = reader.read(plan.base, name).to(torch.float32)  # (vocab, hidden)
-    tok = _tokenizer(str(base.folder))
-    bos = getattr(tok, "bos_token", None) or ""
+    encode, bos = _prompt_encoder(base.folder), _bos_text(base.folder)
 
     def ids(prompts: Sequence[str]) -> list[list[int]]:
-        encode: Callable[..., list[int]] = tok.encode  # type: ignore[attr-defined]
-        return [encode(bos + p, add_special_tokens=False) for p in prompts]
+        return [encode(bos + p) for p in prompts]
 
     rows = []
     for e in plan.experts:
