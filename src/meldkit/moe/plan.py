@@ -240,6 +240,11 @@ def plan_moe(recipe: Any, options: MoeOptions | None = None) -> MoePlan:
                 "shared_experts[0] has no positive_prompts; Qwen2-MoE's shared-expert gate is "
                 "made from them (or use gate_mode: random)"
             )
+    if config.gate_mode.startswith("hidden") and base.lora_folder is not None:
+        problems.append(
+            f"gate_mode '{config.gate_mode}' runs the base model's folder; a base with a LoRA "
+            f"adapter ({config.base_model}) is not supported there"
+        )
     if problems:
         raise PlanError(problems, hint=_HINT)
     dtype = _output_dtype(config, base)
