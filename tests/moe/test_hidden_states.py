@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -172,3 +173,15 @@ def test_without_transformers(models: dict[str, Path], monkeypatch: pytest.Monke
         "base model"
     )
     assert err.value.hint == "install the Hugging Face extras: pip install 'meldkit[hf]'"
+
+
+def test_prompt_without_tokens(tmp_path: Path) -> None:
+    # A tokenizer without a BOS token: an empty prompt has no tokens at all.
+    folder = make_tiny_model(tmp_path / "nobos", "llama", added_tokens=WORDS)
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        path = folder / name
+        path.write_text(json.dumps({**json.loads(path.read_text()), "bos_token": None}))
+    with pytest.raises(RecipeError) as err:
+        prompt_hidden_states(str(folder), [["<w1>"], ["<w2>"]], [[], ["<w3>", ""]], "hidden")
+    assert err.value.message == "experts[1].negative_prompts: the prompt '' has no tokens"
+    assert err.value.hint == "remove empty prompts (the tokenizer has no BOS token to add)"
