@@ -133,13 +133,17 @@ class _TensorMaker:
     def _expert_block(self, block: Block) -> torch.Tensor:
         """One expert's projection(s), noise and residual scale applied, concatenated on dim 0."""
         expert = self.plan.experts[block.expert]
+        reads = [self.reader.read(s.model, s.name) for s in block.parts]
+        if not expert.noise_scale and expert.residual_scale is None:
+            # Copied as they are: no float32 round trip (a same-dtype cast is free).
+            raw = reads[0] if len(reads) == 1 else torch.cat(reads, dim=0)  # (rows, cols)
+            return raw.to(self.dtype).contiguous()
         parts = []
-        for source, projection in zip(block.parts, block.projections, strict=True):
-            w = self.reader.read(source.model, source.name).to(self.device, torch.float32)
+        for w, projection in zip(reads, block.projections, strict=True):
+            w = w.to(self.device, torch.float32)
             if expert.noise_scale:
-                noise = expert_noise(
-                    tuple(w.shape), self.seed, block.expert, block.layer, projection
-                )
+                shape = tuple(w.shape)
+                noise = expert_noise(shape, self.seed, block.expert, block.layer, projection)
                 w = w + noise.to(self.device) * expert.noise_scale
             if expert.residual_scale is not None and projection == "down_proj":
                 w = w * expert.residual_scale
