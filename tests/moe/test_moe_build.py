@@ -197,3 +197,33 @@ def test_failed_build_leaves_nothing(family, tmp_path, monkeypatch) -> None:
         build_moe(plan, out, BuildOptions(quiet=True))
     assert str(info.value).startswith(f"disk full while writing {tmp_path / 'x'}")
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_lora_expert_is_applied(family, tmp_path) -> None:
+    import json
+
+    from safetensors.torch import save_file
+
+    base, fts = family("llama")
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    config = {"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["up_proj"]}
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    gen = torch.Generator().manual_seed(0)
+    lora = {}
+    for layer in (0, 1):
+        at = f"base_model.model.model.layers.{layer}.mlp.up_proj."
+        lora[at + "lora_A.weight"] = torch.randn((2, 16), generator=gen)
+        lora[at + "lora_B.weight"] = torch.randn((32, 2), generator=gen)
+    save_file(lora, str(adapter / "adapter_model.safetensors"))
+    recipe = moe_recipe(base, fts[:2])
+    recipe["experts"][1]["source_model"] = f"{fts[1]}+{adapter}"
+    got = read_model(_build(recipe, tmp_path / "moe"))
+    src = read_model(fts[1])
+    for layer in (0, 1):
+        at = f"base_model.model.model.layers.{layer}.mlp.up_proj."
+        delta = 2.0 * lora[at + "lora_B.weight"] @ lora[at + "lora_A.weight"]  # alpha / r = 2
+        want = src[f"model.layers.{layer}.mlp.up_proj.weight"] + delta
+        fused = got[f"model.layers.{layer}.mlp.experts.gate_up_proj"][1]
+        assert torch.allclose(fused[32:], want, atol=1e-5)
+        assert torch.equal(fused[:32], src[f"model.layers.{layer}.mlp.gate_proj.weight"])
