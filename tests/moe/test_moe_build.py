@@ -227,3 +227,14 @@ def test_lora_expert_is_applied(family, tmp_path) -> None:
         fused = got[f"model.layers.{layer}.mlp.experts.gate_up_proj"][1]
         assert torch.allclose(fused[32:], want, atol=1e-5)
         assert torch.equal(fused[:32], src[f"model.layers.{layer}.mlp.gate_proj.weight"])
+
+
+def test_run_moe_api(family, tmp_path) -> None:
+    from meldkit.moe import run_moe
+
+    base, fts = family("llama")
+    warnings: list[str] = []
+    recipe = moe_recipe(base, fts[:3], gate_mode="random")
+    out = run_moe(recipe, tmp_path / "moe", on_warning=warnings.append, seed=5)
+    assert warnings[0].startswith("3 experts is not a power of two")
+    assert (out / "model.safetensors").is_file()
