@@ -17,7 +17,7 @@ from tests.moe.conftest import moe_recipe
 transformers = pytest.importorskip("transformers")
 
 
-def _build(recipe: dict[str, Any], out: Path, layout: str = "fused", **kw: Any) -> Path:
+def _build(recipe: dict[str, Any], out: Path, layout: str = "auto", **kw: Any) -> Path:
     plan = plan_moe(recipe, MoeOptions(expert_layout=layout))  # type: ignore[arg-type]
     return build_moe(plan, out, BuildOptions(quiet=True, **kw))
 
@@ -38,8 +38,8 @@ def _load_and_generate(folder: Path) -> Any:
         ("llama", "mixtral", "fused", "MixtralForCausalLM"),
         ("mistral", "mixtral", "per-expert", "MixtralForCausalLM"),
         ("llama", "qwen", "fused", "Qwen2MoeForCausalLM"),
-        ("qwen2", "qwen", "per-expert", "Qwen2MoeForCausalLM"),
-        ("qwen3", "qwen3", "fused", "Qwen3MoeForCausalLM"),
+        ("qwen2", "qwen", "auto", "Qwen2MoeForCausalLM"),
+        ("qwen3", "qwen3", "auto", "Qwen3MoeForCausalLM"),
     ],
 )
 def test_output_loads_in_transformers(family, tmp_path, arch_in, arch_out, layout, cls) -> None:

@@ -48,6 +48,10 @@ def test_qwen2_moe_shared_expert_and_zero_biases(family) -> None:
     assert kinds["model.layers.0.mlp.shared_expert.down_proj.weight"] == "expert"
     assert kinds["model.layers.0.mlp.shared_expert_gate.weight"] == "shared_gate"
     assert kinds["model.layers.0.self_attn.q_proj.bias"] == "zeros"
+    # per-expert by default, as MergeKit writes Qwen2-MoE
+    assert kinds["model.layers.0.mlp.experts.1.up_proj.weight"] == "expert"
+    fused = plan_moe(recipe, MoeOptions(expert_layout="fused"))
+    assert "model.layers.0.mlp.experts.gate_up_proj" in {t.name for t in fused.tensors}
     assert plan.out_config["shared_expert_intermediate_size"] == 32
 
 

@@ -17,12 +17,13 @@ deepseek    llama, mistral     0 or 1         ``mlp.gate``, ``mlp.experts.N.*``,
                                               ``mlp.shared_experts.*`` (remote code)
 =========== ================== ============== ======================================
 
-Expert tensors come in two layouts (``expert_layout``): ``fused`` (the default) is what
-transformers 5 holds in memory and MergeKit 0.1.5 writes: ``mlp.experts.gate_up_proj``
-(experts, 2 x intermediate, hidden), each expert cat(gate_proj, up_proj), and
-``mlp.experts.down_proj`` (experts, hidden, intermediate). ``per-expert`` is one tensor per
-expert and projection, as transformers 4 (and llama.cpp's converter, vLLM) read; transformers 5
-loads it too, converting on load. DeepSeek-MoE's remote code only reads ``per-expert``.
+Expert tensors come in two layouts (``expert_layout``): ``fused`` is what transformers 5 holds
+in memory: ``mlp.experts.gate_up_proj`` (experts, 2 x intermediate, hidden), each expert
+cat(gate_proj, up_proj), and ``mlp.experts.down_proj`` (experts, hidden, intermediate).
+``per-expert`` is one tensor per expert and projection, as transformers 4 (and llama.cpp's
+converter, vLLM) read; transformers 5 loads it too, converting on load. ``auto`` (the default)
+writes each output as MergeKit 0.1.5 does: Mixtral and Qwen3-MoE fused, Qwen2-MoE per-expert.
+DeepSeek-MoE's remote code only reads ``per-expert``.
 
 Phi-3 has no MoE counterpart that keeps its weights: PhiMoE uses LayerNorm with biases and
 separate q/k/v projections where Phi-3 has RMSNorm and a fused ``qkv_proj``.
@@ -43,7 +44,7 @@ __all__ = [
     "output_config",
 ]
 
-ExpertLayout = Literal["fused", "per-expert"]
+ExpertLayout = Literal["auto", "fused", "per-expert"]
 # A dense gated MLP's three projections, in the order an expert's tensors are written.
 PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
 _MIXTRAL_NAMES = {"gate_proj": "w1", "up_proj": "w3", "down_proj": "w2"}
@@ -61,15 +62,24 @@ class OutputArch:
     min_shared: int
     max_shared: int
     native: bool = True  # transformers has it (else: remote code)
+    fused_by_default: bool = True  # the layout MergeKit 0.1.5 writes it in
+
+    def layout(self, requested: ExpertLayout) -> ExpertLayout:
+        """The expert layout written for ``requested`` ("auto": MergeKit's for this output)."""
+        if not self.native:
+            return "per-expert"  # the remote code reads nothing else
+        if requested == "auto":
+            return "fused" if self.fused_by_default else "per-expert"
+        return requested
 
     def router(self, layout: ExpertLayout) -> str:
         """The router weight's layer suffix."""
-        if self.name == "mixtral" and layout == "per-expert":
+        if self.name == "mixtral" and self.layout(layout) == "per-expert":
             return "block_sparse_moe.gate.weight"
         return "mlp.gate.weight"
 
     def fuses(self, layout: ExpertLayout) -> bool:
-        return layout == "fused" and self.native
+        return self.layout(layout) == "fused"
 
     def expert_tensor(self, expert: int, projection: str) -> str:
         """An unfused expert's layer suffix for ``projection`` (gate_proj, up_proj, down_proj)."""
@@ -85,7 +95,14 @@ class OutputArch:
 OUTPUT_ARCHS: tuple[OutputArch, ...] = (
     OutputArch("mixtral", "Mixtral", "mixtral", "MixtralForCausalLM", ("llama", "mistral"), 0, 0),
     OutputArch(
-        "qwen", "Qwen2-MoE", "qwen2_moe", "Qwen2MoeForCausalLM", ("llama", "mistral", "qwen2"), 1, 1
+        "qwen",
+        "Qwen2-MoE",
+        "qwen2_moe",
+        "Qwen2MoeForCausalLM",
+        ("llama", "mistral", "qwen2"),
+        1,
+        1,
+        fused_by_default=False,
     ),
     OutputArch("qwen3", "Qwen3-MoE", "qwen3_moe", "Qwen3MoeForCausalLM", ("qwen3",), 0, 0),
     OutputArch(
@@ -97,6 +114,7 @@ OUTPUT_ARCHS: tuple[OutputArch, ...] = (
         0,
         1,
         native=False,
+        fused_by_default=False,
     ),
 )
 _ALIASES = {"qwen2_moe": "qwen", "qwen2": "qwen", "qwen3_moe": "qwen3", "deepseek_moe": "deepseek"}

@@ -30,11 +30,13 @@ def add_moe_plan_options(p: Any) -> None:
     """The options that change the plan (shared by ``meldkit moe`` and ``meldkit plan``)."""
     p.add_argument(
         "--expert-layout",
-        choices=("fused", "per-expert"),
-        default="fused",
-        help="fused (default): mlp.experts.gate_up_proj/down_proj, as transformers 5 and "
-        "MergeKit 0.1.5 write them; per-expert: one tensor per expert (experts.N.w1/w2/w3 for "
-        "Mixtral), for transformers 4, llama.cpp's converter and other older loaders",
+        choices=("auto", "fused", "per-expert"),
+        default="auto",
+        help="auto (default): as MergeKit 0.1.5 writes each output (Mixtral and Qwen3-MoE "
+        "fused, Qwen2-MoE and DeepSeek-MoE per-expert); fused: mlp.experts.gate_up_proj/"
+        "down_proj, what transformers 5 holds; per-expert: one tensor per expert "
+        "(block_sparse_moe.experts.N.w1/w2/w3 for Mixtral), for transformers 4, llama.cpp's "
+        "converter and other older loaders",
     )
     p.add_argument(
         IDENTICAL_FLAG,
@@ -150,7 +152,7 @@ def cmd_plan_moe(args: argparse.Namespace) -> int:
         MoeOptions(
             out_shard_size=parse_size(args.out_shard_size),
             cache_dir=args.cache_dir,
-            expert_layout=getattr(args, "expert_layout", "fused"),
+            expert_layout=getattr(args, "expert_layout", "auto"),
             allow_identical_experts=getattr(args, "allow_identical_experts", False),
         ),
     )

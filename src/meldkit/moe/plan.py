@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from meldkit.errors import PlanError
+from meldkit.errors import PlanError, RecipeError
 from meldkit.io.dtypes import dtype_name, itemsize, parse_dtype_name
 from meldkit.io.writer import OutputTensorSpec, ShardLayout, plan_shards
 from meldkit.moe.architectures import (
@@ -42,7 +42,7 @@ class MoeOptions:
 
     out_shard_size: int = 5_000_000_000
     cache_dir: str | None = None
-    expert_layout: ExpertLayout = "fused"
+    expert_layout: ExpertLayout = "auto"
     allow_identical_experts: bool = False
 
 
@@ -149,14 +149,20 @@ def _check_base(arch: OutputArch, base: InputModelInfo, prefix: str) -> list[str
 
 
 def _output_dtype(config: MoeConfig, base: InputModelInfo) -> str:
+    """The recipe's dtype, else the base config's (as MergeKit), else its embedding's."""
     if config.dtype is not None:
         return parse_dtype_name(config.dtype)
+    cfg = base.config or {}
+    name = cfg.get("dtype") or cfg.get("torch_dtype")
+    if isinstance(name, str):
+        try:
+            return parse_dtype_name(name)
+        except RecipeError:
+            pass  # an odd config value: the weights say what they are
     embed = base.layout.input_embedding
     if embed is not None and embed in base.index.tensors:
         return base.index.tensors[embed].dtype
-    cfg = base.config or {}
-    name = cfg.get("dtype") or cfg.get("torch_dtype") or "float32"
-    return parse_dtype_name(str(name))
+    return "F32"
 
 
 def _base_tensors(

@@ -22,7 +22,7 @@ def describe_moe_plan(plan: MoePlan, list_tensors: bool = False) -> str:
     """Inputs, experts, output architecture, tensors, shards, bytes and peak memory."""
     config = plan.config
     base = plan.models[plan.base]
-    layout = plan.options.expert_layout if plan.arch.native else "per-expert"
+    layout = plan.arch.layout(plan.options.expert_layout)
     lines = [
         f"tool: moe ({plan.arch.title}, model_type {plan.arch.model_type}, {layout} experts)",
         f"base: {base.key} ({base.layout.num_layers} layers, hidden {plan.hidden})",
