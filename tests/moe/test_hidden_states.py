@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from meldkit.errors import InputError, RecipeError
-from meldkit.moe.hidden_states import prompt_hidden_states
+from meldkit.moe.hidden_states import GateMode, prompt_hidden_states
 from meldkit.testing import make_tiny_model
 
 transformers = pytest.importorskip("transformers")
@@ -64,7 +64,7 @@ def _layer_inputs(model: torch.nn.Module, ids: list[int]) -> list[torch.Tensor]:
     return caught
 
 
-def _expected(folder: Path, mode: str) -> torch.Tensor:
+def _expected(folder: Path, mode: GateMode) -> torch.Tensor:
     """Router rows by the formula: per layer, mean over positive prompts of the layer input at
     the last token (or averaged over tokens), minus the negative mean, L2-normalised."""
     tok = transformers.AutoTokenizer.from_pretrained(folder)
@@ -86,8 +86,8 @@ def _expected(folder: Path, mode: str) -> torch.Tensor:
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 @pytest.mark.parametrize("mode", ["hidden", "hidden_avg"])
-def test_rows_equal_direct_forward_pass(models: dict[str, Path], arch: str, mode: str) -> None:
-    got = prompt_hidden_states(str(models[arch]), PROMPTS, NEGATIVE, mode)  # type: ignore[arg-type]
+def test_rows_equal_direct_forward_pass(models: dict[str, Path], arch: str, mode: GateMode) -> None:
+    got = prompt_hidden_states(str(models[arch]), PROMPTS, NEGATIVE, mode)
     assert got.shape == (3, 3, 16) and got.dtype == torch.float32
     torch.testing.assert_close(got, _expected(models[arch], mode), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got.norm(dim=-1), torch.ones(3, 3))
@@ -95,13 +95,13 @@ def test_rows_equal_direct_forward_pass(models: dict[str, Path], arch: str, mode
 
 @pytest.mark.parametrize(("mode", "sizes"), [("hidden", (3,)), ("hidden_avg", (2, 64))])
 def test_batch_size_does_not_change_the_result(
-    models: dict[str, Path], mode: str, sizes: tuple[int, ...]
+    models: dict[str, Path], mode: GateMode, sizes: tuple[int, ...]
 ) -> None:
     # Batches put prompts of different lengths together, so padding is exercised.
     base = str(models["llama"])
-    one = prompt_hidden_states(base, PROMPTS, NEGATIVE, mode, batch_size=1)  # type: ignore[arg-type]
+    one = prompt_hidden_states(base, PROMPTS, NEGATIVE, mode, batch_size=1)
     for size in sizes:
-        got = prompt_hidden_states(base, PROMPTS, NEGATIVE, mode, batch_size=size)  # type: ignore[arg-type]
+        got = prompt_hidden_states(base, PROMPTS, NEGATIVE, mode, batch_size=size)
         torch.testing.assert_close(got, one, rtol=1e-6, atol=1e-6)
 
 

@@ -12,7 +12,7 @@ import torch
 
 from meldkit.errors import InputError
 from meldkit.moe import layerwise
-from meldkit.moe.hidden_states import prompt_hidden_states
+from meldkit.moe.hidden_states import GateMode, prompt_hidden_states
 from meldkit.testing import make_tiny_model
 
 pytest.importorskip("transformers")
@@ -41,13 +41,13 @@ def _model(root: Path, name: str, arch: str, **config: Any) -> Path:
     return folder
 
 
-def _both_paths(folder: Path, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
-    whole = prompt_hidden_states(str(folder), PROMPTS, NEGATIVE, mode)  # type: ignore[arg-type]
+def _both_paths(folder: Path, mode: GateMode) -> tuple[torch.Tensor, torch.Tensor]:
+    whole = prompt_hidden_states(str(folder), PROMPTS, NEGATIVE, mode)
     by_layer = prompt_hidden_states(
         str(folder),
         PROMPTS,
         NEGATIVE,
-        mode,  # type: ignore[arg-type]
+        mode,
         layer_by_layer=True,
         batch_size=2,
     )
@@ -64,7 +64,7 @@ def _both_paths(folder: Path, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
         ("qwen3", "hidden_avg"),
     ],
 )
-def test_equals_transformers(tmp_path: Path, arch: str, mode: str) -> None:
+def test_equals_transformers(tmp_path: Path, arch: str, mode: GateMode) -> None:
     whole, by_layer = _both_paths(_model(tmp_path, arch, arch), mode)
     torch.testing.assert_close(by_layer, whole, rtol=1e-5, atol=1e-5)
 
