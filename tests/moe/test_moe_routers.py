@@ -30,3 +30,21 @@ def test_cheap_embedding_sums_rows_over_prompts() -> None:
     want = torch.tensor([7.0, 10.0]) / (7.0**2 + 10.0**2) ** 0.5
     assert torch.allclose(got, want)
     assert torch.equal(cheap_embedding(embed, [[]]), torch.zeros(2))  # nothing to sum
+
+
+def test_prompt_ids_without_transformers_match_autotokenizer(family, monkeypatch) -> None:
+    import sys
+
+    import pytest
+
+    from meldkit.moe.routers import _prompt_encoder
+
+    pytest.importorskip("transformers")
+    base, _ = family("llama")
+    with_hf, bos = _prompt_encoder(base)
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import fails
+    plain, plain_bos = _prompt_encoder(base)
+    assert (bos, plain_bos) == ("<s>", "<s>")
+    for text in ("<s>tok_5 tok_9", "<s>tok_7 unknown words"):
+        assert plain(text) == with_hf(text)
+    assert plain("<s>tok_5") == [1, 5]

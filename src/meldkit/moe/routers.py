@@ -57,23 +57,30 @@ def _bos_text(folder: Path) -> str:
     return bos if isinstance(bos, str) else ""
 
 
-def _prompt_encoder(folder: Path) -> Callable[[str], list[int]]:
-    """Token ids of a text without added special tokens: ``tokenizers`` reads tokenizer.json
-    directly (no transformers import); other tokenizers go through AutoTokenizer."""
-    if (folder / "tokenizer.json").is_file():
-        from tokenizers import Tokenizer
+def _prompt_encoder(folder: Path) -> tuple[Callable[[str], list[int]], str]:
+    """Token ids of a text without added special tokens, and the BOS token's text.
 
-        tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
-        return lambda text: list(tok.encode(text, add_special_tokens=False).ids)
+    transformers' AutoTokenizer when installed (what MergeKit tokenizes with: it may adjust
+    the tokenizer.json pipeline from tokenizer_config.json), else ``tokenizers`` on
+    tokenizer.json directly.
+    """
     try:
         from transformers import AutoTokenizer
     except ImportError:
-        raise MeldError(
-            f"gate_mode cheap_embed needs transformers to read the tokenizer of {folder}",
-            hint="pip install 'meldkit[hf]'",
-        ) from None
+        if not (folder / "tokenizer.json").is_file():
+            raise MeldError(
+                f"gate_mode cheap_embed needs transformers to read the tokenizer of {folder}",
+                hint="pip install 'meldkit[hf]'",
+            ) from None
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        return (lambda text: list(tok.encode(text, add_special_tokens=False).ids)), _bos_text(
+            folder
+        )
     auto = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
-    return lambda text: list(auto.encode(text, add_special_tokens=False))
+    bos = auto.bos_token if isinstance(auto.bos_token, str) else ""
+    return (lambda text: list(auto.encode(text, add_special_tokens=False))), bos
 
 
 def cheap_embedding(embed: torch.Tensor, ids: Sequence[Sequence[int]]) -> torch.Tensor:
@@ -95,7 +102,7 @@ def _cheap_embed_gates(plan: MoePlan, reader: SourceReader) -> torch.Tensor:
             hint="use gate_mode hidden or random",
         )
     embed = reader.read(plan.base, name).to(torch.float32)  # (vocab, hidden)
-    encode, bos = _prompt_encoder(base.folder), _bos_text(base.folder)
+    encode, bos = _prompt_encoder(base.folder)
 
     def ids(prompts: Sequence[str]) -> list[list[int]]:
         return [encode(bos + p) for p in prompts]
