@@ -142,6 +142,8 @@ def _check_base(arch: OutputArch, base: InputModelInfo, prefix: str) -> list[str
         problems.append(
             f"{base.key} has attention biases, which Mixtral cannot hold (use architecture: qwen)"
         )
+    if any(mlp_name(prefix, 0, p) not in names for p in PROJECTIONS):
+        problems.append(f"{base.key} has no dense gated MLP (mlp.gate_proj/up_proj/down_proj)")
     cfg = base.config or {}
     if "intermediate_size" not in cfg or "hidden_size" not in cfg:
         problems.append(f"{base.key}: config.json lacks hidden_size or intermediate_size")
@@ -204,6 +206,39 @@ def _zero_biases(arch: OutputArch, base: InputModelInfo, layer: int, dtype: str)
     return out
 
 
+def _check_experts(
+    config: MoeConfig,
+    arch: OutputArch,
+    models: dict[str, InputModelInfo],
+    base: InputModelInfo,
+    expert_keys: list[str],
+) -> list[str]:
+    """Every expert against the base (layers, MLP shapes); the prompts the output needs."""
+    problems: list[str] = []
+    prefix, layers = base.layout.stack_prefix or "model.layers.", base.layout.num_layers
+    n = len(config.experts)
+    for i, (e, key) in enumerate(zip([*config.experts, *config.shared_experts], expert_keys)):
+        where = f"experts[{i}]" if i < n else f"shared_experts[{i - n}]"
+        problems += _check_expert(f"{where} ({e.source_model})", models[key], base, prefix, layers)
+    shared = config.shared_experts[0] if config.shared_experts else None
+    if (
+        arch.name == "qwen"
+        and shared is not None
+        and not shared.positive_prompts
+        and config.gate_mode not in PROMPTLESS_GATE_MODES
+    ):
+        problems.append(
+            "shared_experts[0] has no positive_prompts; Qwen2-MoE's shared-expert gate is "
+            "made from them (or use gate_mode: random)"
+        )
+    if config.gate_mode.startswith("hidden") and base.lora_folder is not None:
+        problems.append(
+            f"gate_mode '{config.gate_mode}' runs the base model's folder; a base with a LoRA "
+            f"adapter ({config.base_model}) is not supported there"
+        )
+    return problems
+
+
 def plan_moe(recipe: Any, options: MoeOptions | None = None) -> MoePlan:
     """Plan a MoE build from a recipe (path, YAML text, dict or :class:`MoeConfig`).
 
@@ -232,27 +267,10 @@ def plan_moe(recipe: Any, options: MoeOptions | None = None) -> MoePlan:
         problems.append(str(why))
         raise PlanError(problems, hint=_HINT)
     problems += _check_base(arch, base, base.layout.stack_prefix or "")
-    prefix, layers = base.layout.stack_prefix or "model.layers.", base.layout.num_layers
-    for i, (e, key) in enumerate(zip(experts, expert_keys, strict=True)):
-        kind = "experts" if i < len(config.experts) else "shared_experts"
-        j = i if i < len(config.experts) else i - len(config.experts)
-        problems += _check_expert(
-            f"{kind}[{j}] ({e.source_model})", models[key], base, prefix, layers
-        )
-    if arch.name == "qwen":
-        shared = config.shared_experts[0] if config.shared_experts else None
-        if shared and not shared.positive_prompts and config.gate_mode not in PROMPTLESS_GATE_MODES:
-            problems.append(
-                "shared_experts[0] has no positive_prompts; Qwen2-MoE's shared-expert gate is "
-                "made from them (or use gate_mode: random)"
-            )
-    if config.gate_mode.startswith("hidden") and base.lora_folder is not None:
-        problems.append(
-            f"gate_mode '{config.gate_mode}' runs the base model's folder; a base with a LoRA "
-            f"adapter ({config.base_model}) is not supported there"
-        )
+    problems += _check_experts(config, arch, models, base, expert_keys)
     if problems:
         raise PlanError(problems, hint=_HINT)
+    prefix, layers = base.layout.stack_prefix or "model.layers.", base.layout.num_layers
     dtype = _output_dtype(config, base)
     shapes = {p: base.index.tensors[mlp_name(prefix, 0, p)].shape for p in PROJECTIONS}
     pre, per_layer, post = _base_tensors(base, dtype)
