@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -141,11 +142,15 @@ def test_reads_one_layer_at_a_time_and_never_the_last(
 ) -> None:
     folder = _model(tmp_path, "llama", "llama")
     read: list[int] = []
+    previous: list[weakref.ref[torch.Tensor]] = []
     real = layerwise._read_layer
 
     def spy(reader: Any, index: Any, layer: int, device: str) -> dict[str, torch.Tensor]:
         read.append(layer)
+        # The previous layer's tensors are gone before the next layer is read.
+        assert all(ref() is None for ref in previous)
         weights = real(reader, index, layer, device)
+        previous[:] = [weakref.ref(t) for t in weights.values()]
         assert sorted(weights) == sorted(
             n[len(f"model.layers.{layer}.") :]
             for n in index.tensors
