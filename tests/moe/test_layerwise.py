@@ -171,7 +171,9 @@ def test_unsupported_architecture(tmp_path: Path) -> None:
         f"{folder}/config.json: running the base layer by layer supports model types llama, "
         "mistral, qwen2, qwen3; this model is 'gemma2'"
     )
-    assert err.value.hint == "run without layer_by_layer (transformers loads the whole base model)"
+    assert (
+        err.value.hint == "run without --layer-by-layer (transformers loads the whole base model)"
+    )
 
 
 def test_unsupported_rope_scaling(tmp_path: Path) -> None:

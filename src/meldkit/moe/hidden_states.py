@@ -299,6 +299,10 @@ def _load_causal_lm(base_dir: str, device: str) -> Any:
     # transformers 5 renamed torch_dtype to dtype (4.x before 4.56 knows only torch_dtype).
     major = int(transformers.__version__.split(".")[0])
     dtype_arg = {"dtype" if major >= 5 else "torch_dtype": torch.float32}
+    # transformers' own "Loading weights" bar would interleave with meldkit's progress lines.
+    hf_logging: Any = transformers.utils.logging
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
     try:
         model: Any = transformers.AutoModelForCausalLM.from_pretrained(
             base_dir, trust_remote_code=False, local_files_only=True, **dtype_arg
@@ -307,7 +311,10 @@ def _load_causal_lm(base_dir: str, device: str) -> Any:
     except Exception as exc:
         raise InputError(
             f"cannot load the base model '{base_dir}' with transformers: {exc}",
-            hint="the hidden gates run the base model; for Llama, Mistral, Qwen2 and Qwen3 bases "
-            "layer_by_layer reads the weights without transformers' model classes",
+            hint="for Llama, Mistral, Qwen2 and Qwen3 bases --layer-by-layer runs the base "
+            "without transformers' model classes",
         ) from None
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
     return model.to(device).eval()

@@ -33,6 +33,7 @@ __all__ = ["SUPPORTED_MODEL_TYPES", "BlockConfig", "layerwise_sums"]
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 _ROPE_TYPES = ("default", "linear", "llama3")
 _EMBED = "model.embed_tokens.weight"
+_WHOLE_MODEL_HINT = "run without --layer-by-layer (transformers loads the whole base model)"
 _PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
 _MLP = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 _NORMS = ("input_layernorm.weight", "post_attention_layernorm.weight")
@@ -62,12 +63,13 @@ class BlockConfig:
             raise InputError(
                 f"{where}: running the base layer by layer supports model types "
                 f"{', '.join(SUPPORTED_MODEL_TYPES)}; this model is '{model_type}'",
-                hint="run without layer_by_layer (transformers loads the whole base model)",
+                hint=_WHOLE_MODEL_HINT,
             )
         if cfg.get("hidden_act", "silu") != "silu":
             raise InputError(
-                f"{where}: hidden_act '{cfg['hidden_act']}' is not supported "
-                "layer by layer (only silu)"
+                f"{where}: hidden_act '{cfg['hidden_act']}' is not supported layer by layer "
+                "(only silu)",
+                hint=_WHOLE_MODEL_HINT,
             )
         heads = int(cfg["num_attention_heads"])
         hidden = int(cfg["hidden_size"])
@@ -100,11 +102,14 @@ def _rope_parameters(cfg: dict[str, Any], where: str) -> dict[str, Any]:
         raise InputError(
             f"{where}: rotary scaling '{params['rope_type']}' is not supported layer by layer "
             f"(supported: {', '.join(_ROPE_TYPES)})",
-            hint="run without layer_by_layer (transformers loads the whole base model)",
+            hint=_WHOLE_MODEL_HINT,
         )
     factor = params.get("partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0))
     if float(factor) != 1.0:
-        raise InputError(f"{where}: partial_rotary_factor {factor} is not supported layer by layer")
+        raise InputError(
+            f"{where}: partial_rotary_factor {factor} is not supported layer by layer",
+            hint=_WHOLE_MODEL_HINT,
+        )
     return params
 
 
@@ -174,7 +179,7 @@ def check_tensors(index: CheckpointIndex, cfg: BlockConfig) -> None:
     if index.format != "safetensors":
         raise InputError(
             f"{index.path}: running the base layer by layer needs safetensors weights",
-            hint="convert the base model to safetensors, or run without layer_by_layer",
+            hint="convert the base model to safetensors, or run without --layer-by-layer",
         )
     expected: dict[str, tuple[int, ...]] = {_EMBED: (-1, cfg.hidden)}
     for layer in range(cfg.num_layers - 1):  # the last layer never runs
