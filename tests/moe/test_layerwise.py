@@ -98,6 +98,35 @@ def test_rope_scaling(tmp_path: Path, rope: dict[str, Any]) -> None:
     torch.testing.assert_close(by_layer, whole, rtol=1e-5, atol=1e-5)
 
 
+def test_transformers_4_rope_keys(tmp_path: Path) -> None:
+    # transformers 4 wrote rope_theta and rope_scaling ("type" in older files) at the top level.
+    folder = _model(tmp_path, "v4", "llama", rope_theta=500.0)
+    path = folder / "config.json"
+    cfg = json.loads(path.read_text())
+    del cfg["rope_parameters"]
+    scaling = {k: v for k, v in ROPE_LLAMA3.items() if k not in ("rope_theta", "rope_type")}
+    cfg["rope_scaling"] = {"type": "llama3", **scaling}
+    path.write_text(json.dumps(cfg))
+    whole, by_layer = _both_paths(folder, "hidden")
+    torch.testing.assert_close(by_layer, whole, rtol=1e-5, atol=1e-5)
+    # ... and the scaling took effect (float noise is ~1e-7; tiny random weights make it small).
+    plain = prompt_hidden_states(
+        str(
+            _model(
+                tmp_path,
+                "v5",
+                "llama",
+                rope_parameters={"rope_type": "default", "rope_theta": 500.0},
+            )
+        ),
+        PROMPTS,
+        NEGATIVE,
+        "hidden",
+        layer_by_layer=True,
+    )
+    assert (plain - by_layer).abs().max() > 1e-4
+
+
 def test_llama3_frequencies_by_band() -> None:
     # head_dim 8, theta 10000: inv_freq = 10000 ** -(0, 2, 4, 6) / 8 -> wavelengths 2*pi/f.
     # Context 8: high band (wavelen < 8 / 4 = 2: none), low band (> 8 / 1 = 8: the last two);
