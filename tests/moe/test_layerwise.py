@@ -236,3 +236,15 @@ def test_config_that_does_not_fit_the_weights(tmp_path: Path) -> None:
     assert err.value.hint == (
         "the checkpoint is incomplete or its config.json belongs to another model"
     )
+
+
+def test_pickled_weights_are_refused(tmp_path: Path) -> None:
+    folder = make_tiny_model(tmp_path / "bin", "llama", fmt="bin", added_tokens=WORDS)
+    with pytest.raises(InputError) as err:
+        prompt_hidden_states(str(folder), PROMPTS, NEGATIVE, "hidden", layer_by_layer=True)
+    assert (
+        err.value.message == f"{folder}: running the base layer by layer needs safetensors weights"
+    )
+    assert err.value.hint == (
+        "convert the base model to safetensors, or run without --layer-by-layer"
+    )
