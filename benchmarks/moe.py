@@ -40,13 +40,16 @@ REPO = Path(__file__).resolve().parents[1]
 MED = REPO / "bench-data" / "med"
 
 
-def _recipe(folder: Path, n_experts: int) -> Path:
+def _recipe(folder: Path, n_experts: int, noise: float | None) -> Path:
     sources = [MED / "ft1", MED / "ft2", MED / "ft3", MED / "base"]
     recipe = {
         "base_model": str(MED / "base"),
         "gate_mode": "random",
         "dtype": "bfloat16",
-        "experts": [{"source_model": str(sources[i % len(sources)])} for i in range(n_experts)],
+        "experts": [
+            {"source_model": str(sources[i % len(sources)]), "noise_scale": noise}
+            for i in range(n_experts)
+        ],
     }
     path = folder / f"moe{n_experts}.yaml"
     path.write_text(yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
@@ -75,6 +78,9 @@ def main() -> None:
         "--scratch", type=Path, required=True, help="folder for recipes and outputs"
     )
     parser.add_argument("--experts", type=int, nargs="+", default=[2, 8])
+    parser.add_argument(
+        "--noise", type=float, default=None, help="noise_scale of every expert (float32 path)"
+    )
     args = parser.parse_args()
     if not (MED / "base" / "config.json").is_file():
         raise SystemExit(f"{MED} is missing: make it with benchmarks/run.py first")
@@ -83,7 +89,9 @@ def main() -> None:
     for n in args.experts:
         out = args.scratch / f"out{n}"
         shutil.rmtree(out, ignore_errors=True)
-        wall, rss, size = _build(_recipe(args.scratch, n), out, args.scratch / f"moe{n}.log")
+        wall, rss, size = _build(
+            _recipe(args.scratch, n, args.noise), out, args.scratch / f"moe{n}.log"
+        )
         shutil.rmtree(out, ignore_errors=True)
         rows.append((n, size, wall, rss))
     print(f"{'experts':>7}  {'output':>9}  {'wall':>7}  {'peak RSS':>9}")

@@ -26,6 +26,7 @@ import torch
 
 from meldkit.errors import MergeRuntimeError, disk_full, is_disk_full
 from meldkit.execute.device import resolve_device
+from meldkit.execute.heap import release_free_memory
 from meldkit.execute.journal import Journal
 from meldkit.execute.output import (
     check_free_space,
@@ -129,27 +130,41 @@ class _TensorMaker:
                     writer.write(name, out)
                 else:
                     writer.write(name, out.unsqueeze(0), row_start=block.row)
+            if any(self._float32_math(b) for b in tensor.blocks):
+                # glibc keeps the freed float32 buffers (1-32 MB) in its heaps; without this the
+                # resident memory of a noisy build grows with the expert count.
+                release_free_memory()
+
+    def _float32_math(self, block: Block) -> bool:
+        expert = self.plan.experts[block.expert]
+        return bool(expert.noise_scale) or expert.residual_scale is not None
 
     def _expert_block(self, block: Block) -> torch.Tensor:
         """One expert's projection(s), noise and residual scale applied, concatenated on dim 0."""
         expert = self.plan.experts[block.expert]
         reads = [self.reader.read(s.model, s.name) for s in block.parts]
-        if not expert.noise_scale and expert.residual_scale is None:
+        if not self._float32_math(block):
             # Copied as they are: no float32 round trip (a same-dtype cast is free).
             raw = reads[0] if len(reads) == 1 else torch.cat(reads, dim=0)  # (rows, cols)
             return raw.to(self.dtype).contiguous()
-        parts = []
-        for w, projection in zip(reads, block.projections, strict=True):
-            w = w.to(self.device, torch.float32)
+        rows = sum(r.shape[0] for r in reads)
+        out = torch.empty((rows, *reads[0].shape[1:]), dtype=self.dtype)  # (rows, cols)
+        start = 0
+        for raw, projection in zip(reads, block.projections, strict=True):
+            # In place, one projection at a time: one float32 copy and its noise alive at once.
+            w = raw.to(self.device, torch.float32, copy=True)
             if expert.noise_scale:
-                shape = tuple(w.shape)
-                noise = expert_noise(shape, self.seed, block.expert, block.layer, projection)
-                w = w + noise.to(self.device) * expert.noise_scale
+                noise = expert_noise(
+                    tuple(w.shape), self.seed, block.expert, block.layer, projection
+                )
+                w.add_(noise.to(self.device), alpha=expert.noise_scale)
+                del noise
             if expert.residual_scale is not None and projection == "down_proj":
-                w = w * expert.residual_scale
-            parts.append(w)
-        out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)  # (rows, cols)
-        return out.to(device="cpu", dtype=self.dtype).contiguous()
+                w.mul_(expert.residual_scale)
+            out[start : start + w.shape[0]] = w.to("cpu")
+            start += w.shape[0]
+            del w
+        return out
 
 
 def _write_metadata(plan: MoePlan, folder: Path, options: BuildOptions) -> None:
