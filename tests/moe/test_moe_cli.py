@@ -53,6 +53,19 @@ def test_plan_shows_a_moe_recipe(family, tmp_path, capsys) -> None:
     assert lines[-1] == "plan OK: nothing was computed"
     assert any(line.startswith("peak tensor memory: about ") for line in lines)
     assert not (tmp_path / "out").exists()
+    code, err, stdout = _cli(capsys, "plan", recipe, "--json")
+    doc = json.loads(stdout)
+    assert (doc["architecture"], doc["expert_layout"], doc["config"]["num_local_experts"]) == (
+        "mixtral",
+        "fused",
+        2,
+    )
+    fused = {t["name"]: t for t in doc["tensors"]}["model.layers.0.mlp.experts.down_proj"]
+    assert fused["sources"] == [
+        [str(fts[0]), "model.layers.0.mlp.down_proj.weight"],
+        [str(fts[1]), "model.layers.0.mlp.down_proj.weight"],
+    ]
+    assert doc["bytes"]["written"] == sum(s["file_size"] for s in doc["shards"])
 
 
 def test_errors_are_reported_not_raised(family, tmp_path, capsys) -> None:

@@ -136,27 +136,21 @@ def cmd_moe(args: argparse.Namespace) -> int:
 
 
 def cmd_plan_moe(args: argparse.Namespace) -> int:
-    """``meldkit plan`` for a MoE recipe: the plan summary (``--json`` is not offered)."""
-    from meldkit.errors import RecipeError
-    from meldkit.moe.plan import MoeOptions, plan_moe
-    from meldkit.moe.summary import describe_moe_plan
+    """``meldkit plan`` for a MoE recipe: the summary (``--tensors``), or ``--json``."""
+    import json
 
-    if getattr(args, "json", False):
-        raise RecipeError(
-            "--json is not available for MoE recipes", hint="drop --json to see the plan"
-        )
     from meldkit.io.sizes import parse_size
+    from meldkit.moe.plan import MoeOptions, plan_moe
+    from meldkit.moe.summary import describe_moe_plan, moe_plan_json
 
     plan = plan_moe(
         args.recipe,
-        MoeOptions(
-            out_shard_size=parse_size(args.out_shard_size),
-            cache_dir=args.cache_dir,
-            expert_layout=getattr(args, "expert_layout", "auto"),
-            allow_identical_experts=getattr(args, "allow_identical_experts", False),
-        ),
+        MoeOptions(out_shard_size=parse_size(args.out_shard_size), cache_dir=args.cache_dir),
     )
     _plan_warnings(plan, args.strict)
+    if args.json:
+        print(json.dumps(moe_plan_json(plan), indent=2))  # stdout holds the JSON alone
+        return 0
     print(describe_moe_plan(plan, args.tensors))
     print("plan OK: nothing was computed")
     return 0
