@@ -19,9 +19,17 @@ Measured 2026-12-02 on the shared 2-core machine (other jobs running), with that
           8     3.96GB    68.1s      420MB
     ratio 8/2: peak RSS 0.95x, output 3.18x
 
-(Before experts without noise were copied in their own dtype, each projection took a float32
-round trip and the 8-expert build peaked at 546 MB against 396 MB: 1.38x, from the allocator
-keeping freed float32 buffers; the noise path still takes that round trip.)
+With ``--noise 0.01`` (every expert through the float32 path: read, noise, cast), the same
+command plus that flag, measured while other tests ran on the machine:
+
+    experts     output     wall   peak RSS
+          2     1.24GB   101.7s      534MB
+          8     3.96GB   209.9s      599MB
+    ratio 8/2: peak RSS 1.12x, output 3.18x
+
+(an 8-expert noisy build alone, ``--experts 8``: 372 MB). Before the float32 path worked in
+place and trimmed the heap, it peaked at 447 MB against 775 MB (1.73x): glibc kept the freed
+float32 buffers; and before plain experts skipped the float32 round trip, 396 against 546 MB.
 """
 
 from __future__ import annotations
