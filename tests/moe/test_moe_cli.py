@@ -144,3 +144,9 @@ def test_hidden_router_rows_come_from_the_base(family, tmp_path, capsys) -> None
     got = read_model(Path(tmp_path / "out"))
     for layer in (0, 1):
         assert torch.allclose(got[f"model.layers.{layer}.mlp.gate.weight"], want[layer], atol=1e-6)
+    code, err, _ = _cli(capsys, "moe", recipe, tmp_path / "lbl", "--quiet", "--layer-by-layer")
+    assert code == 0, err
+    lbl = read_model(tmp_path / "lbl")
+    for layer in (0, 1):
+        router = f"model.layers.{layer}.mlp.gate.weight"
+        assert torch.allclose(lbl[router], got[router], atol=1e-5)
