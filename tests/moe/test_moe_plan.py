@@ -139,3 +139,17 @@ def test_planning_never_imports_torch(family) -> None:
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_dense_defaults_are_made_explicit() -> None:
+    from meldkit.moe.architectures import OUTPUT_ARCHS, output_config
+
+    old_llama = {"hidden_size": 16, "intermediate_size": 32, "num_attention_heads": 4}
+    cfg = output_config(OUTPUT_ARCHS[0], old_llama, 4, 0, 2, "bfloat16")
+    # Mixtral's own defaults (8 KV heads, rope_theta 1e6, eps 1e-5) would change the model
+    assert (cfg["num_key_value_heads"], cfg["rope_theta"], cfg["rms_norm_eps"]) == (4, 1e4, 1e-6)
+    assert (cfg["num_local_experts"], cfg["num_experts_per_tok"], cfg["dtype"]) == (
+        4,
+        2,
+        "bfloat16",
+    )

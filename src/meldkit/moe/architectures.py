@@ -201,6 +201,12 @@ def output_config(
 ) -> dict[str, Any]:
     """config.json of the MoE model: the base's keys, with the family and the MoE keys set."""
     cfg = {k: v for k, v in base.items() if k not in _DROPPED_KEYS}
+    # Keys an old dense config may leave to its class's default, which the MoE class sets
+    # differently (Mixtral: 8 KV heads, rope_theta 1e6, rms_norm_eps 1e-5).
+    cfg.setdefault("num_key_value_heads", base.get("num_attention_heads"))
+    cfg.setdefault("rms_norm_eps", 1e-6)
+    if "rope_parameters" not in cfg and "rope_theta" not in cfg:
+        cfg["rope_theta"] = 10000.0
     cfg["architectures"] = [arch.class_name]
     cfg["model_type"] = arch.model_type
     cfg["dtype"] = dtype_name
