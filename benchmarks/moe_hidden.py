@@ -9,21 +9,27 @@ peak RSS from ``wait4``): ``floor`` imports torch and transformers and tokenizes
 ``layerwise`` is ``layer_by_layer=True`` (one decoder layer at a time from the safetensors
 files). The table gives each path's wall time and peak RSS, the RSS above the floor, the
 layerwise/transformers ratios, and the largest difference between the two paths' router rows
-(they must agree to float tolerance). ``--mode`` picks hidden or hidden_avg.
+(they must agree to float tolerance). ``--mode`` picks hidden or hidden_avg. ``--bfloat16``
+adds a fourth process, the whole model loaded in bfloat16 as MergeKit runs it (the child
+patches the dtype it is loaded with), and prints how far its rows are from the float32 ones.
 
 The prompts are deterministic sentences of ``--words`` words (``--experts`` experts, each with
 ``--prompts`` positive and half as many negative prompts).
 
-Measured 2026-12-02 on the shared 2-core machine under heavy load (load average ~16, so the wall
-times are inflated and only their ratio means anything), with the command above on `med`'s base
-(Llama, 12 layers, hidden 1536, bfloat16, 790 MB; 24 prompts, 1267 tokens)::
+Measured 2026-12-02 on the shared 2-core machine under heavy load (load average ~12, so the wall
+times are inflated and only their ratio means anything), with the command above plus
+``--bfloat16``, on `med`'s base (Llama, 12 layers, hidden 1536, bfloat16, 790 MB; 24 prompts,
+1267 tokens)::
 
     path            wall s  peak RSS MiB  above floor MiB
-    floor            57.27           303                0
-    transformers    254.96          2612             2309
-    layerwise       206.78           527              224
-    layerwise / transformers: wall 0.81, peak RSS 0.20, RSS above floor 0.10
+    floor            17.88           304                0
+    transformers    137.34          2612             2309
+    layerwise       146.70           504              200
+    layerwise / transformers: wall 1.07, peak RSS 0.19, RSS above floor 0.09
     largest router difference between the paths: 0.00e+00
+    bfloat16 whole model against float32: largest difference 2.38e-03, smallest cosine 0.999772
+
+(An earlier run without ``--bfloat16``, load ~16: 2612 against 527 MiB, ratio 0.20.)
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 import run as bench  # noqa: E402  (benchmarks/run.py, beside this script)
 
 PATHS = ("floor", "transformers", "layerwise")
+# With --bfloat16: the whole model in bfloat16, as MergeKit runs it (quality, not memory).
+BF16 = "bfloat16"
 _WORDS = (
     "the a model merges experts router layer token prompt code math story poem law data "
     "science history music travel food health sport game money weather city river"
@@ -72,6 +80,14 @@ def child(args: argparse.Namespace) -> None:
         return
     from meldkit.moe.hidden_states import prompt_hidden_states
 
+    if args.child == BF16:
+        import transformers
+
+        load = transformers.AutoModelForCausalLM.from_pretrained
+        transformers.AutoModelForCausalLM.from_pretrained = lambda *a, **k: load(
+            *a, **{**k, "dtype": torch.bfloat16}
+        )
+
     rows = prompt_hidden_states(
         args.base,
         positive,
@@ -92,7 +108,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--mode", choices=("hidden", "hidden_avg"), default="hidden")
     parser.add_argument("--timeout", type=float, default=900)
-    parser.add_argument("--child", choices=PATHS, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--bfloat16",
+        action="store_true",
+        help="also run the whole model in bfloat16 (MergeKit's precision) and compare its rows",
+    )
+    parser.add_argument("--child", choices=(*PATHS, BF16), help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -103,7 +124,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="moe_hidden_"))
     runs = {}
-    for path in PATHS:
+    for path in PATHS + ((BF16,) if args.bfloat16 else ()):
         argv = [sys.executable, __file__, "--child", path, "--result", str(work / f"{path}.pt")]
         for flag in ("base", "experts", "prompts", "words", "batch_size", "mode"):
             argv += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
@@ -116,7 +137,7 @@ def main() -> None:
     print(f"base {args.base}, {args.experts} experts x {args.prompts} prompts, mode {args.mode}")
     print(f"{(work / 'floor.log').read_text().strip()}")
     print(f"{'path':<13} {'wall s':>8} {'peak RSS MiB':>13} {'above floor MiB':>16}")
-    for path, run in runs.items():
+    for path, run in ((p, r) for p, r in runs.items() if p != BF16):
         print(
             f"{path:<13} {run.wall_s:>8.2f} {run.rss_bytes / mib:>13.0f} "
             f"{(run.rss_bytes - floor) / mib:>16.0f}"
@@ -136,6 +157,14 @@ def main() -> None:
         .max()
     )
     print(f"largest router difference between the paths: {float(diff):.2e}")
+    if args.bfloat16:
+        f32 = torch.load(work / "transformers.pt", weights_only=True)
+        b16 = torch.load(work / f"{BF16}.pt", weights_only=True)
+        cosine = (f32 * b16).sum(dim=-1)  # (layers, experts): both rows have norm 1
+        print(
+            f"bfloat16 whole model against float32: largest difference "
+            f"{float((b16 - f32).abs().max()):.2e}, smallest cosine {float(cosine.min()):.6f}"
+        )
 
 
 if __name__ == "__main__":
