@@ -212,9 +212,8 @@ experts:
     [
         (
             _MOE,
-            "this is a mergekit-moe recipe (experts, gate_mode), not a merge recipe; "
-            "meldkit does not support building mixtures of experts yet",
-            "build it with mergekit-moe for now",
+            "this is a mergekit-moe recipe (experts, gate_mode), not a merge recipe",
+            "build it with `meldkit moe RECIPE OUT`",
         ),
         (
             "genome: {models: [a, b], merge_method: ties}\ntasks: [arc]\n",

@@ -265,9 +265,9 @@ def test_moe_recipe_is_named_and_nothing_is_written(llama_family, tmp_path, caps
     assert (code, stdout) == (2, "")
     assert err == [
         "error: this is a mergekit-moe recipe (experts, gate_mode, experts_per_token), not a merge "
-        "recipe; meldkit does not support building mixtures of experts yet",
-        "hint: build it with mergekit-moe for now; meldkit merges models that already are MoE "
-        "(Mixtral, Qwen3-MoE) with merge recipes",
+        "recipe",
+        "hint: build it with `meldkit moe RECIPE OUT`; `meldkit merge` merges models that "
+        "already are MoE (Mixtral, Qwen3-MoE) with merge recipes",
     ]
     assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["recipe.yaml"]

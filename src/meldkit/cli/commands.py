@@ -37,8 +37,27 @@ def _plan_options(args: argparse.Namespace) -> Any:
     )
 
 
+def _is_moe_recipe(recipe: str) -> bool:
+    """Whether the recipe file is a mergekit-moe recipe (planned by :mod:`meldkit.moe`)."""
+    from pathlib import Path
+
+    import yaml
+
+    from meldkit.moe.config import is_moe_recipe
+
+    try:
+        data = yaml.safe_load(Path(recipe).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False  # the merge planner reports the file's problem
+    return is_moe_recipe(data)
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     """``meldkit plan``: the summary (``--tensors``, ``--params``), or the plan as ``--json``."""
+    if _is_moe_recipe(args.recipe):
+        from meldkit.moe.cli import cmd_plan_moe
+
+        return cmd_plan_moe(args)
     from meldkit.plan import plan_merge
     from meldkit.plan.summary import describe_parameters, describe_plan
 

@@ -16,7 +16,10 @@ from typing import Any
 __all__ = ["TOOL_MODULES", "add_tool_parsers"]
 
 # One line per tool, in the order `meldkit --help` lists them.
-TOOL_MODULES: tuple[str, ...] = ("meldkit.extract_lora.cli",)
+TOOL_MODULES: tuple[str, ...] = (
+    "meldkit.moe.cli",
+    "meldkit.extract_lora.cli",
+)
 
 
 def add_tool_parsers(sub: Any) -> None:

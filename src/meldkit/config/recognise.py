@@ -20,9 +20,9 @@ _OTHER_TOOLS: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
     (
         "a mergekit-moe recipe",
         ("experts", "gate_mode", "experts_per_token", "shared_experts"),
-        "building mixtures of experts",
-        "build it with mergekit-moe for now; meldkit merges models that already are MoE "
-        "(Mixtral, Qwen3-MoE) with merge recipes",
+        "",
+        "build it with `meldkit moe RECIPE OUT`; `meldkit merge` merges models that already "
+        "are MoE (Mixtral, Qwen3-MoE) with merge recipes",
     ),
     (
         "a mergekit-evolve configuration",
