@@ -126,7 +126,7 @@ def _index_pickle(path: Path, warn: Callable[[str], None]) -> dict[str, TensorIn
         )
     if others:
         warn(
-            f"{path}: {len(others)} entries that are not tensors are not merged "
+            f"{path}: {_entries(len(others))} not merged "
             f"({', '.join(others[:3])}{', ...' if len(others) > 3 else ''})"
         )
     return tensors
@@ -157,3 +157,7 @@ def memory_input(key: str, ref: ModelRef, state: Mapping[str, Any]) -> InputMode
     if not tensors:
         raise InputError(f"state dict {key} holds no tensors")
     return raw_input(key, ref, MEMORY, tensors)
+
+
+def _entries(n: int) -> str:
+    return "1 entry that is not a tensor is" if n == 1 else f"{n} entries that are not tensors are"
