@@ -33,7 +33,8 @@ def _options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
 def test_every_option_of_every_subcommand_has_help() -> None:
     parser = build_parser()
     subs = _subparsers(parser)
-    assert set(subs) == {"merge", "plan", "methods", "demo", "make-test-models", "verify"}
+    # The core's subcommands, and those the side tools add (cli/tools.py).
+    assert set(subs) >= {"merge", "plan", "methods", "demo", "make-test-models", "verify", "multi"}
     missing = []
     for name, sub in [("", parser), *subs.items()]:
         for flag, action in _options(sub).items():

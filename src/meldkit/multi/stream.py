@@ -1,0 +1,97 @@
+"""``--no-intermediates``: an intermediate merged tensor by tensor as later stages read it.
+
+A streamed stage is a *virtual checkpoint*: its plan gives the header (every tensor's name,
+dtype and shape, as its skeleton folder shows the planner), and its tensors are computed on
+demand by the stage's own per-tensor merge (:func:`meldkit.execute.tensors.compute_tensor`,
+the function the engine runs), when a later stage's reader asks for them. :func:`attach` swaps
+the later plan's sources from the skeleton's files for :class:`~meldkit.io.computed.
+ComputedTensorInfo` entries, so the engine reads them like any tensor and nothing else in it
+changes. The reader's read-ahead bounds how many are alive at once, and each is the very
+tensor the written run would have stored (same function, context and seed), so the final
+bytes are the same.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import torch
+
+from meldkit.execute.policy import EnginePolicy
+from meldkit.execute.tensors import TensorLoader, compute_tensor
+from meldkit.io.computed import ComputedTensorInfo
+from meldkit.io.header import TensorInfo
+from meldkit.methods.registry import MergeContext, load_merge_function
+from meldkit.plan.types import MergePlan, TensorPlan, TensorSource
+
+__all__ = ["StreamedStage", "attach"]
+
+
+class StreamedStage:
+    """A stage's output, merged one tensor at a time on request; thread-safe."""
+
+    def __init__(
+        self,
+        plan: MergePlan,
+        device: str,
+        seed: int | None,
+        policy: EnginePolicy,
+        warn: Callable[[str], None],
+    ) -> None:
+        self.plan = plan
+        self._device = device
+        self._seed = seed
+        self._loader = TensorLoader(plan, device, warn, policy)
+        self._fn = load_merge_function(plan.method)
+        self._tensors = {t.name: t for t in plan.tensors}
+        # One tensor at a time: the readers of a later stage ask from several threads, and
+        # merging two at once would only double the memory held.
+        self._lock = threading.Lock()
+        self.computed = 0
+
+    def produce(self, name: str) -> torch.Tensor:
+        """The merged tensor ``name`` on the CPU, in its output dtype."""
+        tensor: TensorPlan = self._tensors[name]
+        with self._lock:
+            inputs = self._loader.load(tensor)
+            ctx = MergeContext(tensor.name, self._seed, self._device, tensor.out_dtype)
+            native = self.plan.method.native_inputs
+            result = compute_tensor(tensor, inputs, self._fn, ctx, self._device, None, native)
+            self._loader.check_result(tensor, None, result)
+            self.computed += 1
+        return result
+
+    def close(self) -> None:
+        self._loader.close()
+
+
+def _computed(info: TensorInfo, streams: Mapping[Path, StreamedStage]) -> TensorInfo:
+    stream = streams.get(info.file.parent)
+    if stream is None:
+        return info
+    fields = {f.name: getattr(info, f.name) for f in dataclasses.fields(TensorInfo)}
+    return ComputedTensorInfo(**fields, produce=lambda: stream.produce(info.name))
+
+
+def _source(source: TensorSource, streams: Mapping[Path, StreamedStage]) -> TensorSource:
+    if source.parts:
+        parts = tuple(tuple(_computed(p, streams) for p in group) for group in source.parts)
+        if parts == source.parts:  # ComputedTensorInfo never equals a file's TensorInfo
+            return source
+        return dataclasses.replace(source, parts=parts)
+    info = _computed(source.info, streams)
+    return source if info is source.info else dataclasses.replace(source, info=info)
+
+
+def attach(plan: MergePlan, streams: Mapping[Path, StreamedStage]) -> int:
+    """Make ``plan`` read the tensors of the skeleton folders in ``streams`` from those streamed
+    stages; returns how many sources now stream."""
+    n = 0
+    for t in plan.tensors:
+        sources = tuple(_source(s, streams) for s in t.sources)
+        n += sum(a is not b for a, b in zip(sources, t.sources))
+        t.sources = sources
+    return n
