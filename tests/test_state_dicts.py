@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from meldkit.api import merge_state_dicts, prepare_state_dict_merge, run_merge
-from meldkit.errors import InputError, OptionError, PlanError, RecipeError
+from meldkit.errors import InputError, MeldError, OptionError, PlanError, RecipeError
 from meldkit.testing import read_model
 
 
@@ -264,3 +264,13 @@ def test_bad_parameters_and_inputs():
     with pytest.raises(OptionError) as err:
         merge_state_dicts(A, "linear")
     assert err.value.message == "merge_state_dicts takes several state dicts; got a single one"
+
+
+def test_device_is_checked_and_cpu_results_stay_on_it():
+    got = merge_state_dicts([A, B], "linear", {"weight": 1.0}, device="auto")
+    assert got["x.weight"].device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(MeldError) as err:
+            merge_state_dicts([A, B], "linear", {"weight": 1.0}, device="cuda")
+        assert err.value.message == "device 'cuda' was asked for but no CUDA GPU is available"
+        assert err.value.hint == 'use device="cpu" (the default) or device="auto"'

@@ -337,7 +337,8 @@ def merge_state_dicts(
     ``dicts``, or one more input). ``dtype``/``out_dtype``: as in recipes (default: the inputs'
     dtype; math in float32). ``missing``: ``"error"``, ``"intersection"`` or ``"union"`` for
     inputs that do not share every tensor name. ``seed``: for random methods (the same seed
-    gives the same tensors). ``device``: where the math runs; results are on the CPU.
+    gives the same tensors). ``device``: where the math runs and the results are (``cpu``,
+    ``cuda``...).
     ``out``: a dict to fill (a tensor already there is written in place with ``copy_``).
 
     Tensors a method passes through unchanged may be returned as the input tensors themselves;

@@ -20,6 +20,7 @@ import torch
 from meldkit.config.load import load_config
 from meldkit.config.modelref import parse_model_ref
 from meldkit.errors import OptionError, PlanError
+from meldkit.execute.device import resolve_device
 from meldkit.methods.registry import MergeContext, get_method, load_merge_function
 from meldkit.plan.models import InputModelInfo
 from meldkit.plan.types import MergePlan, PlanOptions
@@ -114,7 +115,7 @@ class StateDictMerge:
             self._models[key] = memory_input(key, parse_model_ref(key), state)
         self._dtypes = {"dtype": dtype, "out_dtype": out_dtype}
         self.missing = missing
-        self.device = device
+        self.device = resolve_device(device)
         self.seed = seed
         self._fn = load_merge_function(self.spec)
         self.plan = self.plan_for(parameters, model_parameters)
@@ -177,8 +178,11 @@ class StateDictMerge:
             for tensor in plan.tensors:
                 raw = [self._states[s.model][s.name] for s in tensor.sources]
                 ctx = MergeContext(tensor.name, self.seed, self.device, tensor.out_dtype)
-                merged = compute_tensor(tensor, raw, self._fn, ctx, self.device, None, native)
-                _store(result, tensor.name, merged)
+                merged = compute_tensor(
+                    tensor, raw, self._fn, ctx, self.device, None, native, self.device
+                )
+                # A copied tensor is the input itself, wherever it is: the result is on `device`.
+                _store(result, tensor.name, merged.to(self.device))
         return result
 
 
