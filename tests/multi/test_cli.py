@@ -121,3 +121,52 @@ def test_multi_runs_and_reports(
         "c",
         "c.meldkit-stage.json",
     ]
+
+
+def test_plan_of_a_streamed_chain(
+    tmp_path: Path, chain_file: Path, family: dict[str, Path]
+) -> None:
+    from meldkit.multi import ChainOptions, describe_chain, plan_chain
+    from meldkit.multi.summary import chain_totals
+
+    chain = plan_chain(chain_file, ChainOptions(tmp_path / "i", stream=True), tmp_path / "s")
+    lines = describe_chain(chain).splitlines()
+    assert [line for line in lines if line.startswith("stage ")] == [
+        f"stage 1/3 'ab' -> {(tmp_path / 'i').resolve() / 'ab'} [streamed into final (not written)]",
+        f"stage 2/3 'c' -> {(tmp_path / 'i').resolve() / 'c'} [streamed into final (not written)]",
+        "stage 3/3 final -> <out> [to merge]",
+    ]
+    final = chain.stages[-1].plan
+    totals = chain_totals(chain)
+    # Only the final output is written; the streamed stages' inputs are read, theirs are not.
+    assert totals["bytes_to_write"] == final.bytes_to_write
+    assert totals["bytes_to_read"] == 4 * 6736 * 4
+    # While the final stage runs, each streamed stage merges a tensor for it.
+    peaks = [sp.plan.peak_memory_estimate for sp in chain.stages]
+    assert totals["peak_memory"] == sum(peaks)
+
+
+def test_an_unread_stage_is_written_with_a_note(tmp_path: Path, family: dict[str, Path]) -> None:
+    from meldkit.multi import ChainOptions, plan_chain
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        f"name: side\nmerge_method: linear\nmodels: [{family['ft1']}, {family['ft2']}]\n"
+        f"parameters: {{weight: 1}}\n---\n"
+        f"merge_method: linear\nmodels: [{family['ft1']}]\nparameters: {{weight: 1}}\n"
+    )
+    chain = plan_chain(recipe, ChainOptions(tmp_path / "i", stream=True), tmp_path / "s")
+    side = chain.stage("side")
+    assert (side.streamed, side.note) == (False, "stage 'side' is written: no later stage reads it")
+
+
+def test_out_may_not_hold_the_intermediates(
+    tmp_path: Path, chain_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "merged"
+    args = ["multi", str(chain_file), "--out", str(out), "-I", str(out / "stages"), "--overwrite"]
+    assert main(args) == 2
+    assert capsys.readouterr().err.splitlines()[0] == (
+        f"error: output folder {out} contains the input model folder {out / 'stages' / 'ab'}"
+    )
+    assert not (out / "stages" / "ab").exists()

@@ -63,10 +63,13 @@ def run_chain(
         for w in chain.warnings:
             warn(w)
         final = chain.stages[-1]
+        # Before any stage runs. The intermediates count as inputs, so --out can neither be one
+        # of them nor hold the intermediate folder (publishing would replace them).
         inputs = [
             m.folder for m in final.plan.models.values() if m.folder.parent != chain.skeletons
         ]
-        check_output_folder(options.out, inputs, run.overwrite)  # before any stage runs
+        inputs += [sp.output for sp in chain.stages if sp.stage.name is not None]
+        check_output_folder(options.out, inputs, run.overwrite)
         result = ChainResult(options.out)
         for sp in chain.stages:
             _run_stage(sp, chain, run, streams, result, warn, info)

@@ -21,8 +21,9 @@ from pathlib import Path
 import torch
 
 from meldkit.execute.policy import EnginePolicy
-from meldkit.execute.tensors import TensorLoader, compute_tensor
+from meldkit.execute.tensors import TensorLoader, compute_tensor, split_pieces
 from meldkit.io.computed import ComputedTensorInfo
+from meldkit.io.dtypes import torch_dtype
 from meldkit.io.header import TensorInfo
 from meldkit.methods.registry import MergeContext, load_merge_function
 from meldkit.plan.types import MergePlan, TensorPlan, TensorSource
@@ -47,21 +48,38 @@ class StreamedStage:
         self._loader = TensorLoader(plan, device, warn, policy)
         self._fn = load_merge_function(plan.method)
         self._tensors = {t.name: t for t in plan.tensors}
+        self._lora = {k for k, m in plan.models.items() if m.lora_folder is not None}
+        self._chunk = policy.chunk_elements
         # One tensor at a time: the readers of a later stage ask from several threads, and
         # merging two at once would only double the memory held.
         self._lock = threading.Lock()
         self.computed = 0
 
     def produce(self, name: str) -> torch.Tensor:
-        """The merged tensor ``name`` on the CPU, in its output dtype."""
+        """The merged tensor ``name`` on the CPU, in its output dtype.
+
+        A tensor the engine would merge in blocks of rows (an element-wise method on a large
+        tensor) is merged in the same blocks, each into its rows of the result: the working
+        set stays that of one block, and the bytes are those a written run stores."""
         tensor: TensorPlan = self._tensors[name]
         with self._lock:
-            inputs = self._loader.load(tensor)
-            ctx = MergeContext(tensor.name, self._seed, self._device, tensor.out_dtype)
-            native = self.plan.method.native_inputs
-            result = compute_tensor(tensor, inputs, self._fn, ctx, self._device, None, native)
-            self._loader.check_result(tensor, None, result)
+            pieces = list(split_pieces([tensor], self.plan.method, self._lora, self._chunk))
+            if len(pieces) == 1:
+                result = self._compute(tensor, None)
+            else:
+                result = torch.empty(tensor.shape, dtype=torch_dtype(tensor.out_dtype))
+                for piece in pieces:
+                    assert piece.rows is not None
+                    result[piece.rows[0] : piece.rows[1]] = self._compute(tensor, piece.rows)
             self.computed += 1
+        return result
+
+    def _compute(self, tensor: TensorPlan, rows: tuple[int, int] | None) -> torch.Tensor:
+        inputs = self._loader.load(tensor, rows)
+        ctx = MergeContext(tensor.name, self._seed, self._device, tensor.out_dtype)
+        native = self.plan.method.native_inputs
+        result = compute_tensor(tensor, inputs, self._fn, ctx, self._device, rows, native)
+        self._loader.check_result(tensor, rows, result)
         return result
 
     def close(self) -> None:
