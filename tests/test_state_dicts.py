@@ -274,3 +274,23 @@ def test_device_is_checked_and_cpu_results_stay_on_it():
             merge_state_dicts([A, B], "linear", {"weight": 1.0}, device="cuda")
         assert err.value.message == "device 'cuda' was asked for but no CUDA GPU is available"
         assert err.value.hint == 'use device="cpu" (the default) or device="auto"'
+
+
+def test_prepared_parameters_are_replaced_one_at_a_time():
+    prepared = prepare_state_dict_merge(
+        [A, B], "linear", {"normalize": False}, model_parameters=[{"weight": 1}, {"weight": 1}]
+    )
+    assert torch.equal(prepared.merge()["x.weight"], A["x.weight"] + B["x.weight"])
+    # new model weights, the prepared normalize=False kept
+    got = prepared.merge(model_parameters=[{"weight": 0.5}, {"weight": 0.0}])
+    assert torch.equal(got["x.weight"], 0.5 * A["x.weight"])
+    # new shared parameters, the prepared weights kept
+    assert torch.equal(prepared.merge({})["x.weight"], _t([[3, 4], [5, 6]]))
+
+
+def test_out_with_a_wrong_shape_is_refused_before_any_write():
+    out = {"x.weight": torch.zeros(3, 2)}
+    with pytest.raises(PlanError) as err:
+        merge_state_dicts([A, B], "linear", {"weight": 1.0}, out=out)
+    assert err.value.message == "out['x.weight'] has shape [3, 2]; the merged tensor has [2, 2]"
+    assert torch.equal(out["x.weight"], torch.zeros(3, 2))

@@ -285,8 +285,9 @@ def prepare_state_dict_merge(
     """Check in-memory inputs once, for merging them many times (an evolutionary search).
 
     Returns a :class:`~meldkit.raw.state_dicts.StateDictMerge`; its ``merge(parameters,
-    model_parameters, out=None)`` merges with a new parameter set (or, with neither, with the
-    ones given here) and returns ``{name: tensor}``. See :func:`merge_state_dicts` for the
+    model_parameters, out=None)`` merges and returns ``{name: tensor}``, each of the two
+    replacing the one given here (None keeps it, ``{}`` clears it): only the parameters are
+    resolved again per tensor, the inputs are not checked again. See :func:`merge_state_dicts` for the
     arguments; the checks (names, shapes, dtypes, the method's inputs and parameters) run here
     and raise :class:`~meldkit.errors.PlanError` listing every problem.
     """

@@ -118,6 +118,7 @@ class StateDictMerge:
         self.device = resolve_device(device)
         self.seed = seed
         self._fn = load_merge_function(self.spec)
+        self._parameters, self._model_parameters = parameters, model_parameters
         self.plan = self.plan_for(parameters, model_parameters)
 
     @property
@@ -163,16 +164,23 @@ class StateDictMerge:
         *,
         out: dict[str, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Merge with ``parameters`` (and ``model_parameters``), or with those the merge was
-        prepared with when both are None. With ``out``, each result is written into the
-        tensor of that name already in ``out`` (``copy_``: its dtype and device kept, e.g. a
-        loaded model's parameters), or added to it; ``out`` is returned."""
+        """Merge and return ``{name: tensor}``.
+
+        ``parameters`` and ``model_parameters`` replace those the merge was prepared with,
+        each on its own: one left as None keeps the prepared one (pass ``{}`` to clear it).
+        With ``out``, each result is written into the tensor of that name already in ``out``
+        (``copy_``: its dtype and device kept, e.g. a loaded model's parameters) or added to
+        it, and ``out`` is returned; shapes are checked before anything is computed."""
         from meldkit.execute.tensors import compute_tensor
 
         plan = self.plan
         if parameters is not None or model_parameters is not None:
-            plan = self.plan_for(parameters, model_parameters)
+            plan = self.plan_for(
+                self._parameters if parameters is None else parameters,
+                self._model_parameters if model_parameters is None else model_parameters,
+            )
         result: dict[str, torch.Tensor] = {} if out is None else out
+        _check_out(result, plan)
         native = self.spec.native_inputs
         with torch.no_grad():
             for tensor in plan.tensors:
@@ -182,8 +190,24 @@ class StateDictMerge:
                     tensor, raw, self._fn, ctx, self.device, None, native, self.device
                 )
                 # A copied tensor is the input itself, wherever it is: the result is on `device`.
-                _store(result, tensor.name, merged.to(self.device))
+                merged = merged.to(self.device)
+                target = result.get(tensor.name)
+                if target is None:
+                    result[tensor.name] = merged
+                else:
+                    target.copy_(merged)
         return result
+
+
+def _check_out(out: Mapping[str, torch.Tensor], plan: MergePlan) -> None:
+    """Every tensor already in ``out`` that the merge writes must have the merged shape."""
+    problems = [
+        f"out[{t.name!r}] has shape {list(out[t.name].shape)}; the merged tensor has {list(t.shape)}"
+        for t in plan.tensors
+        if t.name in out and tuple(out[t.name].shape) != t.shape
+    ]
+    if problems:
+        raise PlanError(problems, hint="pass a dict whose tensors match the inputs' shapes")
 
 
 def _per_model(
@@ -209,17 +233,3 @@ def _per_model(
             hint="give one mapping (or None) per input, in order, or a dict by input name",
         )
     return {k: v for k, v in zip(keys, given) if v}
-
-
-def _store(result: dict[str, torch.Tensor], name: str, merged: torch.Tensor) -> None:
-    target = result.get(name)
-    if target is None:
-        result[name] = merged
-        return
-    if tuple(target.shape) != tuple(merged.shape):
-        raise PlanError(
-            [
-                f"out[{name!r}] has shape {list(target.shape)}; the merged tensor has {list(merged.shape)}"
-            ]
-        )
-    target.copy_(merged)
