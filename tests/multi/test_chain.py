@@ -73,11 +73,27 @@ def test_the_cache_reruns_only_the_edited_stage_and_its_dependants(
     assert _run(chain_file, tmp_path, lazy=False).executed == ["ab", "c", "final"]  # type: ignore[attr-defined]
 
 
-def test_no_intermediates_gives_the_same_bytes(tmp_path: Path, chain_file: Path) -> None:
+STACK = (
+    "merge_method: passthrough\nslices:\n"
+    "  - sources: [{model: ab, layer_range: [0, 2]}]\n"
+    "  - sources: [{model: c, layer_range: [1, 2]}]\n"
+)
+
+
+@pytest.mark.parametrize("final", [FINAL, STACK], ids=["slerp", "stacked-slices"])
+def test_no_intermediates_gives_the_same_bytes(
+    tmp_path: Path, family: dict[str, Path], final: str
+) -> None:
+    chain_file = tmp_path / "chain.yaml"
+    chain_file.write_text("---\n".join([stage_ab(family), stage_c(family), final]))
     _run(chain_file, tmp_path / "written")
     streamed = _run(chain_file, tmp_path / "streamed", stream=True)
     assert streamed.executed == ["final"]  # type: ignore[attr-defined]
-    assert streamed.streamed == {"ab": 21, "c": 21}  # type: ignore[attr-defined]
+    # Each intermediate tensor the final stage reads is merged once: all 21 of each for slerp;
+    # for the stack, ab's embeddings and 2 layers of 9 tensors (the first slice) and c's layer 1
+    # with the final norm and LM head (which come from the last slice, as in MergeKit).
+    expected = {"ab": 21, "c": 21} if final is FINAL else {"ab": 1 + 2 * 9, "c": 9 + 2}
+    assert streamed.streamed == expected  # type: ignore[attr-defined]
     assert os.listdir(tmp_path / "streamed" / "inter") == []
     for name in ("model.safetensors", "config.json"):
         written = (tmp_path / "written" / "out" / name).read_bytes()
