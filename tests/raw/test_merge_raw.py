@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 from meldkit.api import merge_raw, run_merge
 from meldkit.cli.main import main
 from meldkit.errors import InputError, OutputError, PlanError, RecipeError
+from meldkit.io.sizes import format_size
 from meldkit.testing import read_model
 
 
@@ -249,3 +250,15 @@ def test_a_failed_merge_leaves_nothing(uneven, tmp_path, monkeypatch):
             {"merge_method": "fails_midway", "models": [{"model": str(a)}]}, target, quiet=True
         )
     assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def test_dry_run_plans_and_writes_nothing(raw_family, tmp_path, capsys):
+    recipe = _write(tmp_path / "r.yaml", _recipe("ties", raw_family))
+    assert main(["merge-raw", str(recipe), str(tmp_path / "m.safetensors"), "--dry-run"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "method: ties" and out[-1] == "plan OK: nothing was computed"
+    # every tensor of the three inputs is read once, the pickles' as well as the safetensors'
+    tensors = read_model(raw_family["base_dir"]).values()
+    total = 3 * sum(t.numel() * t.element_size() for t in tensors)
+    assert f"bytes to read: {format_size(total)}" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.yaml"]

@@ -62,6 +62,12 @@ def add_parser(sub: Any) -> None:
         help="replace an existing output file (only once the new one is complete; never an input)",
     )
     out.add_argument("--strict", action="store_true", help="treat every recipe warning as an error")
+    out.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the recipe against the inputs' headers and show the plan; nothing is "
+        "computed or written",
+    )
     _add_ignored(p)
     p.set_defaults(func=cmd_merge_raw)
 
@@ -82,7 +88,7 @@ def _add_ignored(p: argparse.ArgumentParser) -> None:
 
 def cmd_merge_raw(args: argparse.Namespace) -> int:
     """Plan the raw merge (every problem at once), then run it on the engine."""
-    from meldkit.raw.run import merge_raw
+    from meldkit.raw.run import merge_raw, plan_raw_recipe
 
     def warn(message: str) -> None:
         print(f"warning: {message}", file=sys.stderr)
@@ -90,6 +96,17 @@ def cmd_merge_raw(args: argparse.Namespace) -> int:
     def note(message: str) -> None:
         print(f"note: {message}", file=sys.stderr)
 
+    if args.dry_run:
+        from meldkit.plan.summary import describe_plan
+
+        plan = plan_raw_recipe(
+            args.recipe, missing=args.missing, strict=args.strict, on_warning=warn
+        )
+        for message in plan.warnings:
+            warn(message)
+        print(describe_plan(plan, False))
+        print("plan OK: nothing was computed")
+        return 0
     device = args.device or ("cuda" if (args.cuda or args.gpu_rich) else "cpu")
     target = merge_raw(
         args.recipe,

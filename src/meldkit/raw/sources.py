@@ -107,6 +107,7 @@ def _index_pickle(path: Path, warn: Callable[[str], None]) -> dict[str, TensorIn
         )
     tensors: dict[str, TensorInfo] = {}
     others: list[str] = []
+    offset = 0
     for name, t in state.items():
         if not isinstance(t, torch.Tensor):
             others.append(str(name))
@@ -118,7 +119,11 @@ def _index_pickle(path: Path, warn: Callable[[str], None]) -> dict[str, TensorIn
                 f"{path}: tensor '{name}' has dtype {t.dtype}, which meldkit cannot merge"
             ) from None
         nbytes = t.numel() * t.element_size()
-        tensors[str(name)] = PickleTensorInfo(str(name), code, tuple(t.shape), path, 0, nbytes)
+        # A pickled tensor is read by name, never by offset; distinct ranges keep the plan's
+        # byte counts (which count each (file, start) once) right.
+        end = offset + nbytes
+        tensors[str(name)] = PickleTensorInfo(str(name), code, tuple(t.shape), path, offset, end)
+        offset = end
     if others and not tensors:
         raise InputError(
             f"{path}: holds no tensors at the top level (found {', '.join(others[:3])})",
