@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from meldkit.api import merge_state_dicts, prepare_state_dict_merge, run_merge
-from meldkit.errors import InputError, MeldError, OptionError, PlanError, RecipeError
+from meldkit.errors import (
+    InputError,
+    MeldError,
+    MergeRuntimeError,
+    OptionError,
+    PlanError,
+    RecipeError,
+)
 from meldkit.testing import read_model
 
 
@@ -294,3 +301,24 @@ def test_out_with_a_wrong_shape_is_refused_before_any_write():
         merge_state_dicts([A, B], "linear", {"weight": 1.0}, out=out)
     assert err.value.message == "out['x.weight'] has shape [3, 2]; the merged tensor has [2, 2]"
     assert torch.equal(out["x.weight"], torch.zeros(3, 2))
+
+
+def test_union_still_needs_equal_layer_counts_and_integers_must_agree():
+    two = {f"layers.{i}.w": torch.ones(2) for i in range(2)}
+    three = {f"layers.{i}.w": torch.ones(2) for i in range(3)}
+    with pytest.raises(PlanError) as err:
+        merge_state_dicts([two, three], "linear", {"weight": 1.0}, missing="union")
+    assert err.value.message == (
+        "the models have different numbers of layers: model_0 (2 layers), model_1 (3 layers)"
+    )
+    same = merge_state_dicts(
+        [{"n": torch.tensor(3), "w": torch.ones(1)}, {"n": torch.tensor(3), "w": torch.zeros(1)}],
+        "linear",
+        {"weight": 1.0},
+    )
+    assert same["n"].dtype == torch.int64 and same["n"].item() == 3
+    with pytest.raises(MergeRuntimeError) as err2:
+        merge_state_dicts(
+            [{"n": torch.tensor(3)}, {"n": torch.tensor(4)}], "linear", {"weight": 1.0}
+        )
+    assert err2.value.message == "integer tensor n differs between the inputs and cannot be merged"
