@@ -91,7 +91,8 @@ _PHRASES = [
         (r"(?<![\w-])-j\b", "--threads"),
         (r"\brun the same command(?: again)?", "call run_merge again"),
         (r"\bmeldkit plan\b", "meldkit.plan_merge()"),
-        (r"\bmeldkit merge\b", "meldkit.run_merge()"),
+        (r"`?\bmeldkit merge-raw\b`?", "meldkit.merge_raw()"),
+        (r"\bmeldkit merge(?!-)\b", "meldkit.run_merge()"),
     )
 ]
 

@@ -262,3 +262,19 @@ def test_dry_run_plans_and_writes_nothing(raw_family, tmp_path, capsys):
     total = 3 * sum(t.numel() * t.element_size() for t in tensors)
     assert f"bytes to read: {format_size(total)}" in out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.yaml"]
+
+
+def test_meldkit_merge_on_a_weight_file_points_to_merge_raw(uneven, tmp_path, capsys):
+    a, b = uneven
+    recipe = _write(tmp_path / "r.yaml", _linear(a))
+    assert main(["merge", str(recipe), str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: model path '{a}' is a file, not a folder",
+        "hint: give the folder that holds it; `meldkit merge-raw` merges single weight files",
+    ]
+    with pytest.raises(PlanError) as err:
+        run_merge(_linear(a), tmp_path / "o")
+    assert (
+        err.value.hint
+        == "give the folder that holds it; meldkit.merge_raw() merges single weight files"
+    )
