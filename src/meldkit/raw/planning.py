@@ -21,9 +21,10 @@ from typing import Any, Literal
 from meldkit.config.params import layer_depth
 from meldkit.config.schema import MergeConfig
 from meldkit.errors import PlanError
+from meldkit.io.header import TensorInfo
 from meldkit.io.writer import OutputTensorSpec, plan_shards
 from meldkit.methods.registry import get_method
-from meldkit.plan.architecture import split_layer_name
+from meldkit.plan.architecture import ModelLayout, split_layer_name
 from meldkit.plan.models import InputModelInfo
 from meldkit.plan.parameters import (
     ParamScope,
@@ -33,7 +34,7 @@ from meldkit.plan.parameters import (
 )
 from meldkit.plan.slices import PlannedSlice, SliceSource, normalise_slices
 from meldkit.plan.tensor_plans import TensorBuilder
-from meldkit.plan.types import MergePlan, PlanOptions
+from meldkit.plan.types import MergePlan, PlanOptions, TensorPlan
 from meldkit.raw.sources import raw_input
 
 __all__ = ["MissingTensors", "MISSING_CHOICES", "recipe_problems", "plan_raw"]
@@ -75,13 +76,17 @@ class _RawTensorBuilder(TensorBuilder):
         super().__init__(*args)
         self.union = union
 
-    def _find(self, src: SliceSource, layout: Any, name: str) -> Any:
+    def _find(
+        self, src: SliceSource, layout: ModelLayout, name: str
+    ) -> tuple[str, TensorInfo] | None:
         info = self.models[src.model].index.tensors.get(name)
         return None if info is None else (name, info)
 
     def _handle_missing(
         self, out_name: str, sl: PlannedSlice, found: list[Any], keep: list[int]
     ) -> bool:
+        """Under ``union``, a tensor some inputs lack is planned from the others (a method
+        needing a base still needs it there when several inputs have the tensor)."""
         if not self.union or not keep:
             return super()._handle_missing(out_name, sl, found, keep)
         if self.method.base == "required" and sl.base_index not in keep and len(keep) > 1:
@@ -101,7 +106,7 @@ class _RawTensorBuilder(TensorBuilder):
                 self.tensors[-1] = _copied(self.tensors[-1])
 
 
-def _copied(tensor: Any) -> Any:
+def _copied(tensor: TensorPlan) -> TensorPlan:
     """A tensor only one input has, in a union: its bytes as they are (its own dtype)."""
     src = tensor.sources[0]
     return replace(tensor, out_dtype=src.info.dtype, base_index=None, copy=True, load_dtype=None)
