@@ -21,6 +21,7 @@ from meldkit.execute.policy import policy_from_environment
 from meldkit.execute.runner import RunOptions, execute_plan
 from meldkit.multi import cache
 from meldkit.multi.chain import ChainOptions, ChainPlan, StagePlan, plan_chain, plan_stage
+from meldkit.multi.pacing import Pacer
 from meldkit.multi.stream import StreamedStage, attach
 from meldkit.plan.types import MergePlan
 
@@ -108,9 +109,9 @@ def _run_stage(
         result.cached.append(label)
         return
     plan = _current_plan(sp, chain, set(result.executed))
-    attach(plan, streams)
+    policy = run.policy or policy_from_environment()
+    attach(plan, streams, Pacer(policy.read_ahead(plan.method.elementwise)))
     if sp.streamed:
-        policy = run.policy or policy_from_environment()
         stream = StreamedStage(plan, run.device, run.seed, policy, warn)
         streams[chain.skeleton(label)] = stream
         info(f"stage '{label}': streamed into the stages that read it (not written)")
@@ -123,7 +124,7 @@ def _run_stage(
         cache.forget(sp.output)  # a crash mid-stage must not leave the old record valid
     # An intermediate is the chain's own: a stale one is replaced. The final output is the
     # user's folder: replaced only with --overwrite, as `meldkit merge` does.
-    stage_run = replace(run, overwrite=True) if intermediate else run
+    stage_run = replace(run, overwrite=intermediate or run.overwrite, policy=policy)
     execute_plan(plan, sp.output, stage_run, warn, info)
     if intermediate:
         cache.write_record(sp.output, sp.key)

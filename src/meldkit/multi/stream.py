@@ -6,14 +6,18 @@ demand by the stage's own per-tensor merge (:func:`meldkit.execute.tensors.compu
 the function the engine runs), when a later stage's reader asks for them. :func:`attach` swaps
 the later plan's sources from the skeleton's files for :class:`~meldkit.io.computed.
 ComputedTensorInfo` entries, so the engine reads them like any tensor and nothing else in it
-changes. The reader's read-ahead bounds how many are alive at once, and each is the very
-tensor the written run would have stored (same function, context and seed), so the final
-bytes are the same.
+changes. The reader's read-ahead bounds how many are alive at once, and a
+:class:`~meldkit.multi.pacing.Pacer` counts the merged tensors still alive against its bytes,
+so a large one is merged just in time, not beside the computation of the one before. Each is
+the very tensor the written run would have stored (same function, context and seed), so the
+final bytes are the same.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import sys
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -26,6 +30,7 @@ from meldkit.io.computed import ComputedTensorInfo
 from meldkit.io.dtypes import torch_dtype
 from meldkit.io.header import TensorInfo
 from meldkit.methods.registry import MergeContext, load_merge_function
+from meldkit.multi.pacing import Pacer
 from meldkit.plan.types import MergePlan, TensorPlan, TensorSource
 
 __all__ = ["StreamedStage", "attach"]
@@ -86,30 +91,41 @@ class StreamedStage:
         self._loader.close()
 
 
-def _computed(info: TensorInfo, streams: Mapping[Path, StreamedStage]) -> TensorInfo:
+def _computed(
+    info: TensorInfo, owner: str, streams: Mapping[Path, StreamedStage], pacer: Pacer
+) -> TensorInfo:
     stream = streams.get(info.file.parent)
     if stream is None:
         return info
     fields = {f.name: getattr(info, f.name) for f in dataclasses.fields(TensorInfo)}
-    return ComputedTensorInfo(**fields, produce=lambda: stream.produce(info.name))
+    merge = functools.partial(stream.produce, info.name)
+    return ComputedTensorInfo(**fields, produce=functools.partial(pacer.produce, owner, merge))
 
 
-def _source(source: TensorSource, streams: Mapping[Path, StreamedStage]) -> TensorSource:
+def _source(
+    source: TensorSource, owner: str, streams: Mapping[Path, StreamedStage], pacer: Pacer
+) -> TensorSource:
     if source.parts:
-        parts = tuple(tuple(_computed(p, streams) for p in group) for group in source.parts)
+        parts = tuple(
+            tuple(_computed(p, owner, streams, pacer) for p in group) for group in source.parts
+        )
         if parts == source.parts:  # ComputedTensorInfo never equals a file's TensorInfo
             return source
         return dataclasses.replace(source, parts=parts)
-    info = _computed(source.info, streams)
+    info = _computed(source.info, owner, streams, pacer)
     return source if info is source.info else dataclasses.replace(source, info=info)
 
 
-def attach(plan: MergePlan, streams: Mapping[Path, StreamedStage]) -> int:
+def attach(
+    plan: MergePlan, streams: Mapping[Path, StreamedStage], pacer: Pacer | None = None
+) -> int:
     """Make ``plan`` read the tensors of the skeleton folders in ``streams`` from those streamed
-    stages; returns how many sources now stream."""
+    stages, paced by ``pacer`` (:mod:`meldkit.multi.pacing`; None: never held back); returns
+    how many sources now stream."""
+    pacer = pacer or Pacer(budget=sys.maxsize)
     n = 0
     for t in plan.tensors:
-        sources = tuple(_source(s, streams) for s in t.sources)
+        sources = tuple(_source(s, t.name, streams, pacer) for s in t.sources)
         n += sum(a is not b for a, b in zip(sources, t.sources))
         t.sources = sources
     return n
