@@ -12,13 +12,25 @@ both modes are compared byte for byte (sha256). Prints one line per run, then th
 
     python benchmarks/multi.py [--set small] [--repeat 2] [--work /tmp/meldkit-multi-bench]
 
-Result, 2026-12-02, ``python benchmarks/multi.py --set small --repeat 2`` on the shared 2-core
-machine (load average about 15, so the wall times are rough): written 34-36 s, 555 MiB, 934.6
-MB written; streamed 28-30 s, 600 MiB, 311.5 MB written; final shards byte-identical. Ratios
-streamed / written: wall 0.84, peak RSS 1.08, bytes written 0.33. Streaming cannot go below
-the largest stage's own working set (the final slerp holds two whole tensors in float32 either
-way); it adds the earlier stage's merge of the next tensor, which runs while the later stage
-computes the current one (its read-ahead), hence the slightly higher peak.
+Results, 2026-12-02, on the shared 2-core machine (load average 15-18, so wall times are
+rough; peak RSS does not depend on the load). Before pacing (``python benchmarks/multi.py --set
+small --repeat 2``): written 555 MiB, streamed 600 MiB (1.08x): the later stage's reader asked
+for the next tensors while the final slerp computed the largest (embeddings, LM head), and each
+of those reads was a merge with its own inputs. With :mod:`meldkit.multi.pacing` (a streamed
+merge waits while a large output tensor's streamed inputs are alive), medians, MiB / s / MB::
+
+    set    mode      peak RSS   wall   written
+    small  written      560     21.4    934.6
+    small  streamed     532     18.2    311.5    (0.95x RSS, 0.85x wall, 0.33x bytes)
+    med    written      684     47.6   2373.9
+    med    streamed     634     38.2    791.3    (0.93x RSS, 0.80x wall, 0.33x bytes)
+
+from ``python benchmarks/multi.py --set small --repeat 2`` and ``python benchmarks/multi.py
+--set med --repeat 1``. The final shards are byte-identical in every run.
+The streamed run's peak is the final slerp of the LM head or embeddings alone, computed on
+inputs merged just before it; the written run's is the same computation plus the mapped pages
+of the next pieces its reader holds ahead (cheap to read ahead from a file, so nothing holds
+them back). Both stay above the final stage's own working set (two whole vocabulary tensors).
 """
 
 from __future__ import annotations
@@ -54,10 +66,17 @@ def folder_bytes(*folders: Path) -> int:
 
 
 def shard_hashes(folder: Path) -> dict[str, str]:
-    return {
-        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.glob("*.safetensors"))
-    }
+    """sha256 of each shard, read in 8 MiB chunks. Reading a shard whole would raise this
+    process's peak RSS to the shard's size, and a child started by vfork reports the parent's
+    peak as its own ``ru_maxrss`` (on `med`, 772 MiB for both modes, whatever they used)."""
+    hashes = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        digest = hashlib.sha256()
+        with path.open("rb") as fh:
+            while chunk := fh.read(8 << 20):
+                digest.update(chunk)
+        hashes[path.name] = digest.hexdigest()
+    return hashes
 
 
 def run_once(recipe: Path, work: Path, streamed: bool) -> dict[str, object]:

@@ -4,7 +4,8 @@ A later stage's reader asks for the next piece's inputs while the current piece 
 Reading ahead a file is cheap (mapped pages); reading ahead a streamed tensor is a merge, with
 its own inputs and working set, beside the current computation. When that computation is the
 chain's largest (an embedding merged by SLERP), the overlap sets the peak: on
-``bench-data/small`` the streamed chain held 1.08x the written run's peak RSS.
+``bench-data/small`` the streamed chain held 1.08x the written run's peak RSS (0.95x with
+this pacing; 0.93x on ``med``: ``benchmarks/multi.py``).
 
 So a :class:`Pacer` counts the streamed tensors handed to the reader and not yet released
 (tracked by weak references) against the stage's read-ahead bytes, as the engine counts the
