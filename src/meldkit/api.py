@@ -1,4 +1,6 @@
-"""The Python API: ``run_merge``, ``plan_merge`` and ``load_config``, phrased for Python callers.
+"""The Python API: ``run_merge``, ``plan_merge`` and ``load_config`` (and, from
+:mod:`meldkit.raw`, ``merge_state_dicts``, ``prepare_state_dict_merge`` and ``merge_raw``),
+phrased for Python callers.
 
 The CLI calls the planner and the engine itself; what these functions add is what a Python
 caller expects:
@@ -21,11 +23,11 @@ import logging
 import re
 import sys
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from meldkit.config import MergeConfig
 from meldkit.config import load_config as _load_config
@@ -33,7 +35,19 @@ from meldkit.errors import MeldError, MeldWarning, OptionError, did_you_mean
 from meldkit.plan.planner import MergePlan, PlanOptions
 from meldkit.plan.planner import plan_merge as _plan_merge
 
-__all__ = ["load_config", "plan_merge", "python_spelling", "run_merge", "split_options"]
+if TYPE_CHECKING:
+    from meldkit.raw.state_dicts import StateDictMerge
+
+__all__ = [
+    "load_config",
+    "merge_raw",
+    "merge_state_dicts",
+    "plan_merge",
+    "prepare_state_dict_merge",
+    "python_spelling",
+    "run_merge",
+    "split_options",
+]
 
 _PLAN_FIELDS = frozenset(f.name for f in dataclasses.fields(PlanOptions))
 _log = logging.getLogger("meldkit")
@@ -55,7 +69,13 @@ _SWITCHES = frozenset(
     ("overwrite", "resume", "strict", "unsafe-truncate-embeddings", "quiet", "copy-tokenizer")
     + ("write-model-card",)
 )
-_SHORTHANDS = {"cuda": 'device="cuda"', "gpu-rich": 'device="cuda"', "verbose": "verbose=1"}
+_SHORTHANDS = {
+    "cuda": 'device="cuda"',
+    "gpu-rich": 'device="cuda"',
+    "verbose": "verbose=1",
+    "tensor-intersection": 'missing="intersection"',
+    "tensor-union": 'missing="union"',
+}
 _FLAG = re.compile(r"(?<![\w-])--([a-z][a-z0-9]*(?:-[a-z0-9]+)*)((?:[ =][^\s,;)]+)?)")
 _PHRASES = [
     (re.compile(p), r)
@@ -71,7 +91,8 @@ _PHRASES = [
         (r"(?<![\w-])-j\b", "--threads"),
         (r"\brun the same command(?: again)?", "call run_merge again"),
         (r"\bmeldkit plan\b", "meldkit.plan_merge()"),
-        (r"\bmeldkit merge\b", "meldkit.run_merge()"),
+        (r"`?\bmeldkit merge-raw\b`?", "meldkit.merge_raw()"),
+        (r"\bmeldkit merge(?!-)\b", "meldkit.run_merge()"),
     )
 ]
 
@@ -243,3 +264,125 @@ def run_merge(
             warn(message)
         execute_plan(plan, out_path, run_options, warn, _info)
     return plan
+
+
+# -- raw checkpoints and in-memory state dicts (meldkit.raw) ------------------------------
+
+
+def prepare_state_dict_merge(
+    dicts: Any,
+    method: str,
+    parameters: Mapping[str, Any] | None = None,
+    *,
+    base: Any = None,
+    model_parameters: Any = None,
+    dtype: str | None = None,
+    out_dtype: str | None = None,
+    missing: str = "error",
+    device: str = "cpu",
+    seed: int | None = None,
+    on_warning: Callable[[str], None] | None = None,
+) -> StateDictMerge:
+    """Check in-memory inputs once, for merging them many times (an evolutionary search).
+
+    Returns a :class:`~meldkit.raw.state_dicts.StateDictMerge`; its ``merge(parameters,
+    model_parameters, out=None)`` merges and returns ``{name: tensor}``, each of the two
+    replacing the one given here (None keeps it, ``{}`` clears it): only the parameters are
+    resolved again per tensor, the inputs are not checked again. See :func:`merge_state_dicts` for the
+    arguments; the checks (names, shapes, dtypes, the method's inputs and parameters) run here
+    and raise :class:`~meldkit.errors.PlanError` listing every problem.
+    """
+    from meldkit.raw.state_dicts import StateDictMerge
+
+    with _api_errors():
+        prepared = StateDictMerge(
+            dicts,
+            method,
+            parameters,
+            base=base,
+            model_parameters=model_parameters,
+            dtype=dtype,
+            out_dtype=out_dtype,
+            missing=missing,
+            device=device,
+            seed=seed,
+        )
+        warn = _warning_sink(on_warning, sys._getframe(1))
+        for message in prepared.plan.warnings:
+            warn(message)
+    return prepared
+
+
+def merge_state_dicts(
+    dicts: Any,
+    method: str,
+    parameters: Mapping[str, Any] | None = None,
+    *,
+    base: Any = None,
+    model_parameters: Any = None,
+    dtype: str | None = None,
+    out_dtype: str | None = None,
+    missing: str = "error",
+    device: str = "cpu",
+    seed: int | None = None,
+    out: dict[str, Any] | None = None,
+    on_warning: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Merge in-memory state dicts (``{name: torch.Tensor}`` per model) with any method.
+
+    ``dicts``: a list of state dicts (named ``model_0``, ``model_1``... in messages) or a dict
+    of names to state dicts. ``method``: a registered method name. ``parameters``: the
+    recipe's top-level ``parameters:`` (scalars, gradient lists over the layer index in the
+    tensor name, ``[{"filter": ..., "value": ...}]`` lists); ``model_parameters``: each
+    input's own ``parameters:``, a list aligned with ``dicts`` or a dict by input name.
+    ``base``: the base model, as a name or position in ``dicts`` or a state dict (one of
+    ``dicts``, or one more input). ``dtype``/``out_dtype``: as in recipes (default: the inputs'
+    dtype; math in float32). ``missing``: ``"error"``, ``"intersection"`` or ``"union"`` for
+    inputs that do not share every tensor name. ``seed``: for random methods (the same seed
+    gives the same tensors). ``device``: where the math runs and the results are (``cpu``,
+    ``cuda``...).
+    ``out``: a dict to fill (a tensor already there is written in place with ``copy_``).
+
+    Tensors a method passes through unchanged may be returned as the input tensors themselves;
+    the inputs are never modified. Raises :class:`~meldkit.errors.PlanError` (every problem:
+    missing tensors, shape mismatches, bad parameters) before anything is computed, and
+    :class:`~meldkit.errors.RecipeError` for an unknown method.
+    """
+    with _api_errors():
+        prepared = prepare_state_dict_merge(
+            dicts,
+            method,
+            parameters,
+            base=base,
+            model_parameters=model_parameters,
+            dtype=dtype,
+            out_dtype=out_dtype,
+            missing=missing,
+            device=device,
+            seed=seed,
+            on_warning=on_warning or _warning_sink(None, sys._getframe(1)),
+        )
+        return prepared.merge(out=out)
+
+
+def merge_raw(
+    recipe: Any,
+    out: str | Path,
+    *,
+    missing: str = "error",
+    on_warning: Callable[[str], None] | None = None,
+    **options: Any,
+) -> Path:
+    """Merge a recipe whose models are raw checkpoint files (single ``.safetensors``,
+    ``.pt``/``.bin`` state dicts) into one safetensors file; returns its path.
+
+    ``out``: a ``.safetensors`` path, or a folder that receives ``model.safetensors``.
+    ``missing``: ``"error"`` (default: every tensor some input lacks is reported before
+    anything runs), ``"intersection"`` or ``"union"``. ``options``: ``strict``, ``overwrite``,
+    ``device``, ``threads``, ``seed``, ``quiet``, ``verbose``, ``policy``.
+    """
+    from meldkit.raw.run import merge_raw as _merge_raw
+
+    with _api_errors():
+        warn = _warning_sink(on_warning, sys._getframe(1))
+        return _merge_raw(recipe, out, missing=missing, on_warning=warn, on_info=_info, **options)

@@ -230,8 +230,8 @@ experts:
             "- {name: a, merge_method: linear, models: [x]}\n"
             "- {name: b, merge_method: slerp, models: [a]}\n",
             "the recipe is a list of 2 merges: a, b, a multi-stage recipe; "
-            "meldkit does not support multi-stage recipes yet",
-            "write each merge as its own recipe file",
+            "`meldkit merge` runs a single recipe",
+            "use `meldkit multi RECIPE --out OUT --intermediate-dir DIR`",
         ),
     ],
 )
@@ -252,11 +252,11 @@ def test_multi_document_files(tmp_path) -> None:
         load_config(stages)
     assert info.value.message == (
         f"{stages}: holds 2 YAML documents, a multi-stage (mergekit-multi) recipe of 2 merges: "
-        "first, final; meldkit does not support multi-stage recipes yet"
+        "first, final; `meldkit merge` runs a single recipe"
     )
     assert info.value.hint == (
-        "split it into one file per stage and run them in order, "
-        "naming each earlier stage's output folder as a model of the later ones"
+        f"use `meldkit multi {stages} --out OUT --intermediate-dir DIR` "
+        "(`meldkit plan` shows the whole chain)"
     )
     with pytest.raises(RecipeError) as info:
         load_config("merge_method: linear\nmodels: [a]\n---\nfoo: 1\n")

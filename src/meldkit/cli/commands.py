@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 __all__ = [
@@ -52,13 +53,44 @@ def _is_moe_recipe(recipe: str) -> bool:
     return is_moe_recipe(data)
 
 
+def _plan_chain(args: argparse.Namespace) -> int:
+    """``meldkit plan`` on a multi-stage recipe: one plan for the whole chain."""
+    import shutil
+    import tempfile
+
+    from meldkit.multi import chain_to_dict, describe_chain, plan_chain
+    from meldkit.multi.cli import chain_options
+
+    scratch = tempfile.mkdtemp(prefix="meldkit-plan-")
+    try:
+        chain = plan_chain(
+            args.recipe, chain_options(args, f"{scratch}/stages", None), Path(scratch) / "skel"
+        )
+        for w in chain.warnings:
+            _warn(w)
+        if args.json:
+            print(json.dumps(chain_to_dict(chain), indent=2))
+            return 0
+        print(describe_chain(chain, args.tensors, args.params, outputs=False))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    print("plan OK: nothing was computed (run it with `meldkit multi`)")
+    return 0
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
-    """``meldkit plan``: the summary (``--tensors``, ``--params``), or the plan as ``--json``."""
+    """``meldkit plan``: the summary (``--tensors``, ``--params``), or the plan as ``--json``.
+    A multi-stage recipe is planned as one chain (:mod:`meldkit.multi`), a mergekit-moe recipe
+    by :mod:`meldkit.moe`."""
+    from meldkit.multi import is_multi_stage
+    from meldkit.plan import plan_merge
+
+    if is_multi_stage(args.recipe):
+        return _plan_chain(args)
     if _is_moe_recipe(args.recipe):
         from meldkit.moe.cli import cmd_plan_moe
 
         return cmd_plan_moe(args)
-    from meldkit.plan import plan_merge
     from meldkit.plan.summary import describe_parameters, describe_plan
 
     plan = plan_merge(args.recipe, _plan_options(args))

@@ -17,6 +17,8 @@ __all__ = ["TOOL_MODULES", "add_tool_parsers"]
 
 # One line per tool, in the order `meldkit --help` lists them.
 TOOL_MODULES: tuple[str, ...] = (
+    "meldkit.multi.cli",
+    "meldkit.raw.cli",
     "meldkit.moe.cli",
     "meldkit.extract_lora.cli",
 )

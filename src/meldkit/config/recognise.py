@@ -2,12 +2,13 @@
 
 A MergeKit MoE recipe, an evolve configuration or a multi-stage file fed to ``meldkit merge``
 would otherwise get a schema error about the first key it lacks ("missing 'merge_method'"),
-which sends the user looking for a typo. Instead, say what the file is and that meldkit does
-not run it yet.
+which sends the user looking for a typo. Instead, say what the file is and which tool runs it
+(``meldkit multi`` for a multi-stage recipe).
 """
 
 from __future__ import annotations
 
+import shlex
 from typing import Any
 
 from meldkit.config.keys import TOP_KEYS, typo_of
@@ -79,15 +80,22 @@ def _stage_names(docs: list[Any]) -> str:
     return f": {', '.join(names)}" if names else ""
 
 
+def _quoted(origin: str) -> str:
+    """``origin`` as a shell word: the file name, or RECIPE when the text came inline."""
+    if origin == "recipe":
+        return "RECIPE"
+    return shlex.quote(origin)
+
+
 def multi_document_error(docs: list[Any], origin: str) -> RecipeError:
     """The error for a file holding several YAML documents."""
     n = len(docs)
     if all(_is_merge(d) for d in docs):
         return RecipeError(
             f"{origin}: holds {n} YAML documents, a multi-stage (mergekit-multi) recipe of "
-            f"{n} merges{_stage_names(docs)}; meldkit does not support multi-stage recipes yet",
-            hint="split it into one file per stage and run them in order, "
-            "naming each earlier stage's output folder as a model of the later ones",
+            f"{n} merges{_stage_names(docs)}; `meldkit merge` runs a single recipe",
+            hint=f"use `meldkit multi {_quoted(origin)} --out OUT --intermediate-dir DIR` "
+            "(`meldkit plan` shows the whole chain)",
         )
     return RecipeError(
         f"{origin}: holds {n} YAML documents; a recipe is one document",
@@ -100,8 +108,9 @@ def list_recipe_error(data: list[Any]) -> RecipeError:
     if data and all(_is_merge(d) for d in data):
         return RecipeError(
             f"the recipe is a list of {len(data)} merges{_stage_names(data)}, a multi-stage "
-            "recipe; meldkit does not support multi-stage recipes yet",
-            hint="write each merge as its own recipe file and run them in order",
+            "recipe; `meldkit merge` runs a single recipe",
+            hint="use `meldkit multi RECIPE --out OUT --intermediate-dir DIR` "
+            "(`meldkit plan` shows the whole chain)",
         )
     return RecipeError(
         "the recipe must be a mapping of keys, got list", hint="start with `merge_method: linear`"

@@ -254,9 +254,12 @@ def compute_tensor(
     device: str,
     rows: Rows | None = None,
     native: bool = False,
+    result_device: str = "cpu",
 ) -> torch.Tensor:
-    """The output tensor for ``tensor`` (or its block ``rows``) from its loaded inputs, on the
-    CPU, in the output dtype. ``raw`` is consumed: each input is released once converted."""
+    """The output tensor for ``tensor`` (or its block ``rows``) from its loaded inputs, on
+    ``result_device`` (the CPU, where the writer takes it; an in-memory merge may keep it on the
+    math device), in the output dtype. ``raw`` is consumed: each input is released once
+    converted."""
     out_dtype = torch_dtype(tensor.out_dtype)
     shape = tensor.shape if rows is None else (rows[1] - rows[0], *tensor.shape[1:])
     if tensor.copy:
@@ -295,4 +298,4 @@ def compute_tensor(
         raise MergeRuntimeError(
             f"the merge method produced shape {tuple(result.shape)} for {tensor.name}, expected {shape}"
         )
-    return result.to(dtype=out_dtype).to("cpu").contiguous()
+    return result.to(dtype=out_dtype).to(result_device).contiguous()

@@ -229,7 +229,12 @@ def resolve_model_folder(
         raise InputError(
             f"{what.split()[0]} path '{path}' is a file, not a folder",
             hint="give the folder that holds it"
-            + (" (saved by PEFT's save_pretrained)" if kind == "lora" else ""),
+            + (" (saved by PEFT's save_pretrained)" if kind == "lora" else "")
+            + (
+                "; `meldkit merge-raw` merges single weight files"
+                if kind == "model" and local.suffix in (".safetensors", ".pt", ".pth", ".bin")
+                else ""
+            ),
         )
     missing = describe_missing(path, kind, recipe_dir, revision)
     if not looks_like_hub_id(path):

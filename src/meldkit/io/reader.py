@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from meldkit.errors import InputError
 from meldkit.execute.policy import DEFAULT_POLICY
+from meldkit.io.computed import ComputedTensorInfo
 from meldkit.io.dtypes import itemsize, torch_dtype
 from meldkit.io.header import TensorInfo
 from meldkit.io.index import PickleTensorInfo, pickle_refusal
@@ -97,7 +98,9 @@ class TensorReader:
         (when CUDA is available) the bytes land in a pinned buffer and are copied to the GPU
         asynchronously; on CPU the flag is ignored.
         """
-        if isinstance(info, PickleTensorInfo):
+        if isinstance(info, ComputedTensorInfo):
+            tensor: torch.Tensor = info.produce()  # merged on demand (meldkit multi)
+        elif isinstance(info, PickleTensorInfo):
             tensor = self._read_pickled(info)
         else:
             tensor = self._read_safetensors(info, _want_pinned(device, pin_memory))
