@@ -287,8 +287,8 @@ def test_multi_stage_recipe_is_named(llama_family, tmp_path, capsys):
     assert code == 2
     assert err == [
         f"error: {recipe}: holds 2 YAML documents, a multi-stage (mergekit-multi) recipe of 2 "
-        "merges: stage1, final; meldkit does not support multi-stage recipes yet",
-        "hint: split it into one file per stage and run them in order, naming each earlier "
-        "stage's output folder as a model of the later ones",
+        "merges: stage1, final; `meldkit merge` runs a single recipe",
+        f"hint: use `meldkit multi {recipe} --out OUT --intermediate-dir DIR` "
+        "(`meldkit plan` shows the whole chain)",
     ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["recipe.yaml"]
