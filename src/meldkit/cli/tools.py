@@ -16,7 +16,7 @@ from typing import Any
 __all__ = ["TOOL_MODULES", "add_tool_parsers"]
 
 # One line per tool, in the order `meldkit --help` lists them.
-TOOL_MODULES: tuple[str, ...] = ()
+TOOL_MODULES: tuple[str, ...] = ("meldkit.tokensurgeon.cli",)
 
 
 def add_tool_parsers(sub: Any) -> None:
