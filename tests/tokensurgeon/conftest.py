@@ -4,9 +4,8 @@ byte-level BPE, DONOR a WordPiece vocabulary (different styles, sizes and hidden
 from __future__ import annotations
 
 import json
-from pathlib import Path
-
 import zlib
+from pathlib import Path
 
 import pytest
 import torch
@@ -89,21 +88,42 @@ def make_bpe_model(
 ) -> Path:
     tok = byte_level_bpe(vocab_size, corpus)
     n = tok.get_vocab_size()  # type: ignore[attr-defined]
-    make_tiny_model(folder, "llama", hidden=hidden, vocab=n, seed=seed, tie_embeddings=tie, with_tokenizer=False)
+    make_tiny_model(
+        folder, "llama", hidden=hidden, vocab=n, seed=seed, tie_embeddings=tie, with_tokenizer=False
+    )
     specials = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
     _write_tokenizer_files(folder, tok, specials)
     _set_config(folder, bos_token_id=1, eos_token_id=2, vocab_size=n)
     return folder
 
 
-def make_wordpiece_model(folder: Path, *, tie: bool = False, hidden: int = 32, seed: int = 5) -> Path:
+def make_wordpiece_model(
+    folder: Path, *, tie: bool = False, hidden: int = 32, seed: int = 5
+) -> Path:
     tok = wordpiece()
     n = tok.get_vocab_size()  # type: ignore[attr-defined]
-    make_tiny_model(folder, "llama", hidden=hidden, vocab=n, seed=seed, tie_embeddings=tie, with_tokenizer=False)
-    specials = {"bos_token": "[CLS]", "eos_token": "[SEP]", "unk_token": "[UNK]", "pad_token": "[PAD]"}
+    make_tiny_model(
+        folder, "llama", hidden=hidden, vocab=n, seed=seed, tie_embeddings=tie, with_tokenizer=False
+    )
+    specials = {
+        "bos_token": "[CLS]",
+        "eos_token": "[SEP]",
+        "unk_token": "[UNK]",
+        "pad_token": "[PAD]",
+    }
     _write_tokenizer_files(folder, tok, specials)
     _set_config(folder, bos_token_id=2, eos_token_id=3, pad_token_id=0, vocab_size=n)
     return folder
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """These tensors are tiny: on a busy shared machine torch's thread pool costs more than it
+    saves (20x in OMP's many small steps). Restored after each test."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,16 @@ def test_output_loads_and_generates_in_transformers(bpe_model, wordpiece_model, 
     out = tmp_path / "out"
     report = tmp_path / "report.json"
     code = main(
-        ["tokensurgeon", str(bpe_model), str(wordpiece_model), str(out), "-k", "16", "--report", str(report)]
+        [
+            "tokensurgeon",
+            str(bpe_model),
+            str(wordpiece_model),
+            str(out),
+            "-k",
+            "16",
+            "--report",
+            str(report),
+        ]
     )
     assert code == 0
     printed = capsys.readouterr().out

@@ -121,7 +121,9 @@ def test_config_special_ids_card_and_tied_embeddings(wordpiece_model, tmp_path):
     assert HEAD not in tensors and tensors[EMBED].shape == (n, 16)
     gen = json.loads((out / "generation_config.json").read_text())
     assert (gen["bos_token_id"], gen["eos_token_id"], gen["pad_token_id"]) == (2, 3, 0)
-    assert (out / "tokenizer.json").read_bytes() == (wordpiece_model / "tokenizer.json").read_bytes()
+    assert (out / "tokenizer.json").read_bytes() == (
+        wordpiece_model / "tokenizer.json"
+    ).read_bytes()
     # roles match across spellings: DONOR's [CLS]/[SEP]/[UNK] get MODEL's <s>/</s>/<unk>
     src = read_model(model)[EMBED]
     assert torch.equal(tensors[EMBED][2], src[1]) and torch.equal(tensors[EMBED][3], src[2])

@@ -41,7 +41,9 @@ def test_metaspace_unigram_normalises_the_word_marker(tmp_path: Path):
 
     tok = tokenizers.Tokenizer(models.Unigram())
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
-    trainer = trainers.UnigramTrainer(vocab_size=120, special_tokens=["<unk>"], unk_token="<unk>", show_progress=False)
+    trainer = trainers.UnigramTrainer(
+        vocab_size=120, special_tokens=["<unk>"], unk_token="<unk>", show_progress=False
+    )
     tok.train_from_iterator(CORPUS, trainer)
     tok.save(str(tmp_path / "tokenizer.json"))
     v = read_vocabulary(tmp_path, "MODEL")
@@ -66,8 +68,17 @@ def test_byte_and_prefix_matching_apply_to_the_matrix_they_name():
     assert embed.sources == [0, -1, -1, -1]
     assert head.kinds == ["approximated", "prefix", "approximated", "unused"]
     assert head.sources == [-1, 1, -1, -1]
-    both = assign_rows(model, 2, donor, 3, SurgeonOptions(byte_match="yes", prefix_match="yes"), "embed")
-    assert both.counts == {"exact": 0, "byte": 1, "prefix": 1, "approximated": 1, "junk": 0, "unused": 0}
+    both = assign_rows(
+        model, 2, donor, 3, SurgeonOptions(byte_match="yes", prefix_match="yes"), "embed"
+    )
+    assert both.counts == {
+        "exact": 0,
+        "byte": 1,
+        "prefix": 1,
+        "approximated": 1,
+        "junk": 0,
+        "unused": 0,
+    }
 
 
 def test_magikarp_bad_tokens_are_not_copied_and_junk_is_zeroed():

@@ -73,7 +73,10 @@ def interpolation_weights(
     for s in range(0, targets.shape[0], max(1, step)):
         x = targets[s : s + step].to(atoms.device, torch.float32)
         if options.cosine_similarity:
-            sim = torch.nn.functional.normalize(x, dim=1) @ torch.nn.functional.normalize(atoms, dim=1).T
+            sim = (
+                torch.nn.functional.normalize(x, dim=1)
+                @ torch.nn.functional.normalize(atoms, dim=1).T
+            )
             dist = 1.0 - sim  # (batch, n)
         else:
             dist = torch.cdist(x, atoms)  # (batch, n)
@@ -103,7 +106,8 @@ def _least_squares(neighbours: torch.Tensor, x: torch.Tensor, sum_to_one: bool) 
         y = torch.cat([y, scale[:, :, :1]], dim=1)  # (batch, d + 1, 1)
     # lstsq's default CPU driver needs full rank; gelsd copes with duplicate neighbours.
     driver = "gelsd" if a.device.type == "cpu" else None
-    return torch.linalg.lstsq(a.double(), y.double(), driver=driver).solution.squeeze(2).float()
+    solution: torch.Tensor = torch.linalg.lstsq(a.double(), y.double(), driver=driver).solution
+    return solution.squeeze(2).float()
 
 
 def _piece_weights(n: int, method: str, matrix: str) -> list[float]:
@@ -173,6 +177,6 @@ def _cholesky_with_jitter(cov: torch.Tensor) -> torch.Tensor:
     for _ in range(12):
         factor, info = torch.linalg.cholesky_ex(cov + jitter * eye)
         if int(info) == 0:
-            return factor
+            return torch.as_tensor(factor)
         jitter = base * 1e-6 if jitter == 0.0 else jitter * 10
     return torch.diag(cov.diagonal().clamp_min(0).sqrt())

@@ -96,9 +96,7 @@ def _cosine_to_unused(matrix: torch.Tensor, unused: list[int]) -> torch.Tensor:
     return torch.nn.functional.cosine_similarity(m, centre, dim=1)
 
 
-def magikarp_bad_ids(
-    vocab: Vocabulary, embed: torch.Tensor, head: torch.Tensor | None
-) -> set[int]:
+def magikarp_bad_ids(vocab: Vocabulary, embed: torch.Tensor, head: torch.Tensor | None) -> set[int]:
     """Under-trained ids (arXiv 2405.05417, as MergeKit applies it): unused or reserved ids;
     with an untied output projection, embedding norms below the 1% quantile; and rows whose
     cosine similarity to the mean unused row exceeds max(0.5, its 99% quantile), in the

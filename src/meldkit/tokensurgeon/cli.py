@@ -62,7 +62,9 @@ def add_parser(sub: Any) -> None:
     )  # fmt: skip
     g.add_argument("-nvn", "--new-vocab-noise", type=float, default=None)
     g.add_argument("-nvs", "--new-vocab-scale", type=float, default=None)
-    g.add_argument("--seed", type=int, default=0, help="for randn, john_hewitt, noise and the report")
+    g.add_argument(
+        "--seed", type=int, default=0, help="for randn, john_hewitt, noise and the report"
+    )
     o = p.add_argument_group("execution and output")
     o.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     o.add_argument("--cuda", action="store_true", help="same as --device cuda")
@@ -71,7 +73,13 @@ def add_parser(sub: Any) -> None:
         "--evaluate", action="store_true",
         help="measure every method's held-out cosine similarity (table, and in tokensurgeon.json)",
     )  # fmt: skip
-    o.add_argument("--report", type=Path, default=None, metavar="JSON", help="also write the evaluation here (implies --evaluate)")
+    o.add_argument(
+        "--report",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="also write the evaluation here (implies --evaluate)",
+    )
     add_debug(p)
     p.set_defaults(func=_run)
 

@@ -57,7 +57,9 @@ def _omp_batch(
         # A skipped atom gets a zero basis vector and R[t, t] = 1, so its coefficient is 0.
         r_mat[:, :t, t] = torch.where(skip.unsqueeze(1), torch.zeros_like(proj), proj)
         r_mat[:, t, t] = torch.where(skip, torch.ones_like(norm), norm)
-        qt = torch.where(skip.unsqueeze(1), torch.zeros_like(v), v / norm.clamp_min(1e-30).unsqueeze(1))
+        qt = torch.where(
+            skip.unsqueeze(1), torch.zeros_like(v), v / norm.clamp_min(1e-30).unsqueeze(1)
+        )
         q[:, :, t] = qt
         z[:, t] = (qt * residual).sum(dim=1)
         residual = residual - qt * z[:, t : t + 1]

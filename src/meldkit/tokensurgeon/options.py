@@ -104,6 +104,6 @@ class SurgeonOptions:
 def _choice(what: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise RecipeError(
-            f"unknown {what} '{value}'{did_you_mean(value, choices)}",
+            f"unknown {what} '{value}'.{did_you_mean(value, choices)}",
             hint="use one of: " + ", ".join(choices),
         )

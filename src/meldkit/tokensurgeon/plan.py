@@ -91,8 +91,7 @@ def _side(folder: Path, what: str, problems: list[str]) -> ModelSide | None:
             )
     if vocab.size > side.rows:
         problems.append(
-            f"{what}: the tokenizer has {vocab.size} tokens but '{embed}' has only "
-            f"{side.rows} rows"
+            f"{what}: the tokenizer has {vocab.size} tokens but '{embed}' has only {side.rows} rows"
         )
     return side
 
@@ -101,7 +100,11 @@ def _biases(side: ModelSide) -> list[str]:
     """1-D tensors indexed by vocabulary: the output projection's bias."""
     stem = (side.head or "lm_head.weight").removesuffix(".weight")
     names = [f"{stem}.bias", "final_logits_bias"]
-    return [n for n in names if n in side.index.tensors and side.index.tensors[n].shape[-1:] == (side.rows,)]
+    return [
+        n
+        for n in names
+        if n in side.index.tensors and side.index.tensors[n].shape[-1:] == (side.rows,)
+    ]
 
 
 def plan_surgery(model: Path, donor: Path) -> SurgeryPlan:
@@ -123,4 +126,3 @@ def plan_surgery(model: Path, donor: Path) -> SurgeryPlan:
             shape = (*shape[:-1], rows)
         specs.append(OutputTensorSpec(name, info.dtype, shape))
     return SurgeryPlan(m, d, rows, biases, specs)
-

@@ -53,7 +53,10 @@ def evaluate_methods(
             rows = approximate(method, matrix, plan, mats, shared, held, options, cache, truth_ids)
             cos = torch.nn.functional.cosine_similarity(rows.float(), truth, dim=1)
             entry = result["methods"].setdefault(method, {})
-            entry[matrix] = {"mean_cosine": round(float(cos.mean()), 6), "min_cosine": round(float(cos.min()), 6)}
+            entry[matrix] = {
+                "mean_cosine": round(float(cos.mean()), 6),
+                "min_cosine": round(float(cos.min()), 6),
+            }
     return result
 
 

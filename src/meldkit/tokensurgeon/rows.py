@@ -67,9 +67,7 @@ def _read(reader: TensorReader, side: ModelSide, name: str, device: str) -> torc
     return reader.read(info).to(device=device, dtype=_compute_dtype(info.dtype))
 
 
-def load_matrices(
-    plan: SurgeryPlan, reader: TensorReader, options: SurgeonOptions
-) -> Matrices:
+def load_matrices(plan: SurgeryPlan, reader: TensorReader, options: SurgeonOptions) -> Matrices:
     """Read the vocabulary matrices of both models (and run the Magikarp filter if asked)."""
     m, d, dev = plan.model, plan.donor, options.device
     mats = Matrices(
@@ -88,12 +86,14 @@ def _generator(seed: int, salt: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed) * 7919 + salt)
 
 
-def subword_pieces(plan: SurgeryPlan, donor_ids: list[int], exclude: list[int] | None = None) -> list[list[int]]:
+def subword_pieces(
+    plan: SurgeryPlan, donor_ids: list[int], exclude: list[int] | None = None
+) -> list[list[int]]:
     """MODEL's token ids for each donor token's text (none for special and byte tokens).
     ``exclude[i]``: a MODEL id target ``i`` may not use (the held-out evaluation hides the
     token itself; then the text is tokenised character by character)."""
     tokenizer, rows = plan.model.vocab.tokenizer, plan.model.rows
-    out = []
+    out: list[list[int]] = []
     for n, i in enumerate(donor_ids):
         text = plan.donor.vocab.text_of(i)
         if not text:
@@ -150,7 +150,10 @@ def approximate(
     fallback = method if method in ("zero", "randn", "john_hewitt") else "mean"
     salt = 0 if matrix == "embed" else 1
     rows = statistical_rows(
-        fallback, model_matrix[: plan.model.vocab.size], len(targets), _generator(options.seed, salt)
+        fallback,
+        model_matrix[: plan.model.vocab.size],
+        len(targets),
+        _generator(options.seed, salt),
     )
     return rows.to(model_matrix.device)
 
@@ -187,7 +190,9 @@ def rebuild_rows(plan: SurgeryPlan, mats: Matrices, options: SurgeonOptions) -> 
         targets = a.ids("approximated")
         if targets:
             shared = shared_pairs(a, mats.bad_donor)
-            rows = approximate(options.approximation, matrix, plan, mats, shared, targets, options, cache)
+            rows = approximate(
+                options.approximation, matrix, plan, mats, shared, targets, options, cache
+            )
             out[torch.tensor(targets, device=out.device)] = _finish_rows(rows, matrix, options)
         dtype = m.index.tensors[name].dtype
         tensors[name] = _cast(out, dtype)

@@ -74,7 +74,7 @@ def _special_ids(plan: SurgeryPlan) -> dict[str, Any]:
 
 
 def _output_config(plan: SurgeryPlan) -> dict[str, Any]:
-    config = json.loads(json.dumps(plan.model.index.config or {}))
+    config: dict[str, Any] = json.loads(json.dumps(plan.model.index.config or {}))
     found = find_config_key(config, ("vocab_size",))
     set_config_key(config, found[0] if found else "vocab_size", plan.rows)
     for key, value in _special_ids(plan).items():
