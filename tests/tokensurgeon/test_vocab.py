@@ -87,3 +87,23 @@ def test_magikarp_bad_tokens_are_not_copied_and_junk_is_zeroed():
     a = assign_rows(model, 3, donor, 3, SurgeonOptions(), "embed", bad_model={1}, bad_donor={1, 2})
     # 'b' is under-trained in MODEL and the donor: junk; 'x' is bad in the donor and MODEL lacks it
     assert a.kinds == ["exact", "junk", "junk"]
+
+
+def test_magikarp_flags_unused_low_norm_and_untrained_rows():
+    torch = pytest.importorskip("torch")
+    from meldkit.tokensurgeon.assign import magikarp_bad_ids
+
+    n, hidden = 200, 8
+    tokens = [f"t{i}" for i in range(n - 2)] + ["<|reserved_special_token_0|>", "<unused_token_1>"]
+    vocab = _vocab(tokens, [t.encode() for t in tokens])
+    gen = torch.Generator().manual_seed(0)
+    embed = torch.randn(n, hidden, generator=gen)
+    untrained = torch.ones(hidden)
+    embed[n - 2 :] = untrained + 0.01 * torch.randn(2, hidden, generator=gen)
+    embed[5] = untrained  # never trained: points where the unused rows point
+    embed[7] *= 1e-3  # a vanishing row (only checked with an untied head)
+    tied = magikarp_bad_ids(vocab, embed, None)
+    assert {n - 2, n - 1, 5} <= tied and 7 not in tied
+    untied = magikarp_bad_ids(vocab, embed, torch.randn(n, hidden, generator=gen))
+    assert {n - 2, n - 1, 5, 7} <= untied
+    assert len(untied) < 12  # the 1% / 99% quantiles flag only a few others

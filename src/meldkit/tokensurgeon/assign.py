@@ -99,7 +99,7 @@ def _cosine_to_unused(matrix: torch.Tensor, unused: list[int]) -> torch.Tensor:
 def magikarp_bad_ids(vocab: Vocabulary, embed: torch.Tensor, head: torch.Tensor | None) -> set[int]:
     """Under-trained ids (arXiv 2405.05417, as MergeKit applies it): unused or reserved ids;
     with an untied output projection, embedding norms below the 1% quantile; and rows whose
-    cosine similarity to the mean unused row exceeds max(0.5, its 99% quantile), in the
+    cosine similarity to the mean unused row exceeds max(0.5, the used rows' 99% quantile), in the
     embedding or the output projection."""
     rows = embed.shape[0]
     unused = sorted(i for i in vocab.unused_ids() if i < rows) + list(range(vocab.size, rows))
@@ -113,6 +113,10 @@ def magikarp_bad_ids(vocab: Vocabulary, embed: torch.Tensor, head: torch.Tensor 
             if matrix is None:
                 continue
             cos = _cosine_to_unused(matrix, unused)
-            threshold = max(0.5, float(torch.quantile(cos, 0.99)))
+            used = torch.ones(rows, dtype=torch.bool)
+            used[unused] = False
+            # The quantile is over the used rows: with many unused ones it would sit at ~1.
+            pool = cos[used.to(cos.device)] if bool(used.any()) else cos
+            threshold = max(0.5, float(torch.quantile(pool, 0.99)))
             bad |= set(torch.nonzero(cos > threshold).flatten().tolist())
     return bad
