@@ -150,3 +150,23 @@ def test_randn_is_seeded_and_noise_scale_apply(bpe_pair, tmp_path):
     assert 0.45 < float(rows[new].std()) < 0.55  # zero rows * 3 + N(0, 0.5^2)
     src = read_model(model)[EMBED]
     assert torch.equal(rows[list(shared)], src[list(shared.values())])
+
+
+def test_tied_donor_lends_its_embedding_to_the_head_and_magikarp_runs(bpe_pair, tmp_path):
+    from tests.tokensurgeon.conftest import make_wordpiece_model
+
+    model, _ = bpe_pair
+    donor = make_wordpiece_model(tmp_path / "tied_donor", tie=True)
+    plain = transplant_tokenizer(model, donor, tmp_path / "a", SurgeonOptions(k=4))
+    filtered = transplant_tokenizer(
+        model, donor, tmp_path / "b", SurgeonOptions(k=4, magikarp=True)
+    )
+    n = len(_vocab(donor))
+    for result in (plain, filtered):
+        for counts in result.counts.values():
+            assert sum(counts.values()) == n
+    # Magikarp flags the 1% lowest-norm MODEL rows (untied head): fewer exact copies
+    assert filtered.counts["embed"]["exact"] < plain.counts["embed"]["exact"]
+    out, src = read_model(tmp_path / "a"), read_model(model)
+    assert out[HEAD].shape == (n, 16)
+    assert torch.equal(out[HEAD][2], src[HEAD][1])  # [CLS] <- <s> in the head too

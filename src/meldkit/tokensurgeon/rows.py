@@ -93,14 +93,12 @@ def subword_pieces(
     ``exclude[i]``: a MODEL id target ``i`` may not use (the held-out evaluation hides the
     token itself; then the text is tokenised character by character)."""
     tokenizer, rows = plan.model.vocab.tokenizer, plan.model.rows
+    texts = [plan.donor.vocab.text_of(i) for i in donor_ids]
+    encoded = tokenizer.encode_batch([t or "" for t in texts], add_special_tokens=False)
     out: list[list[int]] = []
-    for n, i in enumerate(donor_ids):
-        text = plan.donor.vocab.text_of(i)
-        if not text:
-            out.append([])
-            continue
-        ids = [t for t in tokenizer.encode(text, add_special_tokens=False).ids if t < rows]
-        if exclude is not None and exclude[n] in ids:
+    for n, (text, enc) in enumerate(zip(texts, encoded, strict=True)):
+        ids = [t for t in enc.ids if t < rows] if text else []
+        if text and exclude is not None and exclude[n] in ids:
             ids = [
                 t
                 for ch in text

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -64,6 +64,7 @@ class Vocabulary:
     style: str  # "byte_level", "metaspace", "wordpiece" or "plain"
     special_ids: dict[str, int]  # role -> id, from the tokenizer config
     tokenizer: Any
+    _index: dict[TokenKey, int] | None = field(default=None, repr=False)
 
     @property
     def size(self) -> int:
@@ -71,12 +72,14 @@ class Vocabulary:
         return len(self.tokens)
 
     def index(self) -> dict[TokenKey, int]:
-        """Key -> lowest id with that key."""
-        out: dict[TokenKey, int] = {}
-        for i, key in enumerate(self.keys):
-            if key is not None and key not in out:
-                out[key] = i
-        return out
+        """Key -> lowest id with that key (computed once)."""
+        if self._index is None:
+            out: dict[TokenKey, int] = {}
+            for i, key in enumerate(self.keys):
+                if key is not None and key not in out:
+                    out[key] = i
+            self._index = out
+        return self._index
 
     def unused_ids(self) -> set[int]:
         """Ids that are holes or named as unused / reserved (the Magikarp filter's first test)."""
@@ -128,12 +131,18 @@ def _model_vocab(model: dict[str, Any]) -> list[str]:
     return []
 
 
+@lru_cache(maxsize=1)
+def _byte_table() -> dict[int, int]:
+    """``str.translate`` table: byte-level alphabet character -> the character of its byte."""
+    return {ord(c): b for c, b in byte_alphabet().items()}
+
+
 def _text_key(token: str, style: str, prefix: str) -> bytes:
     if style == "byte_level":
-        alphabet = byte_alphabet()
-        if all(c in alphabet for c in token):
-            return bytes(alphabet[c] for c in token)
-        return token.encode("utf-8")
+        try:  # every character a byte of the alphabet: decode it (one C-level pass)
+            return token.translate(_byte_table()).encode("latin-1")
+        except UnicodeEncodeError:  # not a byte-level spelling (e.g. an added token)
+            return token.encode("utf-8")
     if style == "wordpiece":
         if prefix and token.startswith(prefix) and len(token) > len(prefix):
             return token[len(prefix) :].encode("utf-8")
