@@ -85,11 +85,19 @@ def make_bpe_model(
     seed: int = 0,
     vocab_size: int = 300,
     corpus: list[str] | None = None,
+    fmt: str = "safetensors",
 ) -> Path:
     tok = byte_level_bpe(vocab_size, corpus)
     n = tok.get_vocab_size()  # type: ignore[attr-defined]
     make_tiny_model(
-        folder, "llama", hidden=hidden, vocab=n, seed=seed, tie_embeddings=tie, with_tokenizer=False
+        folder,
+        "llama",
+        hidden=hidden,
+        vocab=n,
+        seed=seed,
+        tie_embeddings=tie,
+        with_tokenizer=False,
+        fmt=fmt,
     )
     specials = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
     _write_tokenizer_files(folder, tok, specials)

@@ -170,3 +170,15 @@ def test_tied_donor_lends_its_embedding_to_the_head_and_magikarp_runs(bpe_pair, 
     out, src = read_model(tmp_path / "a"), read_model(model)
     assert out[HEAD].shape == (n, 16)
     assert torch.equal(out[HEAD][2], src[HEAD][1])  # [CLS] <- <s> in the head too
+
+
+def test_pickled_model_is_read_safely_and_written_as_safetensors(bpe_pair, tmp_path):
+    _, donor = bpe_pair
+    model = make_bpe_model(tmp_path / "bin_model", fmt="bin")
+    assert (model / "pytorch_model.bin").is_file()
+    transplant_tokenizer(model, donor, tmp_path / "out", SurgeonOptions(approximation="mean"))
+    src, out = read_model(model), read_model(tmp_path / "out")
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+    shared = _shared(model, donor)
+    assert torch.equal(out[EMBED][list(shared)], src[EMBED][list(shared.values())])
+    assert all(torch.equal(out[n], t) for n, t in src.items() if n not in (EMBED, HEAD))

@@ -40,7 +40,10 @@ class Combination:
         for s in range(0, self.indices.shape[0], batch):
             idx = self.indices[s : s + batch].to(m.device)
             w = self.weights[s : s + batch].to(m.device, torch.float32)
-            out[s : s + batch] = torch.einsum("bk,bkd->bd", w, m[idx])  # (batch, k, hidden)
+            acc = out[s : s + batch].zero_()  # (batch, hidden)
+            # One term at a time: no (batch, k, hidden) temporary.
+            for j in range(idx.shape[1]):
+                acc.addcmul_(w[:, j : j + 1], m.index_select(0, idx[:, j]))
         return out
 
 

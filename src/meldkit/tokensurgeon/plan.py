@@ -36,10 +36,6 @@ class ModelSide:
         """Embedding rows (the config's vocab_size, padding included)."""
         return int(self.index.tensors[self.embed].shape[0])
 
-    @property
-    def hidden(self) -> int:
-        return int(self.index.tensors[self.embed].shape[1])
-
 
 @dataclass
 class SurgeryPlan:

@@ -14,6 +14,7 @@ from meldkit.execute.device import resolve_device
 from meldkit.execute.output import check_output_folder, prepare_partial, publish
 from meldkit.io.header import TensorInfo
 from meldkit.io.hub import resolve_model_folder
+from meldkit.io.index import PickleTensorInfo
 from meldkit.io.reader import TensorReader
 from meldkit.io.writer import ShardedWriter, plan_shards
 from meldkit.plan.architecture import find_config_key, set_config_key
@@ -52,7 +53,9 @@ def _rows_block(info: TensorInfo, r0: int, r1: int) -> TensorInfo:
 def _copy_tensor(reader: TensorReader, writer: ShardedWriter, info: TensorInfo) -> None:
     """Byte copy of one tensor in row blocks, so memory stays bounded for any size."""
     numel = math.prod(info.shape)
-    if len(info.shape) == 0 or numel <= _COPY_BLOCK_ELEMENTS or info.shape[0] == 0:
+    # A pickled tensor is read whole (torch.load(weights_only=True)), never by byte range.
+    small = numel <= _COPY_BLOCK_ELEMENTS or isinstance(info, PickleTensorInfo)
+    if len(info.shape) == 0 or small or info.shape[0] == 0:
         writer.write(info.name, reader.read(info))
         return
     step = max(1, _COPY_BLOCK_ELEMENTS // max(1, numel // info.shape[0]))
