@@ -118,11 +118,15 @@ def test_cli_writes_a_model_with_mergekit_spellings(bpe_model, wordpiece_model, 
         "no",
         "--batch-size",
         "-1",
+        "--device",
+        "auto",
     ]
     assert main(argv) == 0
     saved = json.loads((out / "tokensurgeon.json").read_text())
     assert saved["options"]["approximation"] == "common_interpolation"
     assert saved["options"]["cosine_similarity"] is True
+    torch = pytest.importorskip("torch")
+    assert saved["options"]["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
     # prefix matching on the embedding only (MergeKit applies 'embed' to lm_head)
     assert saved["counts"]["embed"]["prefix"] > 0 and saved["counts"]["lm_head"]["prefix"] == 0
     assert capsys.readouterr().out.startswith("embed: ")

@@ -139,15 +139,17 @@ def subword_combination(
     ``method``; a target with no pieces uses MODEL row ``fallback`` (pass the mean row's
     index after appending it)."""
     width = max((len(p) for p in pieces), default=1) or 1
-    idx = torch.full((len(pieces), width), fallback, dtype=torch.long)
-    w = torch.zeros(len(pieces), width)
-    for i, p in enumerate(pieces):
-        if not p:
-            w[i, 0] = 1.0
-            continue
-        idx[i, : len(p)] = torch.tensor(list(p), dtype=torch.long)
-        w[i, : len(p)] = torch.tensor(_piece_weights(len(p), method, matrix))
-    return Combination(idx, w)
+    idx_rows, w_rows = [], []
+    for p in pieces:
+        pad = width - max(1, len(p))
+        idx_rows.append([*p, *[fallback] * pad] if p else [fallback] * width)
+        w_rows.append(
+            [*_piece_weights(len(p), method, matrix), *[0.0] * pad] if p else [1.0, *[0.0] * pad]
+        )
+    return Combination(
+        torch.tensor(idx_rows, dtype=torch.long).reshape(len(pieces), width),
+        torch.tensor(w_rows, dtype=torch.float32).reshape(len(pieces), width),
+    )
 
 
 def statistical_rows(
