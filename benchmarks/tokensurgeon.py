@@ -20,10 +20,23 @@ Command (from the repository root)::
 
     PYTHONPATH=src python benchmarks/tokensurgeon.py --work /tmp/ts-bench
 
-Result on the shared 2-core development machine (load average ~15 from other jobs, so
-absolute times are slow and noisy; the ratios are what to read):
+Result on the shared 2-core development machine, 2026-12-02 (load average 12-16 from other
+jobs the whole time, so absolute times are several times an idle machine's, and noisy; earlier
+runs of the same command gave 12-21 s for ``mean`` and 20-59 s for ``subword``)::
 
-    (table filled in from the run; see the report)
+    rows: {'exact': 28259, 'byte': 0, 'prefix': 0, 'approximated': 21741, 'junk': 0, 'unused': 0}
+    step                                 seconds  x byte copy
+    byte copy                                0.9         1.00
+    transplant -a mean                      11.9        12.80
+    transplant -a subword                   20.3        21.77
+    omp kernel, k=64, 64 tokens             54.1        58.07
+    omp k=64, all 21741 new (extrapolated)     18390      19728.0
+
+Reading it: a transplant without OMP costs about 12-20 byte copies of the model (reading and
+normalising two 32k/50k vocabularies, four float32 matrices, the assignment, the output); OMP
+is matrix-product bound (64 x 64 x 28,259 x 1024 x 2 = 2.4e11 flops for the 64-token sample,
+about 4 GFLOP/s on this loaded machine), so a full k = 64 transplant of this size is a GPU job
+(``--device cuda``) or a smaller ``-k`` on the CPU.
 """
 
 from __future__ import annotations
