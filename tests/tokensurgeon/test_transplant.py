@@ -182,3 +182,21 @@ def test_pickled_model_is_read_safely_and_written_as_safetensors(bpe_pair, tmp_p
     shared = _shared(model, donor)
     assert torch.equal(out[EMBED][list(shared)], src[EMBED][list(shared.values())])
     assert all(torch.equal(out[n], t) for n, t in src.items() if n not in (EMBED, HEAD))
+
+
+def test_output_bias_is_remapped_by_token_identity(bpe_pair, tmp_path):
+    model_src, donor = bpe_pair
+    model = tmp_path / "biased"
+    model.mkdir()
+    for f in model_src.iterdir():
+        (model / f.name).write_bytes(f.read_bytes())
+    tensors = read_model(model)
+    bias = torch.arange(tensors[HEAD].shape[0], dtype=torch.float32) + 1.0
+    tensors["lm_head.bias"] = bias
+    save_file(tensors, str(model / "model.safetensors"), metadata={"format": "pt"})
+    transplant_tokenizer(model, donor, tmp_path / "out", SurgeonOptions(approximation="mean"))
+    out = read_model(tmp_path / "out")["lm_head.bias"]
+    shared = _shared(model, donor)
+    expected = torch.zeros(len(_vocab(donor)))
+    expected[list(shared)] = bias[list(shared.values())]
+    assert torch.equal(out, expected)
