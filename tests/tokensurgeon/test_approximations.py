@@ -63,14 +63,22 @@ def test_subword_piece_weights(method, matrix, weights):
     torch.testing.assert_close(rows[1], MODEL_ROWS[2])  # no pieces: the fallback row
 
 
-def test_omp_recovers_planted_codes_in_any_batching():
+@pytest.mark.parametrize("candidates", [0, 64, 400])
+def test_omp_recovers_planted_codes_in_any_batching(candidates):
+    """Exact search (0, or at least the dictionary size) and a 64-atom prefilter alike: the
+    planted atoms (coefficients 0.5-1.5 in size) are among each target's 64 most correlated,
+    which the prefilter needs."""
     gen = torch.Generator().manual_seed(0)
-    atoms = torch.randn(400, 48, generator=gen)
+    atoms = torch.randn(400, 128, generator=gen)
     idx = torch.stack([torch.randperm(400, generator=gen)[:6] for _ in range(20)])
-    coeffs = torch.randn(20, 6, generator=gen)
-    x = torch.einsum("bk,bkd->bd", coeffs, atoms[idx])  # (20, 48)
+    sign = torch.randint(0, 2, (20, 6), generator=gen) * 2.0 - 1.0
+    coeffs = sign * (0.5 + torch.rand(20, 6, generator=gen))
+    x = torch.einsum("bk,bkd->bd", coeffs, atoms[idx])  # (20, 128)
+    unit = atoms / atoms.norm(dim=1, keepdim=True)
+    top = (x @ unit.T).abs().topk(64, dim=1).indices
+    assert all(set(idx[b].tolist()) <= set(top[b].tolist()) for b in range(20))
     for batch in (-1, 3):
-        got_idx, got = batched_omp(atoms, x, k=10, batch_size=batch)
+        got_idx, got = batched_omp(atoms, x, k=10, batch_size=batch, candidates=candidates)
         assert got_idx.shape == (20, 10)
         for b in range(20):
             planted = dict(zip(idx[b].tolist(), coeffs[b].tolist(), strict=True))
@@ -82,6 +90,26 @@ def test_omp_recovers_planted_codes_in_any_batching():
             assert found.keys() == planted.keys()
             for i, c in planted.items():
                 assert found[i] == pytest.approx(c, abs=1e-4)
+
+
+def test_omp_prefilter_searches_only_the_most_correlated_atoms():
+    """x = e0 + e1 + 0.9 e2 over unit atoms e0, e1, e2 and u = (e0 + e1) / sqrt 2, whose
+    correlations with x are 1, 1, 0.9 and sqrt 2. Exact OMP picks u, then e2, and reproduces
+    x; with 3 candidates (u, e0, e1) e2 is out of reach, so the code is the projection of x
+    onto span(e0, e1), (1, 1, 0)."""
+    s = 2.0**-0.5
+    atoms = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0], [s, s, 0]])
+    x = torch.tensor([[1.0, 1.0, 0.9]])
+    idx, c = batched_omp(atoms, x, k=3)
+    assert idx[0].tolist()[:2] == [3, 2]
+    torch.testing.assert_close(torch.einsum("bk,bkd->bd", c, atoms[idx]), x)
+    idx, c = batched_omp(atoms, x, k=3, candidates=3)
+    assert sorted(idx[0].tolist()) == [0, 1, 3]
+    torch.testing.assert_close(
+        torch.einsum("bk,bkd->bd", c, atoms[idx]), torch.tensor([[1.0, 1.0, 0.0]])
+    )
+    # Fewer candidates than k: raised to k (here 3 again), never fewer atoms than asked.
+    assert sorted(batched_omp(atoms, x, k=3, candidates=1)[0][0].tolist()) == [0, 1, 3]
 
 
 def test_omp_in_float64_stays_float64():

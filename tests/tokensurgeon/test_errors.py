@@ -36,6 +36,10 @@ def test_broken_mergekit_method_is_refused_with_the_reason():
         (SurgeonOptions(k=0), "k must be a positive integer, got 0"),
         (SurgeonOptions(batch_size=0), "batch size must be a positive integer or -1, got 0"),
         (
+            SurgeonOptions(omp_candidates=-1),
+            "omp candidates must be a non-negative integer, got -1",
+        ),
+        (
             SurgeonOptions(approximation="landmark_pca"),
             "approximation method 'landmark_pca' is not supported: landmark_pca is not implemented in meldkit",
         ),

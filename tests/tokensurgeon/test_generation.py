@@ -25,11 +25,15 @@ def test_output_loads_and_generates_in_transformers(bpe_model, wordpiece_model, 
             str(out),
             "-k",
             "16",
+            "--omp-candidates",
+            "32",
             "--report",
             str(report),
         ]
     )
     assert code == 0
+    options = json.loads((out / "tokensurgeon.json").read_text())["options"]
+    assert options["omp_candidates"] == 32
     printed = capsys.readouterr().out
     assert printed.startswith("embed: ") and "approximated" in printed
     for method in APPROXIMATIONS:  # one table row per method

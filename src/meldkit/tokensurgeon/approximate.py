@@ -55,7 +55,9 @@ def omp_combination(
 ) -> Combination:
     """OMP codes of donor ``targets`` over the shared tokens' donor rows ``donor_atoms``, as a
     combination of the same shared tokens' MODEL rows (``model_ids[j]`` is atom ``j``'s)."""
-    idx, coeffs = batched_omp(donor_atoms, targets, options.k, options.batch_size)
+    idx, coeffs = batched_omp(
+        donor_atoms, targets, options.k, options.batch_size, options.omp_candidates
+    )
     return Combination(model_ids.to(idx.device)[idx], coeffs.float())
 
 

@@ -47,6 +47,11 @@ def add_parser(sub: Any) -> None:
     )
     g.add_argument("-k", "--k", type=int, default=64, help="OMP atoms / neighbours (default 64)")
     g.add_argument(
+        "--omp-candidates", type=int, default=1024, metavar="M",
+        help="omp: search only each token's M most correlated shared tokens "
+        "(default 1024; 0: all, exact but slow on large vocabularies)",
+    )  # fmt: skip
+    g.add_argument(
         "-c", "--cosine-similarity", dest="cosine", action="store_true", default=False,
         help="common_interpolation: nearest neighbours by cosine instead of Euclidean distance",
     )  # fmt: skip
@@ -92,6 +97,7 @@ def _run(args: argparse.Namespace) -> int:
     options = SurgeonOptions(
         approximation=args.approximation_method,
         k=args.k,
+        omp_candidates=args.omp_candidates,
         cosine_similarity=args.cosine,
         weight_scheme=args.weight_scheme,
         subword_method=args.subword_method,
