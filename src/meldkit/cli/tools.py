@@ -16,11 +16,13 @@ from typing import Any
 __all__ = ["TOOL_MODULES", "add_tool_parsers"]
 
 # One line per tool, in the order `meldkit --help` lists them.
+TOOL_MODULES: tuple[str, ...] = (
     "meldkit.multi.cli",
     "meldkit.raw.cli",
     "meldkit.moe.cli",
     "meldkit.extract_lora.cli",
     "meldkit.tokensurgeon.cli",
+)
 
 
 def add_tool_parsers(sub: Any) -> None:
