@@ -34,6 +34,16 @@ _EXPORTS = {
     "PlanError": "meldkit.errors",
     "OutputError": "meldkit.errors",
     "MergeRuntimeError": "meldkit.errors",
+    # In-memory and raw-checkpoint merges, multi-stage recipes.
+    "merge_state_dicts": "meldkit.api",
+    "prepare_state_dict_merge": "meldkit.api",
+    "merge_raw": "meldkit.api",
+    "run_multi": "meldkit.api",
+    # The side tools' entry points (each imports torch only when it runs).
+    "plan_moe": "meldkit.moe",
+    "run_moe": "meldkit.moe",
+    "extract_lora": "meldkit.extract_lora",
+    "transplant_tokenizer": "meldkit.tokensurgeon",
 }
 
 __all__ = [
@@ -50,13 +60,29 @@ __all__ = [
     "RecipeError",
     "__version__",
     "describe_plan",
+    "extract_lora",
     "load_config",
+    "merge_raw",
+    "merge_state_dicts",
     "plan_merge",
+    "plan_moe",
+    "prepare_state_dict_merge",
     "run_merge",
+    "run_moe",
+    "run_multi",
+    "transplant_tokenizer",
 ]
 
 if _typing.TYPE_CHECKING:
-    from meldkit.api import load_config, plan_merge, run_merge
+    from meldkit.api import (
+        load_config,
+        merge_raw,
+        merge_state_dicts,
+        plan_merge,
+        prepare_state_dict_merge,
+        run_merge,
+        run_multi,
+    )
     from meldkit.config import MergeConfig
     from meldkit.errors import (
         InputError,
@@ -68,8 +94,11 @@ if _typing.TYPE_CHECKING:
         PlanError,
         RecipeError,
     )
+    from meldkit.extract_lora import extract_lora
+    from meldkit.moe import plan_moe, run_moe
     from meldkit.plan import MergePlan, PlanOptions
     from meldkit.plan.summary import describe_plan
+    from meldkit.tokensurgeon import transplant_tokenizer
 
 # `from __future__ import annotations` binds the name `annotations`; the API does not have it.
 del annotations

@@ -386,3 +386,39 @@ def merge_raw(
     with _api_errors():
         warn = _warning_sink(on_warning, sys._getframe(1))
         return _merge_raw(recipe, out, missing=missing, on_warning=warn, on_info=_info, **options)
+
+
+def run_multi(
+    recipe: str | Path,
+    out_path: str | Path,
+    intermediate_dir: str | Path,
+    *,
+    lazy: bool = True,
+    stream: bool = False,
+    on_warning: Callable[[str], None] | None = None,
+    **options: Any,
+) -> Any:
+    """Run the multi-stage (``mergekit-multi``) recipe file ``recipe``, what ``meldkit multi``
+    does: named stages go to ``intermediate_dir`` (reused while their recipe and inputs are
+    unchanged, unless ``lazy=False``; ``stream=True`` streams those only later stages read,
+    without writing them), the final stage to ``out_path``. ``options`` are run_merge's. Every
+    stage is planned before any runs. Returns a :class:`~meldkit.multi.ChainResult`."""
+    with _api_errors():
+        from meldkit.multi import ChainOptions
+        from meldkit.multi.run import run_chain
+
+        plan_options, run = split_options(options)
+        chain = ChainOptions(
+            Path(intermediate_dir),
+            Path(out_path),
+            plan_options,
+            lazy=lazy,
+            stream=stream,
+            run={
+                "seed": run.seed,
+                "device": run.device.split(":")[0],
+                "copy_tokenizer": run.copy_tokenizer,
+                "write_model_card": run.write_model_card,
+            },
+        )
+        return run_chain(recipe, chain, run, _warning_sink(on_warning, sys._getframe(1)), _info)
