@@ -1,0 +1,65 @@
+"""Specs of the data-free methods MergeKit does not have (torch-free): tsv, iso_c, iso_cts,
+wudi, pcb, magmax and consensus. :mod:`meldkit.methods.catalog` imports this module, so
+they register with the built-ins; docs/methods.md gives each formula and its defaults for
+language models."""
+
+from __future__ import annotations
+
+from meldkit.methods.checks import check_spectral
+from meldkit.methods.registry import MethodSpec, ParamSpec, register
+
+__all__: list[str] = []
+
+
+def _weight() -> ParamSpec:
+    return ParamSpec(
+        "weight",
+        "per_non_base",
+        default=1.0,
+        doc="factor on the model's task vector before merging (negative subtracts it)",
+    )
+
+
+def _embeddings() -> ParamSpec:
+    return ParamSpec(
+        "embeddings",
+        "shared",
+        kind="str",
+        default="matrix",
+        doc="token embeddings and LM heads: 'matrix' (factorised like any weight) or 'mean' "
+        "(the mean of the task vectors, like norms and biases)",
+    )
+
+
+def _scale(name: str, default: float, doc: str) -> ParamSpec:
+    return ParamSpec(name, "shared", default=default, doc=doc)
+
+
+# ---------------------------------------------------------------------------------------------
+# Spectral family: per 2-D weight, the mean of the task vectors elsewhere.
+
+register(
+    MethodSpec(
+        name="tsv",
+        pretty_name="TSV-M (Task Singular Vectors)",
+        impl="meldkit.methods.tsv:tsv",
+        params=(
+            _weight(),
+            ParamSpec(
+                "rank_fraction",
+                "shared",
+                default=None,
+                minimum=0.0,
+                maximum=1.0,
+                doc="fraction of r = min(rows, cols) kept per task (default 1/T)",
+            ),
+            _scale("alpha", 1.0, "factor on the merged task vector"),
+            _embeddings(),
+        ),
+        base="required",
+        min_inputs=1,
+        reference_url="https://arxiv.org/abs/2412.00081",
+        summary="Top singular vectors of each task, decorrelated by the polar factor, summed.",
+        check=check_spectral("tsv"),
+    )
+)
