@@ -63,3 +63,48 @@ register(
         check=check_spectral("tsv"),
     )
 )
+
+register(
+    MethodSpec(
+        name="iso_c",
+        pretty_name="Iso-C (isotropic merging, common subspace)",
+        impl="meldkit.methods.iso_c:iso_c",
+        params=(
+            _weight(),
+            _scale("alpha", 1.0, "factor on the isotropic task vector"),
+            _embeddings(),
+        ),
+        base="required",
+        min_inputs=1,
+        reference_url="https://arxiv.org/abs/2502.04959",
+        summary="The summed task vector with a flat spectrum (every singular value its mean).",
+        check=check_spectral("iso_c"),
+    )
+)
+
+register(
+    MethodSpec(
+        name="iso_cts",
+        pretty_name="Iso-CTS (isotropic merging, common and task-specific subspaces)",
+        impl="meldkit.methods.iso_cts:iso_cts",
+        params=(
+            _weight(),
+            ParamSpec(
+                "common_fraction",
+                "shared",
+                default=0.8,
+                minimum=0.0,
+                maximum=1.0,
+                doc="fraction of r taken from the summed task vector; the rest is split "
+                "between the tasks' own directions",
+            ),
+            _scale("alpha", 1.0, "factor on the isotropic task vector"),
+            _embeddings(),
+        ),
+        base="required",
+        min_inputs=1,
+        reference_url="https://arxiv.org/abs/2502.04959",
+        summary="Iso-C on the common subspace plus each task's own top directions, flat spectrum.",
+        check=check_spectral("iso_cts"),
+    )
+)
