@@ -108,3 +108,20 @@ register(
         check=check_spectral("iso_cts"),
     )
 )
+
+# ---------------------------------------------------------------------------------------------
+# Element-wise family.
+
+register(
+    MethodSpec(
+        name="magmax",
+        elementwise=True,
+        pretty_name="MagMax",
+        impl="meldkit.methods.magmax:magmax",
+        params=(_scale("lambda", 0.5, "factor on the selected task-vector values"),),
+        base="required",
+        min_inputs=1,
+        reference_url="https://arxiv.org/abs/2407.06322",
+        summary="Per entry, the task-vector value of largest magnitude, scaled by lambda.",
+    )
+)
