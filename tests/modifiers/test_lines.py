@@ -128,3 +128,18 @@ def test_nested_form_rejects_unknown_keys(family):
         "parameters.lines: unknown key 'betta' (only 'alpha' and 'beta'). Did you mean 'beta'?"
     )
     assert err.value.hint == "write lines: {alpha: 0.5, beta: 0.5} (or lines_alpha and lines_beta)"
+
+
+def test_planning_modifiers_does_not_import_torch(family, tmp_path):
+    import subprocess
+    import sys
+
+    base, fts = family
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(_ta(base, fts, "  lines: {alpha: 0.3, beta: 0.6}\n  norm_match: mean\n"))
+    code = (
+        "import sys\nfrom meldkit.cli.main import main\n"
+        f"assert main(['plan', {str(recipe)!r}, '--params']) == 0\n"
+        "assert 'torch' not in sys.modules, 'plan imported torch'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
