@@ -5,7 +5,7 @@ language models."""
 
 from __future__ import annotations
 
-from meldkit.methods.checks import check_spectral
+from meldkit.methods.checks import check_spectral, check_wudi
 from meldkit.methods.registry import MethodSpec, ParamSpec, register
 
 __all__: list[str] = []
@@ -106,6 +106,41 @@ register(
         reference_url="https://arxiv.org/abs/2502.04959",
         summary="Iso-C on the common subspace plus each task's own top directions, flat spectrum.",
         check=check_spectral("iso_cts"),
+    )
+)
+
+register(
+    MethodSpec(
+        name="wudi",
+        pretty_name="WUDI-merging",
+        impl="meldkit.methods.wudi:wudi",
+        params=(
+            _scale("lambda", 1.0, "factor on the merged task vector"),
+            ParamSpec(
+                "solver",
+                "shared",
+                kind="str",
+                default="closed",
+                doc="'closed' (exact least-squares solution) or 'adam' (the paper's iterations)",
+            ),
+            ParamSpec(
+                "rcond",
+                "shared",
+                default=1e-5,
+                minimum=0.0,
+                doc="closed: eigenvalues of A below rcond times the largest are dropped",
+            ),
+            ParamSpec(
+                "steps", "shared", kind="int", default=300, minimum=1, doc="adam: iterations"
+            ),
+            ParamSpec("lr", "shared", default=1e-5, minimum=0.0, doc="adam: learning rate"),
+            _embeddings(),
+        ),
+        base="required",
+        min_inputs=1,
+        reference_url="https://arxiv.org/abs/2503.08099",
+        summary="The task vector that least disturbs each task's own input directions.",
+        check=check_wudi,
     )
 )
 
