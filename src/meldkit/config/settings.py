@@ -91,7 +91,7 @@ def parse_parameters(value: Any, where: str) -> Parameters:
     d = expect_dict(value, where)
     out: Parameters = {}
     for k, v in d.items():
-        if str(k) == "lines":
+        if str(k) == "lines":  # LiNeS (meldkit.methods.modifiers)
             out.update(_parse_lines(v, f"{where}.lines"))
         else:
             out[str(k)] = parse_setting(v, f"{where}.{k}")

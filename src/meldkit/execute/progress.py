@@ -52,9 +52,9 @@ class Progress:
         return not quiet and stream is not None and stream.isatty()
 
     def start(self, total: int, desc: str = "merging") -> None:
-        """Show the bar for ``total`` tensors (does nothing when disabled); a stage before the
-        merge (the ``norm_match`` pre-pass) shows its own bar with its ``desc``, then
-        :meth:`close` s it."""
+        """Show the bar for ``total`` tensors (does nothing when disabled). A stage before the
+        merge (the ``norm_match`` pre-pass) shows a bar of its own, named ``desc``, and closes
+        it with :meth:`close` before the merge's bar starts."""
         if not self.enabled:
             return
         from tqdm import tqdm

@@ -18,12 +18,12 @@ This module is torch-free (the planner reads it); the math is :mod:`.apply`.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from meldkit.methods.registry import MethodSpec, ParamSpec
 
 __all__ = [
-    "LINES_KEY",
     "MODIFIER_PARAMS",
     "MODIFIERS_SPEC",
     "NORM_MODES",
@@ -34,8 +34,6 @@ __all__ = [
     "with_modifier_params",
 ]
 
-#: The recipe key of LiNeS' nested form, ``lines: {alpha: 0.5, beta: 0.5}``.
-LINES_KEY = "lines"
 #: The target norm choices of ``norm_match`` (``none``: the tensor is left as it is).
 NORM_MODES = ("mean", "min", "max", "none")
 
@@ -71,8 +69,6 @@ MODIFIERS_SPEC = MethodSpec(
 def with_modifier_params(method: MethodSpec) -> MethodSpec:
     """``method`` with the modifier parameters added (for the recipe's unknown-parameter and
     filter warnings: a modifier's name is never "not used")."""
-    from dataclasses import replace
-
     own = {p.name for p in method.params}
     return replace(
         method, params=(*method.params, *(p for p in MODIFIER_PARAMS if p.name not in own))
