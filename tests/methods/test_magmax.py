@@ -25,5 +25,7 @@ def test_magmax_picks_the_largest_magnitude_per_entry() -> None:
 
 def test_magmax_default_lambda_and_base_position() -> None:
     b = t(0.0, 2.0)
-    x = t(4.0, 0.0)  # τ = [4, -2]; default lambda 0.5 -> [2, 1]
-    torch.testing.assert_close(run_method("magmax", [x, b], 1), t(2.0, 1.0))
+    x = t(4.0, 0.0)  # τ = [4, -2]; default lambda 1 -> b + τ = x
+    torch.testing.assert_close(run_method("magmax", [x, b], 1), x)
+    # lambda 0.5 -> b + [2, -1] = [2, 1]
+    torch.testing.assert_close(run_method("magmax", [x, b], 1, {"lambda": 0.5}), t(2.0, 1.0))

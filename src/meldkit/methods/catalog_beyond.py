@@ -153,10 +153,41 @@ register(
         elementwise=True,
         pretty_name="MagMax",
         impl="meldkit.methods.magmax:magmax",
-        params=(_scale("lambda", 0.5, "factor on the selected task-vector values"),),
+        params=(_scale("lambda", 1.0, "factor on the selected task-vector values"),),
         base="required",
         min_inputs=1,
         reference_url="https://arxiv.org/abs/2407.06322",
         summary="Per entry, the task-vector value of largest magnitude, scaled by lambda.",
+    )
+)
+
+register(
+    MethodSpec(
+        name="pcb",
+        pretty_name="PCB-merging",
+        impl="meldkit.methods.pcb:pcb",
+        params=(
+            ParamSpec(
+                "ratio",
+                "shared",
+                default=0.1,
+                minimum=0.0,
+                maximum=1.0,
+                doc="fraction of each task's entries kept, by balanced score",
+            ),
+            ParamSpec(
+                "clamp",
+                "shared",
+                default=1e-4,
+                minimum=0.0,
+                maximum=0.5,
+                doc="fraction of each tail of |task vector| clamped before scoring",
+            ),
+            _scale("lambda", 1.0, "factor on the merged task vector"),
+        ),
+        base="required",
+        min_inputs=1,
+        reference_url="https://arxiv.org/abs/2410.02396",
+        summary="Scores entries by importance within and agreement across tasks, keeps the top.",
     )
 )

@@ -13,7 +13,7 @@ per-model weights: scaling a task vector would change which one wins, not only b
 merge_method: magmax
 base_model: ./base
 models: [{model: ./math}, {model: ./code}, {model: ./chat}]
-parameters: {lambda: 0.5}
+parameters: {lambda: 1.0}
 ```
 """
 
@@ -48,4 +48,4 @@ def magmax(
     for operand in others[1:]:
         tau = operand.tensor.to(base.dtype) - base
         best = torch.where(tau.abs() > best.abs(), tau, best)  # strict: earlier models win ties
-    return best.mul_(param_float(shared, "lambda", 0.5)).add_(base)
+    return best.mul_(param_float(shared, "lambda", 1.0)).add_(base)
