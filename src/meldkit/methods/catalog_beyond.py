@@ -5,7 +5,7 @@ language models."""
 
 from __future__ import annotations
 
-from meldkit.methods.checks import check_spectral, check_wudi
+from meldkit.methods.checks import check_consensus, check_spectral, check_wudi
 from meldkit.methods.registry import MethodSpec, ParamSpec, register
 
 __all__: list[str] = []
@@ -189,5 +189,60 @@ register(
         min_inputs=1,
         reference_url="https://arxiv.org/abs/2410.02396",
         summary="Scores entries by importance within and agreement across tasks, keeps the top.",
+    )
+)
+
+register(
+    MethodSpec(
+        name="consensus",
+        pretty_name="Consensus merging (TALL masks)",
+        impl="meldkit.methods.consensus:consensus",
+        params=(
+            _weight(),
+            ParamSpec(
+                "mask_lambda",
+                "per_non_base",
+                default=0.4,
+                minimum=0.0,
+                doc="TALL mask threshold: task t keeps entries where |v_t| >= mask_lambda "
+                "|sum - v_t| (the paper tunes it in 0.2-0.6)",
+            ),
+            ParamSpec(
+                "k",
+                "shared",
+                kind="int",
+                default=2,
+                minimum=0,
+                doc="keep the entries that at least k task masks mark",
+            ),
+            ParamSpec(
+                "base_method",
+                "shared",
+                kind="str",
+                default="task_arithmetic",
+                doc="the merge the mask is applied to: 'task_arithmetic' or 'ties'",
+            ),
+            ParamSpec(
+                "density",
+                "per_non_base",
+                default=1.0,
+                minimum=0.0,
+                maximum=1.0,
+                doc="ties: fraction of each task vector kept by magnitude",
+            ),
+            ParamSpec(
+                "normalize",
+                "shared",
+                kind="bool",
+                default=True,
+                doc="ties: divide by the sum of the agreeing weights",
+            ),
+            _scale("lambda", 1.0, "factor on the merged task vector"),
+        ),
+        base="required",
+        min_inputs=1,
+        reference_url="https://arxiv.org/abs/2405.07813",
+        summary="Task arithmetic or TIES, keeping only the entries at least k tasks need.",
+        check=check_consensus,
     )
 )
