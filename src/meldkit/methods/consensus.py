@@ -75,7 +75,7 @@ def consensus(
     others = non_base(inputs, base_index, per_input)
     if not others:
         return base
-    k = int(shared.get("k") if shared.get("k") is not None else 2)
+    k = int(param_float(shared, "k", 2))
     mask, total = consensus_mask(base, others, k)
     del others
     if (shared.get("base_method") or "task_arithmetic") == "ties":
