@@ -3,6 +3,7 @@
     python benchmarks/spectral.py                       # per-shape table on the CPU (+ GPU)
     python benchmarks/spectral.py --shapes 4096x11008 32000x4096 --repeat 1
     python benchmarks/spectral.py --med --methods tsv iso_c   # also whole `med` merges
+    python benchmarks/spectral.py --shapes --med --methods magmax   # whole `med` merges only
 
 The I/O floor alone is not the yardstick for these methods: each one's time is set next to
 the floor plus the factorizations it needs, computed with torch in the same process on the
@@ -259,7 +260,7 @@ def _time_med(methods: list[str], med: Path, scratch: Path) -> list[dict[str, An
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--methods", nargs="+", default=list(NEW_METHODS))
-    ap.add_argument("--shapes", nargs="+", default=list(DEFAULT_SHAPES))
+    ap.add_argument("--shapes", nargs="*", default=list(DEFAULT_SHAPES))
     ap.add_argument("--tasks", type=int, default=3)
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
