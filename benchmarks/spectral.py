@@ -51,7 +51,12 @@ from safetensors.torch import save_file
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-FLOOR = REPO.parent / "shared" / "bench" / "floor.py"
+# ../shared beside the checkout (a worktree under wt/ has it two levels up), else the copy.
+_FLOORS = [p / "shared" / "bench" / "floor.py" for p in (REPO.parent, REPO.parent.parent)]
+FLOOR_CMD = next(
+    ([sys.executable, str(p)] for p in _FLOORS if p.is_file()),
+    [sys.executable, str(HERE / "reference.py"), "floor"],
+)
 NEW_METHODS = ("tsv", "iso_c", "iso_cts", "wudi", "pcb", "magmax", "consensus")
 # med's matrices (hidden 1536, 6 KV heads of 64, MLP 4096, vocabulary 32000) and a 7B's.
 MED_SHAPES = ("1536x1536", "384x1536", "4096x1536", "1536x4096", "32000x1536")
@@ -245,7 +250,7 @@ def _time_med(methods: list[str], med: Path, scratch: Path) -> list[dict[str, An
     rows = []
     for name in methods:
         shutil.rmtree(out, ignore_errors=True)
-        floor = _timed([sys.executable, str(FLOOR), str(out), *models])
+        floor = _timed([*FLOOR_CMD, str(out), *models])
         shutil.rmtree(out, ignore_errors=True)
         os.sync()
         recipe = _med_recipe(name, med, scratch)
