@@ -21,7 +21,8 @@ def test_pcb_hand_worked() -> None:
     # m_1 = [1, 0, 0, 0];  m_2 = [1, 0, 0, tanh 1 / tanh 2]
     # merged = [(1 + 1)/2, 0, 0, (tanh1/tanh2 · 1)/(tanh1/tanh2)] = [1, 0, 0, 1]
     flat = torch.tensor([[1.0, -2.0, 0.5, 0.0], [1.0, 2.0, -0.5, 1.0]], dtype=torch.float64)
-    weights, clamped = pcb_weights(flat.clone(), 0.75, 0.0)
+    clamped = flat.clone()
+    weights = pcb_weights(clamped, 0.75, 0.0)  # clamps in place: nothing to clamp here
     want = torch.tensor(
         [[1.0, 0, 0, 0], [1.0, 0, 0, math.tanh(1) / math.tanh(2)]], dtype=torch.float64
     )
@@ -57,6 +58,7 @@ def test_pcb_matches_numpy_with_clamping() -> None:
     g = torch.Generator().manual_seed(1)
     base = torch.randn(40, 50, generator=g, dtype=torch.float64)
     taus = [torch.randn(40, 50, generator=g, dtype=torch.float64) ** 3 for _ in range(3)]
+    taus[1][:2, :3] = 0  # 6 zeros, fewer than the 20 clamped: they stay zero all the same
     # clamp 0.01 of 2000 entries: 20 per tail, so the heavy cubed tails are clamped
     out = run_method(
         "pcb", [base, *(base + x for x in taus)], 0, {"ratio": 0.2, "clamp": 0.01, "lambda": 0.8}

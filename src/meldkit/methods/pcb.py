@@ -41,10 +41,10 @@ from meldkit.methods.registry import MergeContext
 __all__ = ["pcb", "pcb_weights"]
 
 
-def _ranked(row: torch.Tensor, fraction: float) -> torch.Tensor:
-    """The entry of ascending rank ``⌊N·fraction⌋`` (0-based, clamped to the row)."""
+def _ranked(row: torch.Tensor, fraction: float, offset: int = 0) -> torch.Tensor:
+    """The entry of ascending rank ``⌊N·fraction + offset⌋`` (0-based, clamped to the row)."""
     n = row.numel()
-    rank = min(max(int(n * fraction), 0), n - 1)
+    rank = min(max(int(n * fraction + offset), 0), n - 1)
     return sparsify.kth_smallest(row, rank + 1)
 
 
@@ -57,28 +57,25 @@ def _minmax(row: torch.Tensor) -> torch.Tensor:
     return row.sub_(low).div_(span)
 
 
-def pcb_weights(
-    flat: torch.Tensor, ratio: float, clamp: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(m, τ̃)`` for task vectors ``flat`` (T × N): the balancing weights and the clamped
-    task vectors (see the module docstring)."""
+def pcb_weights(flat: torch.Tensor, ratio: float, clamp: float) -> torch.Tensor:
+    """The balancing weights ``m`` (T × N) of task vectors ``flat`` (T × N), which becomes
+    the clamped task vectors ``τ̃`` in place (see the module docstring). One row at a time,
+    so the scratch is ``flat``, the weights and a few rows."""
     n_tasks, n = flat.shape
-    magnitude = flat.abs()  # (T, N)
-    for row in magnitude:
-        low = _ranked(row, clamp)
-        high = sparsify.kth_smallest(row, min(max(int(n * (1 - clamp) - 1), 0), n - 1) + 1)
-        row.clamp_(min=low, max=high)
-    clamped = magnitude * flat.sign()
-    agreement = torch.tanh(flat * flat.sum(dim=0))  # inter-balancing, (T, N)
-    scores = magnitude  # reuse: intra-balancing, then the score
-    for row in scores:
-        _minmax(row).square_().mul_(n_tasks).exp_()
-    scores.mul_(agreement)
-    del agreement
-    for row in scores:
-        threshold = _ranked(row, 1 - ratio)
-        _minmax(row.clamp_(min=threshold))
-    return scores, clamped
+    total = flat.sum(dim=0)  # (N,)
+    weights = torch.empty_like(flat)
+    for t in range(n_tasks):
+        row = flat[t]
+        magnitude = row.abs()
+        low = _ranked(magnitude, clamp)
+        high = _ranked(magnitude, 1 - clamp, offset=-1)
+        magnitude.clamp_(min=low, max=high)
+        score = torch.tanh(row * total)  # inter-balancing: agreement with the sum
+        row.sign_().mul_(magnitude)  # τ̃_t = sign(τ_t)·|τ|_t: a zero stays zero
+        score.mul_(_minmax(magnitude).square_().mul_(n_tasks).exp_())  # × intra-balancing
+        threshold = _ranked(score, 1 - ratio)
+        weights[t] = _minmax(score.clamp_(min=threshold))
+    return weights
 
 
 def pcb(
@@ -95,8 +92,11 @@ def pcb(
     flat = torch.stack([tau.reshape(-1) for tau in taus])  # (T, N)
     del taus
     ratio = param_float(shared, "ratio", 0.1)
-    weights, clamped = pcb_weights(flat, ratio, param_float(shared, "clamp", 1e-4))
+    weights = pcb_weights(flat, ratio, param_float(shared, "clamp", 1e-4))  # flat is now τ̃
+    merged = torch.zeros_like(flat[0])
+    for t in range(flat.shape[0]):
+        merged.addcmul_(weights[t], flat[t])
     del flat
-    merged = (weights * clamped).sum(dim=0).div_(weights.sum(dim=0).clamp_(min=1e-12))
+    merged.div_(weights.sum(dim=0).clamp_(min=1e-12))
     lam = param_float(shared, "lambda", 1.0)
     return merged.mul_(lam).reshape(base.shape).add_(base)
