@@ -230,9 +230,10 @@ def _format_row(row: dict[str, Any]) -> str:
 
 
 def _med_recipe(method: str, med: Path, out: Path) -> Path:
-    models = "".join(
-        f"  - model: {med / f'ft{i}'}\n    parameters: {{weight: 1.0}}\n" for i in (1, 2, 3)
-    )
+    from meldkit.methods.registry import get_method
+
+    own = "    parameters: {weight: 1.0}\n" if get_method(method).param("weight") else ""
+    models = "".join(f"  - model: {med / f'ft{i}'}\n{own}" for i in (1, 2, 3))
     path = out / f"{method}.yaml"
     path.write_text(f"merge_method: {method}\nbase_model: {med / 'base'}\nmodels:\n{models}")
     return path
