@@ -27,7 +27,7 @@ def _numpy_gradient(tau_m: np.ndarray, taus: list[np.ndarray]) -> np.ndarray:
 def test_closed_form_zeroes_the_gradient_with_very_different_norms() -> None:
     # Task vectors whose norms differ 100x (the usual case for public fine-tunes).
     inputs = _family((6, 5), 3, seed=1, scales=[1.0, 0.1, 0.01])
-    out = run_method("wudi", inputs, 0)
+    out = run_method("wudi", inputs, 0, {"solver": "closed"})
     taus = [(x - inputs[0]).numpy() for x in inputs[1:]]
     tau_m = (out - inputs[0]).numpy()
     scale = np.abs(_numpy_gradient(sum(taus), taus)).max()
@@ -41,7 +41,7 @@ def test_closed_form_zeroes_the_gradient_with_very_different_norms() -> None:
 
 def test_adam_form_agrees_with_the_closed_form() -> None:
     inputs = _family((6, 4), 2, seed=2, scales=[1.0, 0.5])
-    closed = run_method("wudi", inputs, 0)
+    closed = run_method("wudi", inputs, 0, {"solver": "closed"})
     adam = run_method("wudi", inputs, 0, {"solver": "adam", "steps": 3000, "lr": 3e-3})
     torch.testing.assert_close(adam, closed, atol=2e-3, rtol=0)
     # ... and the paper's 300 small steps move from Σ τ_t towards it.
@@ -79,6 +79,7 @@ def test_wudi_non_matrix_rule_and_lambda() -> None:
     b = torch.tensor([1.0, 2.0])
     xs = [b + torch.tensor([0.5, 0.0]), b + torch.tensor([0.0, -1.0])]
     out = run_method("wudi", [b, *xs], 0, {"lambda": 2.0})  # b + 2 · [0.25, -0.5]
+    assert torch.equal(out, run_method("wudi", [b, *xs], 0, {"lambda": 2.0, "solver": "closed"}))
     torch.testing.assert_close(out, torch.tensor([1.5, 1.0]))
 
 
@@ -88,5 +89,5 @@ def test_wudi_refuses_an_unknown_solver() -> None:
     check = get_method("wudi").check
     assert check is not None
     assert check({"solver": "lbfgs"}, [{}, {}], 0) == [
-        "wudi: solver is 'lbfgs'; choose one of closed, adam"
+        "wudi: solver is 'lbfgs'; choose one of adam, closed"
     ]

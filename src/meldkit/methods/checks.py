@@ -23,7 +23,7 @@ __all__ = [
 # How the spectral methods treat token embeddings and LM heads: factorised like any matrix,
 # or given the non-matrix rule (the mean of the task vectors).
 EMBEDDING_RULES = ("matrix", "mean")
-WUDI_SOLVERS = ("closed", "adam")
+WUDI_SOLVERS = ("adam", "closed")
 CONSENSUS_BASES = ("task_arithmetic", "ties")
 
 

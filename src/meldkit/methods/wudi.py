@@ -8,7 +8,8 @@ For a 2-D weight (out × in) with task vectors ``τ_t = x_t − b``, the merged 
     ∇L     = 2 (τ_m A − B),   A = Σ_t w_t τ_tᵀ τ_t  (in × in),   B = Σ_t w_t τ_t τ_tᵀ τ_t
     out    = b + lambda · τ_m
 
-``solver: closed`` (default) solves ``τ_m A = B`` exactly. Where ``A`` is singular the
+``solver: adam`` (default) runs the paper's optimiser (below); ``solver: closed`` solves
+``τ_m A = B`` exactly. Where ``A`` is singular the
 minimisers form an affine space; we return the one the paper's gradient descent from
 ``τ_0 = Σ_t τ_t`` converges to (gradient steps never leave ``τ_0 + range``)::
 
@@ -22,10 +23,14 @@ factorisations give the same ``A⁺``, chosen by shape: ``eigh`` of the ``in × 
 (benchmarks/wudi_forms.py: the stacked form took 0.29x the Gram form's time at
 ``T·out / in = 0.36`` and 1.65x at 0.73, so the switch sits near 1/2).
 
-``solver: adam`` runs the paper's optimiser instead: Adam (β = 0.9, 0.999, ε = 1e-8) from
+``solver: adam`` runs the paper's optimiser: Adam (β = 0.9, 0.999, ε = 1e-8) from
 ``τ_0 = Σ_t τ_t`` for ``steps`` steps of learning rate ``lr`` (300 and 1e-5 in the paper), with
 the exact gradient above, so it is deterministic and needs no autograd. Per-coordinate steps
 can leave ``τ_0 + range(A)``, so with a singular ``A`` it may settle on another minimiser.
+The 300 small steps stop far from the minimiser, and that is what works on language models:
+on TinyTasks (fp32, n = 100) adam scored 0.447 and the exact minimiser 0.086 (0.218 at
+lambda 0.5), so adam is the default although it costs ``steps`` products with the
+``in × in`` Gram matrix per tensor (closed: one ``eigh``).
 
 Non-matrix tensors get ``b + lambda · mean_t τ_t``. Token embeddings and LM heads follow
 ``embeddings`` (``matrix`` by default: the stored vocab × hidden orientation, which is an LM
@@ -36,7 +41,7 @@ there are no per-model weights.
 merge_method: wudi
 base_model: ./base
 models: [{model: ./math}, {model: ./code}, {model: ./chat}]
-parameters: {lambda: 1.0, solver: closed}
+parameters: {lambda: 1.0, solver: adam}
 ```
 """
 
@@ -158,7 +163,7 @@ def wudi(
     embeddings = str(shared.get("embeddings") or "matrix")
     if not spectral.treat_as_matrix(base.shape, ctx.name, embeddings):
         merged = spectral.mean_of(taus)
-    elif (shared.get("solver") or "closed") == "adam":
+    elif (shared.get("solver") or "adam") == "adam":
         steps = int(shared.get("steps") or 300)
         merged = wudi_adam(taus, steps, param_float(shared, "lr", 1e-5))
     else:
