@@ -20,7 +20,7 @@ CASES: dict[str, dict[str, Any]] = {
     "tsv": {"alpha": 0.8},
     "iso_c": {"alpha": 1.2},
     "iso_cts": {"common_fraction": 0.5, "embeddings": "mean"},
-    "wudi": {"lambda": 0.9},
+    "wudi": {"lambda": 0.9, "steps": 30},  # few Adam steps: this checks the wiring
     "pcb": {"ratio": 0.3},
     "magmax": {"lambda": 0.7},
     "consensus": {"base_method": "ties", "k": 2},
