@@ -101,6 +101,14 @@ def fingerprint(folder: Path) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
+def code_fingerprint() -> str:
+    """A hash of meldkit's sources: a cached row is reused only with the code that made it."""
+    digest = hashlib.sha256()
+    for f in sorted((REPO / "src" / "meldkit").rglob("*.py")):
+        digest.update(f.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def normalised(scores: dict[str, float], own: dict[str, float]) -> float:
     """TinyTasks' norm: mean over tasks of acc / the task's fine-tune's own acc."""
     return sum(scores[t] / own[t] for t in TASKS) / len(TASKS)
@@ -113,7 +121,12 @@ def run_row(row: Row, root: Path, dtype: str, tt_eval: Any, n: int, work: Path) 
     recipe = row.recipe(root, dtype)
     out = work / row.name
     t0 = time.perf_counter()
-    meldkit.run_merge(recipe, out, seed=0, quiet=True, overwrite=True, on_warning=lambda _m: None)
+
+    # Warnings are shown: a misspelt grid parameter is only a warning to the planner.
+    def warn(message: str) -> None:
+        print(f"  {row.name}: warning: {message}", file=sys.stderr)
+
+    meldkit.run_merge(recipe, out, seed=0, quiet=True, overwrite=True, on_warning=warn)
     merge_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     scores = evaluate(tt_eval, out, n)
@@ -140,6 +153,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=HERE / "results" / "quality.json")
     ap.add_argument("--resume", action="store_true", help="keep unchanged rows of --out")
     ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: scores do not depend on it)",
+    )
+    ap.add_argument(
         "--write-doc", action="store_true", help="render the table into docs/methods.md"
     )
     args = ap.parse_args(argv)
@@ -149,6 +168,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.only:
         rows = [r for r in rows if any(fnmatch.fnmatch(r.name, p) for p in args.only)]
     sets = model_sets(args.models, args.sets)
+    import torch
+
+    from meldkit.errors import MergeInterrupted
+
+    torch.set_num_threads(args.threads)
     tt_eval = load_evaluator(args.tinytasks)
     old: dict[str, Any] = {}
     if args.resume and args.out.exists():
@@ -159,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         for set_name, root in sets.items():
             dtype = DTYPE_OF_SET.get(set_name, "float32")
             fp = fingerprint(root / "base")
+            code = code_fingerprint()
             fts = {}
             for t in TASKS:
                 key = f"{set_name}|{fp}|{args.n}|ft_{t}"
@@ -174,12 +199,16 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(res)
             for row in rows:
                 text = yaml.safe_dump(row.recipe(Path("TT"), dtype), sort_keys=True)
-                key = hashlib.sha256(f"{set_name}|{fp}|{args.n}|{text}".encode()).hexdigest()[:20]
+                key = hashlib.sha256(
+                    f"{set_name}|{fp}|{code}|{args.n}|{text}".encode()
+                ).hexdigest()[:20]
                 if key in old:
                     results.append(old[key])
                     continue
                 try:
                     got = run_row(row, root, dtype, tt_eval, args.n, Path(tmp))
+                except MergeInterrupted:
+                    raise
                 except Exception as exc:  # a failed row is reported, the grid goes on
                     print(
                         f"{set_name} {row.name}: FAILED {type(exc).__name__}: {exc}",
@@ -199,21 +228,32 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 res["key"] = key
                 results.append(res)
+                _save(args.out, args.n, args.models, own, results)
                 print(
                     f"{set_name:5s} {row.name:28s} norm {res['norm']:.3f}  "
                     + " ".join(f"{t} {res[t]:.3f}" for t in TASKS)
                     + f"  ({got['merge_s']:.1f}s merge, {got['eval_s']:.0f}s eval)",
                     flush=True,
                 )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"n": args.n, "models": str(args.models), "own": own, "rows": results}
-    args.out.write_text(json.dumps(payload, indent=1) + "\n")
+    payload = _save(args.out, args.n, args.models, own, results)
     print(f"saved {args.out}")
     if args.write_doc:
         doc = REPO / "docs" / "methods.md"
         doc.write_text(render_doc(doc.read_text(), payload))
         print(f"updated {doc}")
     return 0
+
+
+def _save(
+    out: Path, n: int, models: Path, own: dict[str, Any], rows: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Write the results so far (after every row: a long grid that stops keeps its rows)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"n": n, "models": str(models), "own": own, "rows": rows}
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=1) + "\n")
+    tmp.replace(out)
+    return payload
 
 
 def _result(

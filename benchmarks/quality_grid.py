@@ -1,12 +1,17 @@
 """The recipes ``quality.py`` runs on TinyTasks: every method at a fixed sweep budget.
 
-Budget: at most **4 points per method** (1 for methods without a strength to tune), chosen
-before looking at results: the method's own default first (``default=True``; the hidden second
-TinyTasks set shows whether a default generalises), then the strength (λ/α), then density or
-rank fraction. MergeKit's twelve reference recipes (``../shared/tinytasks/recipes``) are rows
-too, under their own names, so the baseline is re-measured with meldkit in the same run.
-Methods that take exactly two models (slerp, nuslerp, nearswap, arcee_fusion) have no row: the
-benchmark merges four fine-tunes.
+Budget: at most **4 points per method** (1 for methods without a strength to tune): the
+method's own default first (``default=True``; the hidden second TinyTasks set shows whether a
+default generalises), then its strength (λ or α), then density or rank fraction where it has
+one. How the points were chosen, so the table can be read fairly: MergeKit's methods and
+magmax, wudi, pcb and consensus got their points before any result; the spectral methods
+(tsv, iso_c, iso_cts) first had α in {0.5, 0.75, 1, 1.5}, and their range was moved up to
+{0.75/1, 1.5, 2, 2.5} once the first points showed the score rising with α. The modifier rows
+(LiNeS, norm_match, tsv's embedding rule) are applied at the strengths the sweeps found best
+(task arithmetic λ 0.5, tsv α 1.5), so they are not blind either. MergeKit's twelve reference
+recipes (``../shared/tinytasks/recipes``) are rows too (``ref_*``), so the baseline is
+re-measured with meldkit in the same run. Methods that take exactly two models (slerp, nuslerp,
+nearswap, arcee_fusion) have no row: the benchmark merges four fine-tunes.
 """
 
 from __future__ import annotations
@@ -117,9 +122,78 @@ def _mergekit_rows(reference: Path) -> list[Row]:
 
 
 def build_grid(tinytasks: Path) -> list[Row]:
-    """Every row, with MergeKit's reference recipes read from ``tinytasks/recipes``."""
-    return _mergekit_rows(tinytasks / "recipes") + _new_rows()
+    """Every row, with MergeKit's reference recipes read from ``tinytasks/recipes``; the new
+    methods come first, so a partial run answers the main question first."""
+    return _new_rows() + _mergekit_rows(tinytasks / "recipes")
+
+
+def _sweep(method: str, name: str, values: list[float], default: float, **top: Any) -> list[Row]:
+    """Rows of ``method`` at each value of its strength ``name`` (``default`` marked)."""
+    return [
+        Row(f"{method}_{name[0]}{v:g}", method, "new", top={name: v, **top}, default=v == default)
+        for v in values
+    ]
 
 
 def _new_rows() -> list[Row]:
-    return []
+    rows = _sweep("tsv", "alpha", [1.0, 0.75, 1.5, 2.0], 1.0)
+    rows += _sweep("iso_c", "alpha", [1.0, 1.5, 2.0, 2.5], 1.0)
+    rows += _sweep("iso_cts", "alpha", [1.0, 1.5, 2.0, 2.5], 1.0)
+    rows += _sweep("magmax", "lambda", [0.5, 0.3, 0.7, 1.0], 0.5)
+    rows += _sweep("wudi", "lambda", [1.0, 0.5, 0.75, 1.5], 1.0)
+    rows += _sweep("pcb", "lambda", [1.0, 0.5, 1.5], 1.0)
+    rows.append(Row("pcb_r0.3", "pcb", "new", top={"ratio": 0.3}))
+    rows += [
+        Row("consensus_ta", "consensus", "new", {"weight": 1.0}, default=True),
+        Row("consensus_ta_l0.5", "consensus", "new", {"weight": 1.0}, {"lambda": 0.5}),
+        Row(
+            "consensus_ties",
+            "consensus",
+            "new",
+            {"weight": 1.0, "density": 0.5},
+            {"base_method": "ties"},
+        ),
+        Row(
+            "consensus_ties_l0.5",
+            "consensus",
+            "new",
+            {"weight": 1.0, "density": 0.5},
+            {"base_method": "ties", "lambda": 0.5},
+        ),
+    ]
+    # The modifiers, over task arithmetic and over TSV at the strengths their sweeps found
+    # best (λ 0.5 and α 1.5: chosen after those sweeps, so these rows are not blind).
+    ta = {"weight": 1.0}
+    lines = {"alpha": 0.5, "beta": 0.5}
+    rows += [
+        Row(
+            "ta_l1_lines0.3_0.7",
+            "task_arithmetic",
+            "modifier",
+            ta,
+            {"lambda": 1.0, "lines": {"alpha": 0.3, "beta": 0.7}},
+        ),
+        Row(
+            "ta_l0.5_norm_match",
+            "task_arithmetic",
+            "modifier",
+            ta,
+            {"lambda": 0.5, "norm_match": "mean"},
+        ),
+        Row("tsv_a1.5_lines0.5_0.5", "tsv", "modifier", top={"alpha": 1.5, "lines": lines}),
+        Row("tsv_a1.5_norm_match", "tsv", "modifier", top={"alpha": 1.5, "norm_match": "mean"}),
+        Row("tsv_a1.5_embed_mean", "tsv", "modifier", top={"alpha": 1.5, "embeddings": "mean"}),
+        Row(
+            "tsv_a1.5_embed_mean_norm_match",
+            "tsv",
+            "modifier",
+            top={"alpha": 1.5, "embeddings": "mean", "norm_match": "mean"},
+        ),
+        Row(
+            "iso_cts_a1.5_norm_match",
+            "iso_cts",
+            "modifier",
+            top={"alpha": 1.5, "norm_match": "mean"},
+        ),
+    ]
+    return rows

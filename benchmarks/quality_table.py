@@ -19,7 +19,10 @@ def summary_table(rows: list[dict[str, Any]]) -> str:
     methods: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for r in rows:
         if r["method"] != "fine-tune":
-            methods.setdefault(r["method"], {}).setdefault(r["set"], []).append(r)
+            # A modifier row (LiNeS, norm_match over a method) is its own line, not a sweep
+            # point of the method it modifies.
+            key = r["name"] if r.get("family") == "modifier" else r["method"]
+            methods.setdefault(key, {}).setdefault(r["set"], []).append(r)
     head = ["method", "family"] + [f"best {s}" for s in sets] + [f"default {s}" for s in sets]
     head += ["best point (first set)", "points"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
