@@ -60,9 +60,39 @@ def parse_setting(value: Any, where: str) -> Setting:
     raise RecipeError(f"{where}: unsupported parameter value {value!r}")
 
 
+_LINES_KEYS = ("alpha", "beta")
+
+
+def _parse_lines(value: Any, where: str) -> Parameters:
+    """LiNeS' nested form ``lines: {alpha: a, beta: b}`` as ``lines_alpha`` and ``lines_beta``
+    (each a setting of its own: a number, a gradient or filters)."""
+    hint = "write lines: {alpha: 0.5, beta: 0.5} (or lines_alpha and lines_beta)"
+    if not isinstance(value, dict):
+        raise RecipeError(f"{where}: expected {{alpha: ..., beta: ...}}, got {value!r}", hint=hint)
+    extra = [str(k) for k in value if k not in _LINES_KEYS]
+    if extra:
+        raise RecipeError(
+            f"{where}: unknown key{'s' if len(extra) > 1 else ''} "
+            f"{', '.join(repr(k) for k in extra)} (only 'alpha' and 'beta')."
+            f"{did_you_mean(extra[0], _LINES_KEYS)}",
+            hint=hint,
+        )
+    missing = [k for k in _LINES_KEYS if value.get(k) is None]
+    if missing:
+        raise RecipeError(f"{where}: '{missing[0]}' is missing (LiNeS needs both)", hint=hint)
+    return {f"lines_{k}": parse_setting(value[k], f"{where}.{k}") for k in _LINES_KEYS}
+
+
 def parse_parameters(value: Any, where: str) -> Parameters:
-    """A ``parameters:`` block; left empty (``parameters:``) it means none."""
+    """A ``parameters:`` block; left empty (``parameters:``) it means none. ``lines:`` is
+    expanded into ``lines_alpha`` and ``lines_beta``."""
     if value is None:
         return {}
     d = expect_dict(value, where)
-    return {str(k): parse_setting(v, f"{where}.{k}") for k, v in d.items()}
+    out: Parameters = {}
+    for k, v in d.items():
+        if str(k) == "lines":  # LiNeS (meldkit.methods.modifiers)
+            out.update(_parse_lines(v, f"{where}.lines"))
+        else:
+            out[str(k)] = parse_setting(v, f"{where}.{k}")
+    return out

@@ -26,6 +26,7 @@ import torch
 
 from meldkit.execute.interrupt import InterruptGuard
 from meldkit.execute.journal import Journal
+from meldkit.execute.norm_prepass import run_norm_prepass
 from meldkit.execute.policy import EnginePolicy
 from meldkit.execute.progress import Progress
 from meldkit.execute.tensors import Piece, TensorLoader, compute_order, compute_tensor, split_pieces
@@ -59,15 +60,17 @@ def run_pipeline(
     ``stats`` counts where the time went."""
     started = time.perf_counter()
     todo = _tensors_to_compute(plan, set(completed), policy)
-    # The bar starts before anything is loaded, so that its clock counts the import of the
-    # method's math and the compilation of its kernels, which a user waits for too.
-    progress.start(len(todo))
     read = ReadStage(plan, device, warn, policy, stats)
     write = WriteStage(tmp, journal, policy, stats)
     try:
+        # norm_match: every input's task-vector norm, measured before anything is merged.
+        factors = run_norm_prepass(plan, read.loader, progress, stats) if plan.norm_match else None
+        # The bar starts before anything is loaded, so that its clock counts the import of the
+        # method's math and the compilation of its kernels, which a user waits for too.
+        progress.start(len(todo))
         with progress.watching_compiles():
             compute = ComputeStage(
-                plan, load_merge_function(plan.method), device, seed, read.loader
+                plan, load_merge_function(plan.method), device, seed, read.loader, factors
             )
             write.open(plan, completed)
             pieces = _pieces(plan, todo, policy)
@@ -177,9 +180,11 @@ class ComputeStage:
         device: str,
         seed: int | None,
         loader: TensorLoader,
+        norm_factors: dict[str, float] | None = None,
     ) -> None:
         self._fn = fn
         self._native = plan.method.native_inputs
+        self._factors = norm_factors  # per input model, from the norm_match pre-pass
         self._device = device
         self._seed = seed
         self._loader = loader
@@ -192,8 +197,13 @@ class ComputeStage:
         started = time.perf_counter()
         tensor = piece.tensor
         ctx = MergeContext(tensor.name, self._seed, self._device, tensor.out_dtype)
+        factors = None
+        if self._factors is not None and tensor.norm_match:
+            factors = [self._factors.get(s.model, 1.0) for s in tensor.sources]
+        # Rescaled inputs are computed in the work dtype: no native (bf16) inputs for them.
+        native = self._native and factors is None
         result = compute_tensor(
-            tensor, inputs, self._fn, ctx, self._device, piece.rows, self._native
+            tensor, inputs, self._fn, ctx, self._device, piece.rows, native, factors
         )
         self._loader.check_result(tensor, piece.rows, result)
         if stats is not None:

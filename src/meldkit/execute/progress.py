@@ -51,13 +51,15 @@ class Progress:
         stream = sys.stderr
         return not quiet and stream is not None and stream.isatty()
 
-    def start(self, total: int) -> None:
-        """Show the bar for ``total`` tensors (does nothing when disabled)."""
+    def start(self, total: int, desc: str = "merging") -> None:
+        """Show the bar for ``total`` tensors (does nothing when disabled). A stage before the
+        merge (the ``norm_match`` pre-pass) shows a bar of its own, named ``desc``, and closes
+        it with :meth:`close` before the merge's bar starts."""
         if not self.enabled:
             return
         from tqdm import tqdm
 
-        self._bar = tqdm(total=total, unit="tensor", desc="merging", leave=False)
+        self._bar = tqdm(total=total, unit="tensor", desc=desc, leave=False)
 
     def tensor_done(self) -> None:
         """One more tensor is computed (a ``compiling`` status ends with it)."""

@@ -17,6 +17,7 @@ from meldkit.execute.policy import DEFAULT_POLICY, EnginePolicy
 from meldkit.io.dtypes import torch_dtype
 from meldkit.io.header import TensorInfo
 from meldkit.io.reader import TensorReader
+from meldkit.methods.modifiers.apply import apply_lines, rescale_inputs
 from meldkit.methods.registry import MergeContext, MergeFunction, MethodSpec
 from meldkit.plan.planner import MergePlan, TensorPlan
 
@@ -255,11 +256,17 @@ def compute_tensor(
     rows: Rows | None = None,
     native: bool = False,
     result_device: str = "cpu",
+    input_factors: Sequence[float] | None = None,
 ) -> torch.Tensor:
     """The output tensor for ``tensor`` (or its block ``rows``) from its loaded inputs, on
     ``result_device`` (the CPU, where the writer takes it; an in-memory merge may keep it on the
     math device), in the output dtype. ``raw`` is consumed: each input is released once
-    converted."""
+    converted.
+
+    The modifiers apply around the method: with ``input_factors`` (one per input, from the
+    ``norm_match`` pre-pass) the method receives ``base + c_t * (x_t - base)``; with
+    ``tensor.lines_scale`` its result becomes ``base + s * (result - base)`` (in the result's
+    dtype). Rescaling works in the work dtype, so the caller passes ``native`` False with it."""
     out_dtype = torch_dtype(tensor.out_dtype)
     shape = tensor.shape if rows is None else (rows[1] - rows[0], *tensor.shape[1:])
     if tensor.copy:
@@ -292,8 +299,16 @@ def compute_tensor(
         xs.append(x)
     if tensor.vocabulary is not None:
         xs = _reindex(tensor, xs)
-    result = fn(xs, tensor.base_index, tensor.shared, tensor.per_input, ctx)
+    base_index = tensor.base_index
+    if input_factors is not None and tensor.norm_match and base_index is not None:
+        xs = rescale_inputs(xs, base_index, input_factors)
+    # Kept for LiNeS: methods read their inputs and never write into them.
+    base = xs[base_index] if tensor.lines_scale is not None and base_index is not None else None
+    result = fn(xs, base_index, tensor.shared, tensor.per_input, ctx)
     del xs
+    if base is not None and tensor.lines_scale is not None:
+        result = apply_lines(result, base, tensor.lines_scale)
+        del base
     if tuple(result.shape) != shape:
         raise MergeRuntimeError(
             f"the merge method produced shape {tuple(result.shape)} for {tensor.name}, expected {shape}"

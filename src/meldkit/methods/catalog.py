@@ -422,3 +422,6 @@ register(
         summary="Interpolates toward the other model where it is close to the base.",
     )
 )
+
+# The data-free methods beyond MergeKit (tsv, iso_c, ...) register from their own module.
+import meldkit.methods.catalog_beyond  # noqa: E402, F401

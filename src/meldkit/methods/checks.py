@@ -5,12 +5,26 @@ string each. The catalog attaches them to the specs (``MethodSpec.check``)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from meldkit.methods.inputs import param_float
 
-__all__ = ["check_linear", "check_multislerp", "check_della"]
+__all__ = [
+    "check_linear",
+    "check_multislerp",
+    "check_della",
+    "EMBEDDING_RULES",
+    "check_spectral",
+    "check_wudi",
+    "check_consensus",
+]
+
+# How the spectral methods treat token embeddings and LM heads: factorised like any matrix,
+# or given the non-matrix rule (the mean of the task vectors).
+EMBEDDING_RULES = ("matrix", "mean")
+WUDI_SOLVERS = ("adam", "closed")
+CONSENSUS_BASES = ("task_arithmetic", "ties")
 
 
 def _non_base(
@@ -69,3 +83,38 @@ def check_della(
                 "DELLA needs 0 < density - epsilon and density + epsilon < 1"
             )
     return problems
+
+
+def _choice(method: str, shared: Mapping[str, Any], name: str, choices: Sequence[str]) -> list[str]:
+    value = shared.get(name)
+    if value is None or value in choices:
+        return []
+    return [f"{method}: {name} is {value!r}; choose one of " + ", ".join(choices)]
+
+
+Check = Callable[[Mapping[str, Any], Sequence[Mapping[str, Any]], int | None], list[str]]
+
+
+def check_spectral(method: str) -> Check:
+    """The check of tsv, iso_c and iso_cts: ``embeddings`` names a known rule."""
+
+    def check(
+        shared: Mapping[str, Any], per_input: Sequence[Mapping[str, Any]], base_index: int | None
+    ) -> list[str]:
+        return _choice(method, shared, "embeddings", EMBEDDING_RULES)
+
+    return check
+
+
+def check_wudi(
+    shared: Mapping[str, Any], per_input: Sequence[Mapping[str, Any]], base_index: int | None
+) -> list[str]:
+    return _choice("wudi", shared, "embeddings", EMBEDDING_RULES) + _choice(
+        "wudi", shared, "solver", WUDI_SOLVERS
+    )
+
+
+def check_consensus(
+    shared: Mapping[str, Any], per_input: Sequence[Mapping[str, Any]], base_index: int | None
+) -> list[str]:
+    return _choice("consensus", shared, "base_method", CONSENSUS_BASES)

@@ -36,6 +36,8 @@ def plan_to_dict(plan: MergePlan) -> dict[str, Any]:
             "tensors": len(plan.tensors),
             "layers": plan.output_layers,
             "bytes_to_read": plan.bytes_to_read,
+            "norm_match": plan.norm_match,  # the target norm of the pre-pass, or None
+            "prepass_bytes": plan.prepass_bytes,
             "bytes_to_write": plan.bytes_to_write,
             "peak_memory_estimate": plan.peak_memory_estimate,
             "shard_size_limit": plan.options.out_shard_size,
@@ -89,6 +91,7 @@ def _tensor(plan: MergePlan, t: TensorPlan) -> dict[str, Any]:
         "load_dtype": t.load_dtype,
         "work_dtype": t.work_dtype,
         "parameters": {k: _jsonable(v) for k, v in t.shared.items()},
+        "modifiers": {"lines_scale": t.lines_scale, "norm_match": t.norm_match},
         "sources": [
             _source(s, i == t.base_index, t.per_input[i] if i < len(t.per_input) else {})
             for i, s in enumerate(t.sources)

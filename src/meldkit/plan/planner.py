@@ -16,8 +16,10 @@ from meldkit.config.load import load_config
 from meldkit.config.schema import MergeConfig
 from meldkit.errors import InputError, PlanError
 from meldkit.io.writer import OutputTensorSpec, plan_shards
+from meldkit.methods.modifiers import with_modifier_params
 from meldkit.methods.registry import MethodSpec, get_method
 from meldkit.plan.models import InputModelInfo, open_models, recipe_folder
+from meldkit.plan.modifiers import finish_norm_match
 from meldkit.plan.output_config import output_config
 from meldkit.plan.parameters import (
     Misplaced,
@@ -82,7 +84,9 @@ def plan_merge(recipe: Any, options: PlanOptions | None = None, **kwargs: Any) -
         log.warn(("recipe", w), w)
     slices = normalise_slices(config, models, log)
     scopes = _parameter_scopes(config, slices, list(models))
-    unknown_parameter_warnings(method, scopes, log)
+    # The modifiers' parameters (LiNeS, norm_match) are known to every method.
+    known = with_modifier_params(method)
+    unknown_parameter_warnings(known, scopes, log)
     _note_top_level_parameters(config, method, log)
     if log.problems:
         raise _failure(list(log.problems.values()), list(log.warnings.values()) if strict else [])
@@ -92,10 +96,11 @@ def plan_merge(recipe: Any, options: PlanOptions | None = None, **kwargs: Any) -
         builder.check_contract(sl)
     if not log.problems:
         builder.plan_all(slices)
-    filter_warnings(method, scopes, _tensor_names(models, builder.tensors), log)
+    filter_warnings(known, scopes, _tensor_names(models, builder.tensors), log)
     vocabulary = (
         plan_vocabulary(config, models, donor, builder.tensors, log) if not log.problems else None
     )
+    norm_match = finish_norm_match(builder.tensors, builder.norm_modes, log)
     chat_template = plan_chat_template(config, models, log)
     if log.problems:
         raise _failure(list(log.problems.values()), list(log.warnings.values()) if strict else [])
@@ -131,6 +136,7 @@ def plan_merge(recipe: Any, options: PlanOptions | None = None, **kwargs: Any) -
         warnings,
         vocabulary,
         chat_template,
+        norm_match,
     )
 
 

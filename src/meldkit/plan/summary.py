@@ -47,6 +47,12 @@ def describe_plan(plan: MergePlan, list_tensors: bool = False) -> str:
             f"  - {shard.filename}: {len(shard.entries)} tensors, {format_size(shard.file_size)}"
         )
     lines.append(f"bytes to read: {format_size(plan.bytes_to_read)}")
+    if plan.norm_match is not None:
+        measured = sum(1 for t in plan.tensors if t.norm_match)
+        lines.append(
+            f"norm_match pre-pass ({plan.norm_match}): task-vector norms over {measured} "
+            f"tensors, {format_size(plan.prepass_bytes)} read before the merge (read twice)"
+        )
     lines.append(f"bytes to write: {format_size(plan.bytes_to_write)}")
     lines.append(f"estimated peak memory: {format_size(plan.peak_memory_estimate)}")
     if list_tensors:
@@ -99,6 +105,11 @@ def _model_labels(plan: MergePlan) -> dict[str, str]:
 def _row(plan: MergePlan, t: TensorPlan, labels: dict[str, str]) -> Row:
     """One tensor's resolved values: shared ones, then each per-model one, model by model."""
     row: list[tuple[str, Any]] = [(name, value) for name, value in t.shared.items()]
+    # The modifiers, where they apply: LiNeS' scale of this tensor's merged task vector.
+    if t.lines_scale is not None:
+        row.append(("lines_scale", t.lines_scale))
+    if t.norm_match:
+        row.append(("norm_match", plan.norm_match))
     for spec in plan.method.params:
         for source, values in zip(t.sources, t.per_input):
             if spec.name in values:

@@ -17,6 +17,7 @@ from meldkit.io.header import DTYPE_SIZES, TensorInfo
 from meldkit.methods.registry import MethodSpec
 from meldkit.plan.architecture import ModelLayout, tied_head_name
 from meldkit.plan.models import InputModelInfo, input_warnings
+from meldkit.plan.modifiers import resolve_modifiers
 from meldkit.plan.moe import FusedExperts, fuse_expert_suffixes
 from meldkit.plan.parameters import ProblemLog, resolve_tensor_parameters
 from meldkit.plan.slices import PlannedSlice, SliceSource
@@ -49,6 +50,7 @@ class TensorBuilder:
         )
         self.tensors: list[TensorPlan] = []
         self.seen: set[str] = set()
+        self.norm_modes: set[str] = set()  # the norm_match targets the tensors ask for
         self.load_dtype = parse_dtype_name(config.dtype) if config.dtype else None
         self.out_dtype = parse_dtype_name(config.out_dtype) if config.out_dtype else None
 
@@ -113,30 +115,33 @@ class TensorBuilder:
             modules.setdefault(sl.module_where, []).append(sl)
         for group in modules.values():
             first, last = group[0], group[-1]
+            # LiNeS' depth runs over the module's whole output stack, not slice by slice.
+            layers = sum(sl.length for sl in group)
             for name in self._non_layer_names(first, "pre"):
-                self._plan_tensor(name, first, [name] * len(first.sources), t=0.0)
+                self._plan_tensor(name, first, [name] * len(first.sources), t=0.0, depth=0.0)
             offset = 0
             for sl in group:
                 ref = sl.layouts[sl.sources[sl.base_index or 0].model]
                 for j in range(sl.length):
                     t = layer_depth(j, sl.length)
+                    depth = layer_depth(offset + j, layers)
                     ref_layer = sl.sources[sl.base_index or 0].start + j
                     items, renames = fuse_expert_suffixes(ref.layer_suffixes.get(ref_layer, []))
                     for item in items:
                         if isinstance(item, FusedExperts):
                             out_name = f"{ref.stack_prefix}{offset + j}.{item.suffix}"
                             self._plan_tensor(
-                                out_name, sl, [], t, item, [s.start + j for s in sl.sources]
+                                out_name, sl, [], t, depth, item, [s.start + j for s in sl.sources]
                             )
                             continue
                         out_name = f"{ref.stack_prefix}{offset + j}.{renames.get(item, item)}"
                         names = [
                             sl.layouts[s.model].layer_tensor(s.start + j, item) for s in sl.sources
                         ]
-                        self._plan_tensor(out_name, sl, names, t)
+                        self._plan_tensor(out_name, sl, names, t, depth)
                 offset += sl.length
             for name in self._non_layer_names(last, "post"):
-                self._plan_tensor(name, last, [name] * len(last.sources), t=0.0)
+                self._plan_tensor(name, last, [name] * len(last.sources), t=0.0, depth=1.0)
 
     def _non_layer_names(self, sl: PlannedSlice, where: str) -> list[str]:
         names: dict[str, None] = {}
@@ -187,6 +192,7 @@ class TensorBuilder:
         sl: PlannedSlice,
         names: list[str],
         t: float,
+        depth: float,
         fused: FusedExperts | None = None,
         layers: list[int] | None = None,
     ) -> None:
@@ -222,17 +228,23 @@ class TensorBuilder:
             (self.out_dtype or self.load_dtype or promote(in_dtypes)) if is_float else in_dtypes[0]
         )
         work = "F64" if "F64" in (*in_dtypes, self.load_dtype) else "F32"
+        shared_scopes = [sl.parameters, sl.module_parameters, self.config.parameters]
         shared, per_input = resolve_tensor_parameters(
             self.method,
             out_name=out_name,
             source_names=src_names,
             source_scopes=[s.parameters for s in sources],
             source_labels=[_label(s.model, sl.base) for s in sources],
-            shared_scopes=[sl.parameters, sl.module_parameters, self.config.parameters],
+            shared_scopes=shared_scopes,
             base_index=base_index,
             t=t,
             log=self.log,
         )
+        mods = resolve_modifiers(
+            self.method, out_name, shared_scopes, depth, base_index is not None, self.log
+        )
+        if mods.norm_match is not None and is_float:
+            self.norm_modes.add(mods.norm_match)
         vocab_axis = (
             0
             if any(
@@ -265,6 +277,8 @@ class TensorBuilder:
                 copy=copy_bytes or (not is_float and len(sources) == 1),
                 vocab_axis=vocab_axis,
                 integer=not is_float,
+                lines_scale=mods.lines_scale if is_float else None,
+                norm_match=mods.norm_match is not None and is_float,
             )
         )
 

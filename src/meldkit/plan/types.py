@@ -60,6 +60,10 @@ class TensorPlan:
     vocab_axis: int | None = None
     integer: bool = False  # non-float tensor: copied when identical across inputs
     vocabulary: Any = None  # the OutputVocabulary that re-indexes this tensor's rows
+    # Modifiers (meldkit.methods.modifiers): LiNeS' scale of the merged task vector, and
+    # whether the inputs' task vectors are rescaled to the common norm before the method.
+    lines_scale: float | None = None
+    norm_match: bool = False
 
     def __repr__(self) -> str:
         # The generated repr would print every source's TensorInfo and the vocabulary.
@@ -93,6 +97,7 @@ class MergePlan:
     warnings: list[str] = field(default_factory=list)
     vocabulary: Any = None  # OutputVocabulary when the recipe sets a tokenizer
     chat_template: str | None = None
+    norm_match: str | None = None  # the target norm (mean, min, max) when a pre-pass runs
 
     def __repr__(self) -> str:
         # The generated repr would print the recipe, every input's index and every tensor
@@ -117,6 +122,18 @@ class MergePlan:
             for s in t.sources:
                 for info in [p for group in s.parts for p in group] or [s.info]:
                     seen[(info.file, info.start)] = info.nbytes
+        return sum(seen.values())
+
+    @property
+    def prepass_bytes(self) -> int:
+        """Bytes the ``norm_match`` pre-pass reads (read again by the merge pass): the inputs
+        of the tensors it measures."""
+        seen: dict[tuple[Any, int], int] = {}
+        for t in self.tensors:
+            if t.norm_match:
+                for s in t.sources:
+                    for info in [p for group in s.parts for p in group] or [s.info]:
+                        seen[(info.file, info.start)] = info.nbytes
         return sum(seen.values())
 
     @property
