@@ -322,3 +322,42 @@ def test_union_still_needs_equal_layer_counts_and_integers_must_agree():
             [{"n": torch.tensor(3)}, {"n": torch.tensor(4)}], "linear", {"weight": 1.0}
         )
     assert err2.value.message == "integer tensor n differs between the inputs and cannot be merged"
+
+
+def test_norm_match_equals_the_engines_pre_pass(llama_family, tmp_path):
+    base, fts = llama_family
+    recipe = {
+        "merge_method": "task_arithmetic",
+        "base_model": str(base),
+        "models": [{"model": str(f), "parameters": {"weight": 1.0}} for f in fts],
+        "parameters": {"lambda": 0.5, "norm_match": "mean"},
+    }
+    run_merge(recipe, tmp_path / "out", quiet=True)
+    expected = read_model(tmp_path / "out")
+    used = {"ft1": read_model(fts[0]), "ft2": read_model(fts[1]), "base": read_model(base)}
+    weights = {"ft1": {"weight": 1.0}, "ft2": {"weight": 1.0}}
+    got = merge_state_dicts(
+        used,
+        "task_arithmetic",
+        {"lambda": 0.5, "norm_match": "mean"},
+        base="base",
+        model_parameters=weights,
+    )
+    for key, tensor in expected.items():
+        assert torch.equal(got[key], tensor), key
+
+
+def test_norm_match_in_memory_golden():
+    # ft2's task vector is 10x ft1's: both are scaled to the mean norm (5.5x ft1's), so the
+    # merge is base + 0.5 * (5.5 + 5.5) * tau1.
+    base = {"w": _t([[1.0, 2.0], [3.0, 4.0]])}
+    tau = _t([[0.5, -1.0], [0.25, 2.0]])
+    dicts = {"ft1": {"w": base["w"] + tau}, "ft2": {"w": base["w"] + 10 * tau}, "base": base}
+    got = merge_state_dicts(
+        dicts,
+        "task_arithmetic",
+        {"lambda": 0.5, "norm_match": "mean"},
+        base="base",
+        model_parameters={"ft1": {"weight": 1.0}, "ft2": {"weight": 1.0}},
+    )
+    assert torch.allclose(got["w"], base["w"] + 5.5 * tau, rtol=1e-6, atol=1e-6)

@@ -203,7 +203,7 @@ class ComputeStage:
         # Rescaled inputs are computed in the work dtype: no native (bf16) inputs for them.
         native = self._native and factors is None
         result = compute_tensor(
-            tensor, inputs, self._fn, ctx, self._device, piece.rows, native, factors
+            tensor, inputs, self._fn, ctx, self._device, piece.rows, native, input_factors=factors
         )
         self._loader.check_result(tensor, piece.rows, result)
         if stats is not None:

@@ -212,6 +212,11 @@ def choose_streaming(chain: ChainPlan) -> None:
         if not readers:
             sp.note = f"stage '{name}' is written: no later stage reads it"
             continue
+        if sp.plan.norm_match is not None:
+            # Its task-vector norms come from a pre-pass over its whole inputs, which a
+            # tensor-by-tensor stream does not run.
+            sp.note = f"stage '{name}' is written: it uses norm_match, which needs a pre-pass"
+            continue
         counts: Counter[str] = Counter()
         for reader in readers:
             counts.update(read_counts(reader.plan, chain.skeleton(name)))

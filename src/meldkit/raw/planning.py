@@ -23,9 +23,11 @@ from meldkit.config.schema import MergeConfig
 from meldkit.errors import PlanError
 from meldkit.io.header import TensorInfo
 from meldkit.io.writer import OutputTensorSpec, plan_shards
+from meldkit.methods.modifiers import with_modifier_params
 from meldkit.methods.registry import get_method
 from meldkit.plan.architecture import ModelLayout, split_layer_name
 from meldkit.plan.models import InputModelInfo
+from meldkit.plan.modifiers import finish_norm_match
 from meldkit.plan.parameters import (
     ParamScope,
     ProblemLog,
@@ -101,7 +103,9 @@ class _RawTensorBuilder(TensorBuilder):
             in_stack = parsed is not None and parsed.prefix == ref.stack_prefix
             t = layer_depth(parsed.index, sl.length) if parsed and in_stack else 0.0
             before = len(self.tensors)
-            self._plan_tensor(name, sl, [name] * len(sl.sources), t)
+            # LiNeS' depth is the layer's place in the stack; a raw file does not say which
+            # other tensors come before the stack or after it, so they take depth 0.
+            self._plan_tensor(name, sl, [name] * len(sl.sources), t, depth=t)
             if self.union and len(self.tensors) > before and len(self.tensors[-1].sources) == 1:
                 self.tensors[-1] = _copied(self.tensors[-1])
 
@@ -171,7 +175,9 @@ def plan_raw(
     if missing == "intersection":
         models = {k: _restricted(m, names) for k, m in models.items()}
     scopes = _scopes(config, list(models))
-    unknown_parameter_warnings(method, scopes, log)
+    # The modifiers' parameters (LiNeS, norm_match) are known to every method, as in recipes.
+    known = with_modifier_params(method)
+    unknown_parameter_warnings(known, scopes, log)
     # Missing tensors do not stop the checks of the others: every problem is reported at once.
     slices = [] if unsupported else normalise_slices(config, models, log)
     builder = _RawTensorBuilder(config, method, models, options, log, union=missing == "union")
@@ -183,7 +189,8 @@ def plan_raw(
         if not builder.tensors and not log.problems:
             log.problem(("empty",), "the inputs share no tensor name: nothing to merge")
     out_names = frozenset(t.name for t in builder.tensors)
-    filter_warnings(method, scopes, {k: out_names for k in models}, log)
+    filter_warnings(known, scopes, {k: out_names for k in models}, log)
+    norm_match = finish_norm_match(builder.tensors, builder.norm_modes, log)
     warnings = list(log.warnings.values())
     if log.problems:
         raise PlanError(
@@ -197,5 +204,15 @@ def plan_raw(
     donor = str(config.base_model) if config.base_model else next(iter(models))
     layers = slices[0].length if slices else 0
     return MergePlan(
-        config, method, models, builder.tensors, donor, None, shards, options, layers, warnings
+        config,
+        method,
+        models,
+        builder.tensors,
+        donor,
+        None,
+        shards,
+        options,
+        layers,
+        warnings,
+        norm_match=norm_match,
     )

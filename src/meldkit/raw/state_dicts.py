@@ -12,6 +12,7 @@ inputs are read where they are, never copied up front.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -183,11 +184,23 @@ class StateDictMerge:
         _check_out(result, plan)
         native = self.spec.native_inputs
         with torch.no_grad():
+            factors = self._norm_factors(plan)
             for tensor in plan.tensors:
                 raw = [self._states[s.model][s.name] for s in tensor.sources]
                 ctx = MergeContext(tensor.name, self.seed, self.device, tensor.out_dtype)
+                scale = None
+                if factors is not None and tensor.norm_match:
+                    scale = [factors.get(s.model, 1.0) for s in tensor.sources]
                 merged = compute_tensor(
-                    tensor, raw, self._fn, ctx, self.device, None, native, self.device
+                    tensor,
+                    raw,
+                    self._fn,
+                    ctx,
+                    self.device,
+                    None,
+                    native and scale is None,
+                    self.device,
+                    input_factors=scale,
                 )
                 # A copied tensor is the input itself, wherever it is: the result is on `device`.
                 merged = merged.to(self.device)
@@ -197,6 +210,26 @@ class StateDictMerge:
                 else:
                     target.copy_(merged)
         return result
+
+
+    def _norm_factors(self, plan: MergePlan) -> dict[str, float] | None:
+        """``norm_match``'s factor per input, from the whole state dicts (the in-memory form
+        of the engine's pre-pass: :mod:`meldkit.execute.norm_prepass`)."""
+        if plan.norm_match is None:
+            return None
+        from meldkit.methods.modifiers import norm_factors
+        from meldkit.methods.modifiers.apply import squared_distance
+
+        sums: dict[str, float] = {}
+        for tensor in plan.tensors:
+            if not tensor.norm_match or tensor.base_index is None:
+                continue
+            xs = [self._states[s.model][s.name] for s in tensor.sources]
+            base = xs[tensor.base_index]
+            for i, (src, x) in enumerate(zip(tensor.sources, xs)):
+                if i != tensor.base_index:
+                    sums[src.model] = sums.get(src.model, 0.0) + squared_distance(x, base)
+        return norm_factors({k: math.sqrt(v) for k, v in sums.items()}, plan.norm_match)
 
 
 def _check_out(out: Mapping[str, torch.Tensor], plan: MergePlan) -> None:
