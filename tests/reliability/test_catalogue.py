@@ -375,7 +375,10 @@ def test_recipe_file_problems(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert r.code == 2 and "invalid YAML" in r.err_lines[0] and len(r.err_lines) == 2
     two = write_recipe(tmp_path, "merge_method: linear\n---\nmerge_method: ties\n", "two.yaml")
     r = run_cli(capsys, "plan", two)
-    assert r.code == 2 and "holds 2 YAML documents" in r.err_lines[0]
+    # Two documents are a multi-stage recipe, planned as a chain: its problem is named.
+    assert r.code == 2 and r.err_lines[0] == (
+        "error: document 2: a second stage without a name (document 1 is already the final stage)"
+    )
 
 
 @pytest.mark.parametrize("legacy", [False, True], ids=["zip-pickle", "legacy-pickle"])

@@ -48,7 +48,8 @@ def _is_moe_recipe(recipe: str) -> bool:
 
     try:
         data = yaml.safe_load(Path(recipe).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, yaml.YAMLError):
+        # (Values YAML cannot build, as `!!int x`, raise ValueError or TypeError.)
         return False  # the merge planner reports the file's problem
     return is_moe_recipe(data)
 

@@ -55,18 +55,41 @@ def add_parser(sub: Any) -> None:
         "-c", "--cosine-similarity", dest="cosine", action="store_true", default=False,
         help="common_interpolation: nearest neighbours by cosine instead of Euclidean distance",
     )  # fmt: skip
-    g.add_argument("-nc", "--no-cosine-similarity", dest="cosine", action="store_false")
-    g.add_argument("-w", "--weight-scheme", default="distance_proportional", choices=WEIGHT_SCHEMES)
-    g.add_argument("-s", "--subword-method", default="mean", choices=SUBWORD_METHODS)
+    g.add_argument(
+        "-nc", "--no-cosine-similarity", dest="cosine", action="store_false",
+        help="common_interpolation: Euclidean distance (the default)",
+    )  # fmt: skip
+    g.add_argument(
+        "-w", "--weight-scheme", default="distance_proportional", choices=WEIGHT_SCHEMES,
+        help="common_interpolation: how neighbours are weighted (default distance_proportional)",
+    )  # fmt: skip
+    g.add_argument(
+        "-s", "--subword-method", default="mean", choices=SUBWORD_METHODS,
+        help="subword: how the pieces' rows are combined (default mean)",
+    )  # fmt: skip
     g.add_argument("--batch-size", type=int, default=512, help="tokens solved together (-1: all)")
-    g.add_argument("-pm", "--prefix-match", default="no", choices=MATCH_TARGETS)
-    g.add_argument("-bm", "--byte-match", default="no", choices=MATCH_TARGETS)
+    g.add_argument(
+        "-pm", "--prefix-match", default="no", choices=MATCH_TARGETS,
+        help="rows of unmatched tokens from their longest matching prefix token: no, yes, embed "
+        "or lm_head (the matrix it applies to)",
+    )  # fmt: skip
+    g.add_argument(
+        "-bm", "--byte-match", default="no", choices=MATCH_TARGETS,
+        help="match byte tokens to the byte they stand for (<0x41> and A): no, yes, embed or "
+        "lm_head",
+    )  # fmt: skip
     g.add_argument(
         "--magikarp", action=argparse.BooleanOptionalAction, default=False,
         help="treat under-trained tokens (arXiv 2405.05417) as missing",
     )  # fmt: skip
-    g.add_argument("-nvn", "--new-vocab-noise", type=float, default=None)
-    g.add_argument("-nvs", "--new-vocab-scale", type=float, default=None)
+    g.add_argument(
+        "-nvn", "--new-vocab-noise", type=float, default=None,
+        help="add seeded Gaussian noise of this scale to approximated rows",
+    )  # fmt: skip
+    g.add_argument(
+        "-nvs", "--new-vocab-scale", type=float, default=None,
+        help="multiply approximated rows by this factor",
+    )  # fmt: skip
     g.add_argument(
         "--seed", type=int, default=0, help="for randn, john_hewitt, noise and the report"
     )
