@@ -211,7 +211,6 @@ class StateDictMerge:
                     target.copy_(merged)
         return result
 
-
     def _norm_factors(self, plan: MergePlan) -> dict[str, float] | None:
         """``norm_match``'s factor per input, from the whole state dicts (the in-memory form
         of the engine's pre-pass: :mod:`meldkit.execute.norm_prepass`)."""
