@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from meldkit.cli import options
+
 __all__ = [
     "cmd_merge",
     "cmd_plan",
@@ -114,25 +116,14 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
     if args.no_safe_serialization:
         _warn("--no-safe-serialization is ignored: meldkit always writes safetensors")
-    device = args.device or ("cuda" if (args.cuda or args.gpu_rich) else "cpu")
     plan = plan_merge(args.recipe, _plan_options(args))
     from meldkit.cli import process
 
     with process.engine_import():  # after planning: a recipe that fails never imports torch
-        from meldkit.execute.runner import RunOptions, execute_plan
+        from meldkit.execute.runner import execute_plan
     for w in plan.warnings:
         _warn(w)
-    run = RunOptions(
-        device=device,
-        threads=args.threads,
-        seed=args.seed,
-        quiet=args.quiet,
-        copy_tokenizer=args.copy_tokenizer,
-        write_model_card=args.write_model_card,
-        overwrite=args.overwrite,
-        resume=args.resume,
-        verbose=args.verbose,
-    )
+    run = options.run_options(args)
     out = execute_plan(plan, args.out, run, _warn, None if args.quiet else _note)
     if not args.quiet:
         print(f"wrote {len(plan.tensors)} tensors in {len(plan.shards)} shard(s) to {out}")

@@ -168,3 +168,31 @@ def add_compat(p: argparse.ArgumentParser) -> None:
     )
     compat.add_argument("--lora-merge-dtype", default=None, help=COMPAT_NOTE)
     compat.add_argument("--write-threads", type=int, default=None, help=COMPAT_NOTE)
+
+
+def chosen_device(args: argparse.Namespace) -> str:
+    """The math device the execution options ask for: ``--device``, else ``cuda`` for
+    ``--cuda``/``--gpu-rich``, else the CPU."""
+    device = getattr(args, "device", None)
+    if device:
+        return str(device)
+    return "cuda" if (getattr(args, "cuda", False) or getattr(args, "gpu_rich", False)) else "cpu"
+
+
+def run_options(args: argparse.Namespace) -> Any:
+    """The engine's :class:`~meldkit.execute.runner.RunOptions` from the options that
+    :func:`add_execution` and :func:`add_output` define (imports the engine: call it after
+    planning)."""
+    from meldkit.execute.runner import RunOptions
+
+    return RunOptions(
+        device=chosen_device(args),
+        threads=args.threads,
+        seed=args.seed,
+        quiet=args.quiet,
+        copy_tokenizer=args.copy_tokenizer,
+        write_model_card=args.write_model_card,
+        overwrite=args.overwrite,
+        resume=args.resume,
+        verbose=args.verbose,
+    )

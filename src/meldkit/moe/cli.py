@@ -115,7 +115,7 @@ def cmd_moe(args: argparse.Namespace) -> int:
 
     with process.engine_import():  # after planning: a recipe that fails never imports torch
         from meldkit.moe.build import BuildOptions, build_moe
-    device = args.device or ("cuda" if (args.cuda or args.gpu_rich) else "cpu")
+    device = options.chosen_device(args)
     build = BuildOptions(
         device=device,
         seed=args.seed,

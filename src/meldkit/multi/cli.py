@@ -69,9 +69,7 @@ def chain_options(args: argparse.Namespace, intermediate_dir: str, out: str | No
     from meldkit.multi import ChainOptions
     from meldkit.plan import PlanOptions
 
-    device = getattr(args, "device", None) or (
-        "cuda" if (getattr(args, "cuda", False) or getattr(args, "gpu_rich", False)) else "cpu"
-    )
+    device = options.chosen_device(args)
     plan = PlanOptions(
         out_shard_size=parse_size(args.out_shard_size),
         unsafe_truncate_embeddings=args.unsafe_truncate_embeddings,
@@ -109,19 +107,8 @@ def cmd_multi(args: argparse.Namespace) -> int:
         _say("warning")("--no-safe-serialization is ignored: meldkit always writes safetensors")
     chain = chain_options(args, args.intermediate_dir, args.out)
     with process.engine_import():
-        from meldkit.execute.runner import RunOptions
         from meldkit.multi.run import run_chain
-    run = RunOptions(
-        device=chain.run["device"] if args.device is None else args.device,
-        threads=args.threads,
-        seed=args.seed,
-        quiet=args.quiet,
-        copy_tokenizer=args.copy_tokenizer,
-        write_model_card=args.write_model_card,
-        overwrite=args.overwrite,
-        resume=args.resume,
-        verbose=args.verbose,
-    )
+    run = options.run_options(args)
     note = None if args.quiet else _say("note")
     result = run_chain(args.recipe, chain, run, _say("warning"), note)
     if not args.quiet:

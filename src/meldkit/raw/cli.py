@@ -107,7 +107,7 @@ def cmd_merge_raw(args: argparse.Namespace) -> int:
         print(describe_plan(plan, False))
         print("plan OK: nothing was computed")
         return 0
-    device = args.device or ("cuda" if (args.cuda or args.gpu_rich) else "cpu")
+    device = options.chosen_device(args)
     target = merge_raw(
         args.recipe,
         args.out,
