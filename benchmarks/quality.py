@@ -4,6 +4,7 @@
     python benchmarks/quality.py --only 'tsv*' 'ta_*' --sets fp32
     python benchmarks/quality.py --recipes ../shared/tinytasks/recipes   # any TT/ recipes
     python benchmarks/quality.py --write-doc          # also render the table into docs/methods.md
+    python benchmarks/quality.py --render a.json b.json   # render saved results only
 
 TinyTasks (``../shared/tinytasks``) is a 1M-parameter Llama with four task fine-tunes (reverse,
 sort, Caesar shift, double letters). Every row of the grid (``quality_grid.py``: each method at
@@ -161,7 +162,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--write-doc", action="store_true", help="render the table into docs/methods.md"
     )
+    ap.add_argument(
+        "--render",
+        nargs="+",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="only render these saved results (e.g. one file per set) into docs/methods.md",
+    )
     args = ap.parse_args(argv)
+    if args.render:
+        return _render_only(args.render)
 
     args.models = args.models or args.tinytasks / "models"
     rows = recipe_rows(args.recipes) if args.recipes else build_grid(args.tinytasks)
@@ -241,6 +252,22 @@ def main(argv: list[str] | None = None) -> int:
         doc = REPO / "docs" / "methods.md"
         doc.write_text(render_doc(doc.read_text(), payload))
         print(f"updated {doc}")
+    return 0
+
+
+def _render_only(files: list[Path]) -> int:
+    """Render saved results (several files: their rows together) into docs/methods.md."""
+    payloads = [json.loads(f.read_text()) for f in files]
+    merged = {
+        "n": payloads[0]["n"],
+        "models": payloads[0]["models"],
+        "own": {k: v for p in payloads for k, v in p["own"].items()},
+        # A row measured again in a later file replaces the earlier one.
+        "rows": list({(r["set"], r["name"]): r for p in payloads for r in p["rows"]}.values()),
+    }
+    doc = REPO / "docs" / "methods.md"
+    doc.write_text(render_doc(doc.read_text(), merged))
+    print(f"updated {doc}")
     return 0
 
 

@@ -114,7 +114,7 @@ def _mergekit_rows(reference: Path) -> list[Row]:
         Row("breadcrumbs_d0.9", "breadcrumbs", mk, {"weight": 0.5, "density": 0.9, "gamma": 0.01}),
         Row("sce_topk0.2", "sce", mk, top={"select_topk": 0.2}),
         Row("sce_topk1.0", "sce", mk, top={"select_topk": 1.0}),
-        Row("multislerp", "multislerp", mk, default=True),
+        Row("multislerp", "multislerp", mk, {"weight": 1.0}, default=True),
         Row("ram", "ram", mk, default=True),
         Row("ramplus_tl", "ramplus_tl", mk, default=True),
     ]
