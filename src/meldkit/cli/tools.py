@@ -22,6 +22,7 @@ TOOL_MODULES: tuple[str, ...] = (
     "meldkit.moe.cli",
     "meldkit.extract_lora.cli",
     "meldkit.tokensurgeon.cli",
+    "meldkit.evolve.cli",
 )
 
 
