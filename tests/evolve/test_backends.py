@@ -150,6 +150,39 @@ def test_auto_stays_serial_when_nothing_asks_for_ray(monkeypatch):
 # --- Ray ------------------------------------------------------------------------------------
 
 
+# These two run before the module's cluster starts: they start (or fail to reach) their own.
+
+
+def test_ray_started_by_the_backend_has_its_cpus_and_is_shut_down_by_close(monkeypatch):
+    ray = pytest.importorskip("ray")
+    from ray import cloudpickle
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert not ray.is_initialized()
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    try:
+        backend = open_backend(SumFactory(), BackendOptions(workers=2))  # auto: 2 workers -> Ray
+        assert isinstance(backend, RayBackend) and backend.started_ray
+        assert ray.cluster_resources()["CPU"] == 2.0  # workers * cpus_per_worker
+        assert [r["fitness"] for r in backend.map(GENERATION)] == FITNESS
+        backend.close()
+        assert not ray.is_initialized()
+    finally:
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+        ray.shutdown()
+
+
+def test_ray_address_without_a_cluster_is_refused(monkeypatch):
+    ray = pytest.importorskip("ray")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with pytest.raises(OptionError) as caught:
+        open_backend(SumFactory(), BackendOptions(address="auto"))
+    assert caught.value.message.startswith(
+        "cannot reach the Ray cluster at auto: Could not find any running Ray instance."
+    )
+    assert not ray.is_initialized()
+
+
 @pytest.fixture(scope="module")
 def ray_cluster():
     """One local Ray for the whole module (starting Ray takes seconds).

@@ -21,6 +21,7 @@ the factory is pickled by reference to its module.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -267,17 +268,26 @@ class RayBackend:
         local = options.address is None and not os.environ.get("RAY_ADDRESS")
         self.started_ray = not ray.is_initialized()
         if self.started_ray:
-            ray.init(
-                address=options.address,
-                ignore_reinit_error=True,
-                include_dashboard=False,
-                log_to_driver=False,
-                num_cpus=(
-                    options.workers * options.cpus_per_worker
-                    if local and options.workers is not None
-                    else None
-                ),
-            )
+            try:
+                ray.init(
+                    address=options.address,
+                    ignore_reinit_error=True,
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    logging_level=logging.WARNING,  # not Ray's start-up chatter on our progress
+                    num_cpus=(
+                        options.workers * options.cpus_per_worker
+                        if local and options.workers is not None
+                        else None
+                    ),
+                )
+            except ConnectionError as exc:
+                self.started_ray = False
+                raise OptionError(
+                    f"cannot reach the Ray cluster at {self._where()}: {exc}",
+                    hint="give --ray-address the head node's host:port (ray status prints it), "
+                    "or leave it out to start Ray on this machine",
+                ) from exc
         # ray's resource queries are untyped; both map a resource name to an amount.
         total: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
         try:
@@ -336,10 +346,16 @@ class RayBackend:
                 )
         return ""
 
+    def _where(self) -> str:
+        if self.options.address:
+            return self.options.address
+        env = os.environ.get("RAY_ADDRESS")
+        return f"RAY_ADDRESS={env}" if env else "a local Ray"
+
     def describe(self) -> str:
         """One line naming the cluster and the workers, for the progress output."""
         opts = self.options
-        where = opts.address or os.environ.get("RAY_ADDRESS") or "a local Ray"
+        where = self._where()
         share = f"{opts.cpus_per_worker} CPU"
         if opts.gpus_per_worker:
             share += f" + {opts.gpus_per_worker:g} GPU"
