@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,15 @@ def test_serial_evaluator_exception_names_the_candidate():
     assert isinstance(caught.value.__cause__, ValueError)
 
 
+def test_serial_factory_failure_is_a_meldkit_error():
+    backend = open_backend(SumFactory(fail=True), BackendOptions(kind="serial"))
+    with pytest.raises(MergeRuntimeError) as caught:
+        backend.map([(1.0,)])
+    assert (
+        caught.value.message == "could not build the evaluator: RuntimeError: no model at /nowhere"
+    )
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
@@ -170,6 +180,25 @@ def test_ray_started_by_the_backend_has_its_cpus_and_is_shut_down_by_close(monke
     finally:
         cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
         ray.shutdown()
+
+
+def test_an_unpicklable_factory_is_refused_before_ray_starts():
+    ray = pytest.importorskip("ray")
+
+    @dataclass
+    class HoldsALock:
+        lock: Any
+
+        def __call__(self) -> SumEvaluator:
+            return SumEvaluator(None)
+
+    with pytest.raises(OptionError) as caught:
+        open_backend(HoldsALock(threading.Lock()), BackendOptions(kind="ray"))
+    assert caught.value.message == (
+        "the evaluator factory HoldsALock cannot be sent to Ray workers: "
+        "TypeError: cannot pickle '_thread.lock' object"
+    )
+    assert not ray.is_initialized()
 
 
 def test_ray_address_without_a_cluster_is_refused(monkeypatch):
@@ -263,6 +292,9 @@ def test_ray_evaluator_exception_names_the_candidate(ray_backend):
         "candidate 1 Trap(values=(2.0,), die_once=None, die_always=False, error='boom') "
         "failed in the evaluator: ValueError: boom"
     )
+    notes = "".join(caught.value.__notes__)
+    assert notes.startswith("traceback on the Ray worker:\nTraceback (most recent call last)")
+    assert notes.endswith("ValueError: boom\n")
     # Not retried as a dead worker, and the backend keeps working.
     assert [r["fitness"] for r in ray_backend.map(GENERATION)] == FITNESS
 
