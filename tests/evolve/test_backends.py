@@ -8,6 +8,7 @@ candidate kills its worker once, every time, or makes the evaluator raise.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import threading
 from dataclasses import dataclass
@@ -72,6 +73,14 @@ FITNESS = [3.0, 3.0, 0.875, -3.0, 10.0]
 
 def builds(log: Path) -> list[int]:
     return [int(line) for line in log.read_text().split()] if log.exists() else []
+
+
+def test_importing_the_backends_loads_neither_ray_nor_torch():
+    code = (
+        "import sys, meldkit.evolve.backends; print('ray' in sys.modules, 'torch' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["False", "False"]
 
 
 # --- serial ---------------------------------------------------------------------------------
@@ -160,7 +169,7 @@ def test_auto_stays_serial_when_nothing_asks_for_ray(monkeypatch):
 # --- Ray ------------------------------------------------------------------------------------
 
 
-# These two run before the module's cluster starts: they start (or fail to reach) their own.
+# These run before the module's cluster starts: Ray must not be running in this process yet.
 
 
 def test_ray_started_by_the_backend_has_its_cpus_and_is_shut_down_by_close(monkeypatch):
@@ -315,7 +324,7 @@ def test_ray_gives_up_after_max_retries_deaths(ray_cluster):
             backend.map([Trap((1.0,), die_always=True)])
     assert caught.value.message.startswith(
         "candidate 0 Trap(values=(1.0,), die_once=None, die_always=True, error=None) was lost: "
-        "its Ray worker died once ("
+        "its Ray worker died or became unreachable on its only try ("
     )
 
 

@@ -53,8 +53,8 @@ class _Worker:
             return "error", error_text(exc), traceback.format_exc()
 
 
-def _times(n: int) -> str:
-    return "once" if n == 1 else f"{n} times"
+def _tries(n: int) -> str:
+    return "on its only try" if n == 1 else f"on each of {n} tries"
 
 
 class RayBackend:
@@ -214,7 +214,8 @@ class RayBackend:
         except ray.exceptions.RayActorError as exc:
             raise MergeRuntimeError(
                 f"candidate {index} {describe_candidate(candidate)} was lost: its Ray worker "
-                f"died {_times(self.options.max_retries + 1)} ({type(exc).__name__})",
+                f"died or became unreachable {_tries(self.options.max_retries + 1)} "
+                f"({type(exc).__name__})",
                 hint="a worker that runs out of memory dies: lower workers or raise the memory "
                 "per node, or max_retries; the worker logs are under /tmp/ray/session_latest/logs",
             ) from exc
