@@ -20,6 +20,7 @@ import torch
 
 from meldkit.errors import MergeRuntimeError, OptionError
 from meldkit.evolve.backends import BackendOptions, RayBackend, SerialBackend, open_backend
+from meldkit.evolve.backends.ray_pool import count_workers
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,32 @@ def test_serial_factory_failure_is_a_meldkit_error():
         backend.map([(1.0,)])
     assert (
         caught.value.message == "could not build the evaluator: RuntimeError: no model at /nowhere"
+    )
+
+
+@pytest.mark.parametrize(
+    ("options", "workers"),
+    [
+        (BackendOptions(), 16),  # one per CPU
+        (BackendOptions(cpus_per_worker=3), 5),  # 16 // 3
+        (BackendOptions(gpus_per_worker=1), 8),  # one per GPU
+        (BackendOptions(gpus_per_worker=0.5), 16),  # two on each GPU
+        (BackendOptions(gpus_per_worker=0.5, cpus_per_worker=4), 4),  # the CPUs run out first
+        (BackendOptions(workers=2, gpus_per_worker=4), 2),
+    ],
+)
+def test_worker_count_fills_the_cluster_by_cpus_and_gpus(options, workers):
+    assert count_workers(options, {"CPU": 16.0, "GPU": 8.0, "memory": 1e11}) == workers
+
+
+def test_a_worker_the_cluster_cannot_hold_is_refused():
+    with pytest.raises(OptionError) as caught:
+        count_workers(BackendOptions(cpus_per_worker=4), {"CPU": 2.0})
+    assert caught.value.message == "one worker needs 4 CPU but the Ray cluster has 2 CPUs"
+    with pytest.raises(OptionError) as caught:
+        count_workers(BackendOptions(workers=3, gpus_per_worker=1), {"CPU": 16.0, "GPU": 2.0})
+    assert (
+        caught.value.message == "workers=3 with 1 GPU each needs 3 GPUs but the Ray cluster has 2"
     )
 
 
@@ -337,7 +364,7 @@ def test_ray_gives_up_after_max_retries_deaths(ray_cluster):
         ),
         (
             BackendOptions(kind="ray", gpus_per_worker=1),
-            "gpus_per_worker=1 but the Ray cluster has no GPUs",
+            "one worker needs 1 CPU + 1 GPU but the Ray cluster has 4 CPUs and 0 GPUs",
         ),
     ],
 )

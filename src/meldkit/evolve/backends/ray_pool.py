@@ -57,6 +57,42 @@ def _tries(n: int) -> str:
     return "on its only try" if n == 1 else f"on each of {n} tries"
 
 
+def worker_share(opts: BackendOptions) -> str:
+    """What one worker asks Ray for, in words: ``"1 CPU"`` or ``"4 CPU + 1 GPU"``."""
+    share = f"{opts.cpus_per_worker} CPU"
+    if opts.gpus_per_worker:
+        share += f" + {opts.gpus_per_worker:g} GPU"
+    return share
+
+
+def count_workers(opts: BackendOptions, cluster: dict[str, float]) -> int:
+    """The number of actors: ``opts.workers``, or as many as the cluster's CPUs and GPUs hold.
+
+    ``cluster`` is Ray's resource totals (``{"CPU": 16.0, "GPU": 8.0, ...}``). Asking for more
+    than the cluster has is an error: those actors would wait for resources forever.
+    """
+    asked = [("CPU", float(opts.cpus_per_worker)), ("GPU", float(opts.gpus_per_worker))]
+    asked = [(name, per) for name, per in asked if per > 0]
+    if opts.workers is None:
+        workers = min(int(cluster.get(name, 0.0) // per) for name, per in asked)
+        if workers < 1:
+            has = " and ".join(f"{cluster.get(name, 0.0):g} {name}s" for name, _per in asked)
+            raise OptionError(
+                f"one worker needs {worker_share(opts)} but the Ray cluster has {has}",
+                hint="lower cpus_per_worker or gpus_per_worker, or connect to a larger cluster",
+            )
+        return workers
+    for name, per in asked:
+        if opts.workers * per > cluster.get(name, 0.0):
+            raise OptionError(
+                f"workers={opts.workers} with {per:g} {name} each needs "
+                f"{opts.workers * per:g} {name}s but the Ray cluster has "
+                f"{cluster.get(name, 0.0):g}",
+                hint="lower workers or the per-worker share, or leave workers unset",
+            )
+    return opts.workers
+
+
 class RayBackend:
     """Evaluates candidates on ``workers`` Ray actors (see the module docstring for retries).
 
@@ -84,7 +120,7 @@ class RayBackend:
         # ray's resource queries are untyped; both map a resource name to an amount.
         total: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
         try:
-            self.workers = self._count_workers(total)
+            self.workers = count_workers(options, total)
         except OptionError:
             self._shutdown()
             raise
@@ -126,33 +162,6 @@ class RayBackend:
                 "or leave it out to start Ray on this machine",
             ) from exc
 
-    def _count_workers(self, cluster: dict[str, float]) -> int:
-        """The number of actors: asked for, or what the cluster's CPUs or GPUs hold."""
-        cpus, gpus = cluster.get("CPU", 0.0), cluster.get("GPU", 0.0)
-        opts = self.options
-        if opts.workers is None:
-            if opts.gpus_per_worker > 0:
-                workers = int(gpus // opts.gpus_per_worker)
-            else:
-                workers = max(1, int(cpus // opts.cpus_per_worker))
-            if workers < 1:
-                raise OptionError(
-                    f"gpus_per_worker={opts.gpus_per_worker:g} but the Ray cluster has no GPUs",
-                    hint="set gpus_per_worker=0 for CPU workers, or connect to a cluster with GPUs",
-                )
-            return workers
-        for name, per_worker, total in (
-            ("CPU", opts.cpus_per_worker, cpus),
-            ("GPU", opts.gpus_per_worker, gpus),
-        ):
-            if opts.workers * per_worker > total:
-                raise OptionError(
-                    f"workers={opts.workers} with {per_worker:g} {name} each needs "
-                    f"{opts.workers * per_worker:g} {name}s but the Ray cluster has {total:g}",
-                    hint="lower workers or the per-worker share, or leave workers unset",
-                )
-        return opts.workers
-
     def _busy_note(self, free: dict[str, float]) -> str:
         """Words for a cluster whose free CPUs or GPUs cannot start every worker now."""
         opts = self.options
@@ -173,12 +182,9 @@ class RayBackend:
 
     def describe(self) -> str:
         """One line naming the cluster and the workers, for the progress output."""
-        opts = self.options
-        share = f"{opts.cpus_per_worker} CPU"
-        if opts.gpus_per_worker:
-            share += f" + {opts.gpus_per_worker:g} GPU"
         return (
-            f"evaluating on {self.workers} Ray workers ({share} each) on {self._where()}"
+            f"evaluating on {self.workers} Ray workers ({worker_share(self.options)} each) on "
+            f"{self._where()}"
             f"{self.waiting}"
         )
 
