@@ -8,7 +8,9 @@ candidate kills its worker once, every time, or makes the evaluator raise.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ import torch
 
 from meldkit.errors import MergeRuntimeError, OptionError
 from meldkit.evolve.backends import BackendOptions, RayBackend, SerialBackend, open_backend
+from meldkit.evolve.backends.ray_pool import count_workers
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,14 @@ def builds(log: Path) -> list[int]:
     return [int(line) for line in log.read_text().split()] if log.exists() else []
 
 
+def test_importing_the_backends_loads_neither_ray_nor_torch():
+    code = (
+        "import sys, meldkit.evolve.backends; print('ray' in sys.modules, 'torch' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["False", "False"]
+
+
 # --- serial ---------------------------------------------------------------------------------
 
 
@@ -103,6 +114,41 @@ def test_serial_evaluator_exception_names_the_candidate():
         "failed in the evaluator: ValueError: boom"
     )
     assert isinstance(caught.value.__cause__, ValueError)
+
+
+def test_serial_factory_failure_is_a_meldkit_error():
+    backend = open_backend(SumFactory(fail=True), BackendOptions(kind="serial"))
+    with pytest.raises(MergeRuntimeError) as caught:
+        backend.map([(1.0,)])
+    assert (
+        caught.value.message == "could not build the evaluator: RuntimeError: no model at /nowhere"
+    )
+
+
+@pytest.mark.parametrize(
+    ("options", "workers"),
+    [
+        (BackendOptions(), 16),  # one per CPU
+        (BackendOptions(cpus_per_worker=3), 5),  # 16 // 3
+        (BackendOptions(gpus_per_worker=1), 8),  # one per GPU
+        (BackendOptions(gpus_per_worker=0.5), 16),  # two on each GPU
+        (BackendOptions(gpus_per_worker=0.5, cpus_per_worker=4), 4),  # the CPUs run out first
+        (BackendOptions(workers=2, gpus_per_worker=4), 2),
+    ],
+)
+def test_worker_count_fills_the_cluster_by_cpus_and_gpus(options, workers):
+    assert count_workers(options, {"CPU": 16.0, "GPU": 8.0, "memory": 1e11}) == workers
+
+
+def test_a_worker_the_cluster_cannot_hold_is_refused():
+    with pytest.raises(OptionError) as caught:
+        count_workers(BackendOptions(cpus_per_worker=4), {"CPU": 2.0})
+    assert caught.value.message == "one worker needs 4 CPU but the Ray cluster has 2 CPUs"
+    with pytest.raises(OptionError) as caught:
+        count_workers(BackendOptions(workers=3, gpus_per_worker=1), {"CPU": 16.0, "GPU": 2.0})
+    assert (
+        caught.value.message == "workers=3 with 1 GPU each needs 3 GPUs but the Ray cluster has 2"
+    )
 
 
 @pytest.mark.parametrize(
@@ -150,7 +196,7 @@ def test_auto_stays_serial_when_nothing_asks_for_ray(monkeypatch):
 # --- Ray ------------------------------------------------------------------------------------
 
 
-# These two run before the module's cluster starts: they start (or fail to reach) their own.
+# These run before the module's cluster starts: Ray must not be running in this process yet.
 
 
 def test_ray_started_by_the_backend_has_its_cpus_and_is_shut_down_by_close(monkeypatch):
@@ -170,6 +216,25 @@ def test_ray_started_by_the_backend_has_its_cpus_and_is_shut_down_by_close(monke
     finally:
         cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
         ray.shutdown()
+
+
+def test_an_unpicklable_factory_is_refused_before_ray_starts():
+    ray = pytest.importorskip("ray")
+
+    @dataclass
+    class HoldsALock:
+        lock: Any
+
+        def __call__(self) -> SumEvaluator:
+            return SumEvaluator(None)
+
+    with pytest.raises(OptionError) as caught:
+        open_backend(HoldsALock(threading.Lock()), BackendOptions(kind="ray"))
+    assert caught.value.message == (
+        "the evaluator factory HoldsALock cannot be sent to Ray workers: "
+        "TypeError: cannot pickle '_thread.lock' object"
+    )
+    assert not ray.is_initialized()
 
 
 def test_ray_address_without_a_cluster_is_refused(monkeypatch):
@@ -263,6 +328,9 @@ def test_ray_evaluator_exception_names_the_candidate(ray_backend):
         "candidate 1 Trap(values=(2.0,), die_once=None, die_always=False, error='boom') "
         "failed in the evaluator: ValueError: boom"
     )
+    notes = "".join(caught.value.__notes__)
+    assert notes.startswith("traceback on the Ray worker:\nTraceback (most recent call last)")
+    assert notes.endswith("ValueError: boom\n")
     # Not retried as a dead worker, and the backend keeps working.
     assert [r["fitness"] for r in ray_backend.map(GENERATION)] == FITNESS
 
@@ -283,7 +351,7 @@ def test_ray_gives_up_after_max_retries_deaths(ray_cluster):
             backend.map([Trap((1.0,), die_always=True)])
     assert caught.value.message.startswith(
         "candidate 0 Trap(values=(1.0,), die_once=None, die_always=True, error=None) was lost: "
-        "its Ray worker died once ("
+        "its Ray worker died or became unreachable on its only try ("
     )
 
 
@@ -296,7 +364,7 @@ def test_ray_gives_up_after_max_retries_deaths(ray_cluster):
         ),
         (
             BackendOptions(kind="ray", gpus_per_worker=1),
-            "gpus_per_worker=1 but the Ray cluster has no GPUs",
+            "one worker needs 1 CPU + 1 GPU but the Ray cluster has 4 CPUs and 0 GPUs",
         ),
     ],
 )
