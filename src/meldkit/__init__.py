@@ -44,6 +44,7 @@ _EXPORTS = {
     "run_moe": "meldkit.moe",
     "extract_lora": "meldkit.extract_lora",
     "transplant_tokenizer": "meldkit.tokensurgeon",
+    "run_evolve": "meldkit.evolve",
 }
 
 __all__ = [
@@ -67,6 +68,7 @@ __all__ = [
     "plan_merge",
     "plan_moe",
     "prepare_state_dict_merge",
+    "run_evolve",
     "run_merge",
     "run_moe",
     "run_multi",
@@ -94,6 +96,7 @@ if _typing.TYPE_CHECKING:
         PlanError,
         RecipeError,
     )
+    from meldkit.evolve import run_evolve
     from meldkit.extract_lora import extract_lora
     from meldkit.moe import plan_moe, run_moe
     from meldkit.plan import MergePlan, PlanOptions

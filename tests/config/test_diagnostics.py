@@ -217,9 +217,8 @@ experts:
         ),
         (
             "genome: {models: [a, b], merge_method: ties}\ntasks: [arc]\n",
-            "this is a mergekit-evolve configuration (genome, tasks), not a merge recipe; "
-            "meldkit does not support evolutionary merge search yet",
-            "run the search with mergekit-evolve",
+            "this is a mergekit-evolve configuration (genome, tasks), not a merge recipe",
+            "run the search with `meldkit evolve SEARCH --storage DIR`",
         ),
         (
             '{"architectures": ["LlamaForCausalLM"], "model_type": "llama"}\n',

@@ -103,10 +103,19 @@ def test_negative_weights_widen_the_default_bounds() -> None:
 @pytest.mark.parametrize(
     ("keys", "message"),
     [
-        ({"layer_granularity": 3}, "genome.layer_granularity: 3 does not divide the model's 4 layers"),
+        (
+            {"layer_granularity": 3},
+            "genome.layer_granularity: 3 does not divide the model's 4 layers",
+        ),
         ({"search": {"lambada": [0, 1]}}, "genome.search: ties has no parameter 'lambada'"),
-        ({"search": {"lambda": [0, 1]}, "parameters": {"lambda": 1}}, "genome: 'lambda' is both searched and fixed"),
-        ({"search": {"int8_mask": [0, 1]}}, "genome.search.int8_mask: bool parameters cannot be searched"),
+        (
+            {"search": {"lambda": [0, 1]}, "parameters": {"lambda": 1}},
+            "genome: 'lambda' is both searched and fixed",
+        ),
+        (
+            {"search": {"int8_mask": [0, 1]}},
+            "genome.search.int8_mask: bool parameters cannot be searched",
+        ),
         ({"merge_method": "karcher"}, "genome: say which parameters of karcher to search"),
         ({"search": {"weight": [1, 0]}}, "genome.search.weight: min (1) must be below max (0)"),
     ],

@@ -14,7 +14,9 @@ from meldkit.testing import make_model_family, read_model
 
 @pytest.fixture(scope="module")
 def family(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
-    return make_model_family(tmp_path_factory.mktemp("fam"), "llama", n=3, num_layers=4, dtype="bfloat16")
+    return make_model_family(
+        tmp_path_factory.mktemp("fam"), "llama", n=3, num_layers=4, dtype="bfloat16"
+    )
 
 
 def recipe(base: Path, fts: list[Path], method: str, **params: object) -> dict[str, object]:
@@ -53,7 +55,9 @@ def test_in_memory_tensors_equal_the_written_model(
         assert torch.equal(out[name], tensor), name
 
 
-def test_existing_targets_are_written_in_place_in_their_dtype(family: tuple[Path, list[Path]]) -> None:
+def test_existing_targets_are_written_in_place_in_their_dtype(
+    family: tuple[Path, list[Path]],
+) -> None:
     base, fts = family
     plan = plan_merge(recipe(base, fts, "task_arithmetic"))
     targets = {t.name: torch.zeros(t.shape, dtype=torch.float32) for t in plan.tensors}

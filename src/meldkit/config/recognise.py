@@ -27,9 +27,10 @@ _OTHER_TOOLS: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
     ),
     (
         "a mergekit-evolve configuration",
-        ("genome", "tasks"),
-        "evolutionary merge search",
-        "run the search with mergekit-evolve; meldkit can run the merge recipe it finds",
+        ("genome", "tasks", "fitness"),
+        "",
+        "run the search with `meldkit evolve SEARCH --storage DIR`; it writes a merge recipe, "
+        "DIR/best_recipe.yaml",
     ),
     (
         "a bakllama configuration",

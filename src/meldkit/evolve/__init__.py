@@ -18,13 +18,21 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["BackendOptions", "SearchResult", "load_search_config", "plan_search", "run_search"]
+__all__ = [
+    "BackendOptions",
+    "SearchResult",
+    "load_search_config",
+    "plan_search",
+    "run_evolve",
+    "run_search",
+]
 
 _LAZY = {
     "BackendOptions": "meldkit.evolve.backends",
     "SearchResult": "meldkit.evolve.search",
     "plan_search": "meldkit.evolve.search",
     "run_search": "meldkit.evolve.search",
+    "run_evolve": "meldkit.evolve.search",
     "load_search_config": "meldkit.evolve.config",
 }
 

@@ -57,7 +57,9 @@ def add_parser(sub: Any) -> None:
         "--ray", action="store_true", help="score candidates on Ray workers (ray.init() locally)"
     )
     workers.add_argument("--ray-address", help="a Ray cluster's address (implies --ray)")
-    workers.add_argument("--workers", type=int, help="evaluation workers (default: fill the cluster)")
+    workers.add_argument(
+        "--workers", type=int, help="evaluation workers (default: fill the cluster)"
+    )
     workers.add_argument("--cpus-per-worker", type=int, default=1, help="CPUs per worker (1)")
     workers.add_argument(
         "--gpus-per-worker", type=float, default=0, help="GPUs per worker (1: one worker per GPU)"

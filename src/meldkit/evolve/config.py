@@ -83,7 +83,7 @@ _GENOME_KEYS = (
     "out_dtype",
 )
 _BUDGET_KEYS = ("evaluations", "wall_time", "population")
-_EVAL_KEYS = ("in_memory", "device", "threads", "cache_inputs", "model_dtype")
+_EVAL_KEYS = ("in_memory", "device", "cache_inputs", "model_dtype")
 _HINT = "see `meldkit evolve --help` or docs/evolve.md for the search file's keys"
 
 
@@ -132,11 +132,11 @@ class EvaluationOptions:
     ``in_memory``: ``auto`` merges into a loaded model when it and the inputs fit in memory,
     else into a temporary folder; ``true``/``false`` force one. ``cache_inputs``: keep the
     inputs' tensors in memory between candidates (``auto``: when they fit). ``model_dtype``:
-    the dtype the candidate model is evaluated in (default float32, as TinyTasks' eval.py)."""
+    the dtype the candidate model is evaluated in (default float32, as TinyTasks' eval.py).
+    Each evaluator's torch threads are the backend's ``cpus_per_worker``."""
 
     in_memory: str = "auto"
     device: str = "cpu"
-    threads: int | None = None
     cache_inputs: str = "auto"
     model_dtype: str = "float32"
 
@@ -165,10 +165,13 @@ def parse_duration(value: Any, where: str) -> float:
         seconds = float(value)
     elif isinstance(value, str) and value.strip():
         text = value.strip().lower().replace(" ", "")
-        parts = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?", text)
+        parts = re.fullmatch(
+            r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?", text
+        )
         if parts is None or not any(parts.groups()):
             raise RecipeError(
-                f"{where}: {value!r} is not a duration", hint='write seconds, or e.g. "30m", "1h30m"'
+                f"{where}: {value!r} is not a duration",
+                hint='write seconds, or e.g. "30m", "1h30m"',
             )
         h, m, s = (float(g) if g else 0.0 for g in parts.groups())
         seconds = 3600 * h + 60 * m + s
@@ -290,13 +293,13 @@ def _genome(data: dict[str, Any], base_dir: Path) -> GenomeConfig:
         )
     normalize = data.get("normalize")
     return GenomeConfig(
-        models=tuple(
-            _model_path(m, f"genome.models[{i}]", base_dir) for i, m in enumerate(models)
-        ),
+        models=tuple(_model_path(m, f"genome.models[{i}]", base_dir) for i, m in enumerate(models)),
         merge_method=method,
         base_model=None if base is None else _model_path(base, "genome.base_model", base_dir),
         tokenizer_source=data.get("tokenizer_source"),
-        layer_granularity=_int(data.get("layer_granularity", 0) or 0, f"{where}.layer_granularity", 0),
+        layer_granularity=_int(
+            data.get("layer_granularity", 0) or 0, f"{where}.layer_granularity", 0
+        ),
         normalize=None if normalize is None else _bool(normalize, f"{where}.normalize"),
         allow_negative_weights=_bool(
             data.get("allow_negative_weights", False), f"{where}.allow_negative_weights"
@@ -331,12 +334,10 @@ def _evaluation(data: dict[str, Any]) -> EvaluationOptions:
         if text not in choices:
             raise RecipeError(f"evaluation.{key}: expected auto, true or false, got {raw!r}")
         values[key] = text
-    threads = data.get("threads")
     return EvaluationOptions(
         in_memory=values["in_memory"],
         cache_inputs=values["cache_inputs"],
         device=str(data.get("device", "cpu")),
-        threads=None if threads is None else _int(threads, "evaluation.threads", 1),
         model_dtype=str(data.get("model_dtype", "float32")),
     )
 

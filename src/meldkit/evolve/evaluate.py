@@ -52,8 +52,9 @@ def _import_transformers() -> Any:
             "meldkit evolve loads candidates with transformers, which is not installed",
             hint="pip install 'meldkit[evolve]'",
         ) from None
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+    hf_logging: Any = transformers.utils.logging  # untyped: quiet its loading messages and bars
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     return transformers
 
 
@@ -67,10 +68,6 @@ class CandidateEvaluator:
         self.fitness = parse_fitness(config.fitness, base_dir=config.base_dir)
         options = config.evaluation
         self.device = options.device
-        if options.threads is not None:
-            import torch
-
-            torch.set_num_threads(options.threads)
         self._model: Any = None
         self._tokenizer: Any = None
         self._params: dict[str, Any] | None = None
@@ -137,7 +134,7 @@ class CandidateEvaluator:
         transformers = _import_transformers()
         dtype = getattr(torch, self.config.evaluation.model_dtype)
         model = transformers.AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype)
-        model.to(self.device).eval()
+        model.to(self.device).eval().requires_grad_(False)
         self._model = model
         # Tied weights are one tensor under two names; the checkpoint stores the first.
         self._params, seen = {}, set()
@@ -183,7 +180,7 @@ class CandidateEvaluator:
             )
             dtype = getattr(torch, self.config.evaluation.model_dtype)
             model = transformers.AutoModelForCausalLM.from_pretrained(str(out), dtype=dtype)
-            model.to(self.device).eval()
+            model.to(self.device).eval().requires_grad_(False)
             tokenizer = None
             if self.fitness.needs_tokenizer:
                 tokenizer = transformers.AutoTokenizer.from_pretrained(str(out))

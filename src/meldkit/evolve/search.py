@@ -27,7 +27,7 @@ from meldkit.evolve.optimizers import make_optimizer
 from meldkit.evolve.report import best_record, write_best_recipe, write_plot, write_table
 from meldkit.evolve.storage import Storage, config_hash
 
-__all__ = ["SearchResult", "plan_search", "run_search"]
+__all__ = ["SearchResult", "plan_search", "run_evolve", "run_search"]
 
 Info = Callable[[str], None]
 
@@ -102,11 +102,17 @@ def run_search(
     info = on_info or (lambda message: None)
     genome = plan_search(config)
     store = Storage(Path(storage))
-    digest = config_hash(config.source_text, {"genes": genome.size, "base_dir": str(config.base_dir)})
+    digest = config_hash(
+        config.source_text, {"genes": genome.size, "base_dir": str(config.base_dir)}
+    )
     recorded = store.open(digest, config.source_text, restart)
     previous = store.read_state() or {}
     optimizer = make_optimizer(
-        config.optimizer, _start(config, genome), config.sigma0, config.seed, config.budget.population
+        config.optimizer,
+        _start(config, genome),
+        config.sigma0,
+        config.seed,
+        config.budget.population,
     )
     budget = config.budget
     info(
@@ -176,7 +182,11 @@ def run_search(
     best = _publish(store, history, config, genome, optimizer.population, stop=stop)
     state = store.read_state() or {}
     store.write_state({**state, "config_hash": digest, "finished": True, "stop_reason": stop})
-    info(f"stopped: {stop}; best fitness {float(best['fitness']):.4f}" if best else f"stopped: {stop}")
+    info(
+        f"stopped: {stop}; best fitness {float(best['fitness']):.4f}"
+        if best
+        else f"stopped: {stop}"
+    )
     result = SearchResult(store.folder, best, history, stop)
     if save_best and best is not None:
         result.best_model = _save_best(store.folder, config, info)
@@ -266,3 +276,42 @@ def _save_best(folder: Path, config: SearchConfig, info: Info) -> Path:
         on_warning=info,
     )
     return out
+
+
+def run_evolve(
+    search: str | Path | dict[str, Any],
+    storage: str | Path,
+    *,
+    ray: bool = False,
+    ray_address: str | None = None,
+    workers: int | None = None,
+    cpus_per_worker: int = 1,
+    gpus_per_worker: float = 0,
+    restart: bool = False,
+    save_best: bool = False,
+    on_info: Info | None = None,
+) -> SearchResult:
+    """What ``meldkit evolve SEARCH --storage STORAGE`` does: load the search file (a path,
+    YAML text or a dict), run or resume it, and return the :class:`SearchResult`.
+
+    ``ray``/``ray_address``: score candidates on Ray workers (``workers`` of them, each with
+    ``cpus_per_worker`` CPUs and ``gpus_per_worker`` GPUs); otherwise in this process."""
+    from meldkit.evolve.backends import BackendOptions
+    from meldkit.evolve.config import load_search_config
+
+    use_ray = ray or ray_address is not None
+    backend = BackendOptions(
+        kind="ray" if use_ray else "serial",
+        address=ray_address,
+        workers=workers,
+        cpus_per_worker=cpus_per_worker,
+        gpus_per_worker=gpus_per_worker,
+    )
+    return run_search(
+        load_search_config(search),
+        storage,
+        backend=backend,
+        restart=restart,
+        save_best=save_best,
+        on_info=on_info,
+    )
