@@ -1,0 +1,396 @@
+"""TinyTasks as a fitness: exact-match accuracy of a tiny char-level LM on four string skills.
+
+TinyTasks (``shared/tinytasks``) asks a 1M-parameter Llama to complete ``<s>tag:payload=`` with
+``answer.`` greedily. This module rebuilds its task definitions, its held-out prompt pool and its
+evaluator so that a search needs no copy of the benchmark's code:
+
+- ``rev`` reverses 3-8 letters, ``srt`` sorts 3-8 digits, ``sft`` shifts 3-8 letters by +3
+  (Caesar), ``dup`` doubles each of 3-6 letters;
+- the pool of a task is 500 distinct payloads drawn by ``random.Random("tinytasks-eval-" +
+  task)``, in the benchmark's order of draws, so its prompts are the benchmark's own;
+- decoding is greedy, without a KV cache, on prompts batched by length (no padding), stopping
+  at ``'.'`` within 16 new tokens; an answer that never stops is wrong.
+
+Splits of the pool: ``report`` is ``pool[:200]`` (what the benchmark reports; n = 200 gives its
+accuracies exactly) and ``search`` is ``pool[200:200 + n]``, so a search never sees the prompts
+that are reported later.
+
+YAML::
+
+    fitness:
+      - tinytasks: {n: 64, split: search, finetunes: {rev: models/ft_rev, srt: models/ft_srt,
+                                                       sft: models/ft_sft, dup: models/ft_dup}}
+
+Value: with ``normalize`` (each task's fine-tune accuracy) or ``finetunes`` (fine-tune folders,
+scored once on the same prompts) the mean over tasks of ``acc / ft_acc`` (TinyTasks' "norm");
+otherwise the mean accuracy.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
+
+from meldkit.errors import OptionError, RecipeError, did_you_mean
+from meldkit.evolve.fitness.base import as_mapping, check_keys, int_option, number
+
+__all__ = [
+    "TASKS",
+    "POOL_SIZE",
+    "REPORT_SIZE",
+    "TinyTasksFitness",
+    "eval_pool",
+    "evaluate_tinytasks",
+    "greedy_answers",
+    "judge_answers",
+    "prompts",
+    "task_answer",
+]
+
+TASKS: tuple[str, ...] = ("rev", "srt", "sft", "dup")
+POOL_SIZE = 500  # distinct held-out payloads per task
+REPORT_SIZE = 200  # pool[:200] is reported; pool[200:] is what a search may look at
+SEARCH_SIZE = POOL_SIZE - REPORT_SIZE
+MAX_NEW_TOKENS = 16
+Split = Literal["search", "report"]
+
+_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+_DIGITS = "0123456789"
+_SHIFT = 3
+# Vocabulary: 4 specials (<pad>, <s>, </s>, <unk>), then a-z, 0-9 and ":=.+", one id each.
+_N_SPECIALS = 4
+_BOS = 1
+_SYMBOLS = _LETTERS + _DIGITS + ":=.+"
+_ID_OF = {c: _N_SPECIALS + i for i, c in enumerate(_SYMBOLS)}
+_STOP_ID = _ID_OF["."]
+
+# (alphabet, shortest, longest) payload of each task.
+_PAYLOADS = {
+    "rev": (_LETTERS, 3, 8),
+    "srt": (_DIGITS, 3, 8),
+    "sft": (_LETTERS, 3, 8),
+    "dup": (_LETTERS, 3, 6),
+}
+_CAESAR = str.maketrans(_LETTERS, _LETTERS[_SHIFT:] + _LETTERS[:_SHIFT])
+
+
+def _draw_payload(task: str, rng: random.Random) -> str:
+    # The length is drawn before the symbols: the benchmark's order, hence its prompts.
+    alphabet, shortest, longest = _PAYLOADS[task]
+    length = rng.randint(shortest, longest)
+    return "".join([rng.choice(alphabet) for _ in range(length)])
+
+
+def task_answer(task: str, payload: str) -> str:
+    """The correct answer to ``task`` on ``payload``, without the final ``'.'``."""
+    if task == "rev":
+        return payload[::-1]
+    if task == "srt":
+        return "".join(sorted(payload))
+    if task == "sft":
+        return payload.translate(_CAESAR)
+    if task == "dup":
+        return "".join(2 * c for c in payload)
+    raise ValueError(f"unknown TinyTasks task {task!r}")
+
+
+@cache
+def eval_pool(task: str) -> tuple[str, ...]:
+    """The task's 500 held-out payloads: distinct, in the order the seeded generator yields them."""
+    rng = random.Random("tinytasks-eval-" + task)
+    seen: set[str] = set()
+    pool: list[str] = []
+    while len(pool) < POOL_SIZE:
+        payload = _draw_payload(task, rng)
+        if payload not in seen:
+            seen.add(payload)
+            pool.append(payload)
+    return tuple(pool)
+
+
+def prompts(task: str, n: int, split: Split) -> tuple[str, ...]:
+    """The ``n`` payloads of ``task`` that ``split`` evaluates (``report``: pool[:n]; ``search``:
+    pool[200:200 + n])."""
+    limit = REPORT_SIZE if split == "report" else SEARCH_SIZE
+    if not 1 <= n <= limit:
+        raise ValueError(f"n must be between 1 and {limit} for split {split!r}, got {n}")
+    start = 0 if split == "report" else REPORT_SIZE
+    return eval_pool(task)[start : start + n]
+
+
+def _decode(ids: Sequence[int]) -> str:
+    # Specials decode to nothing and ids past the vocabulary to '?', as in the benchmark.
+    return "".join(
+        _SYMBOLS[i - _N_SPECIALS] if i - _N_SPECIALS < len(_SYMBOLS) else "?"
+        for i in ids
+        if i >= _N_SPECIALS
+    )
+
+
+def greedy_answers(
+    model: Any, texts: Sequence[str], max_new: int = MAX_NEW_TOKENS
+) -> list[str | None]:
+    """Greedy continuation of ``<s>`` + each text up to the first ``'.'`` (not included).
+
+    ``None`` where no ``'.'`` came within ``max_new`` tokens. Texts of one length form one batch,
+    so no padding or attention mask is needed; every step re-runs the whole sequence (no KV
+    cache), which at these lengths costs little and keeps the benchmark's arithmetic.
+    Call it under ``torch.no_grad()``.
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    answers: list[str | None] = [None] * len(texts)
+    by_length: dict[int, list[int]] = {}
+    for i, text in enumerate(texts):
+        by_length.setdefault(len(text), []).append(i)
+    for length in sorted(by_length):
+        rows = by_length[length]
+        ids = torch.tensor(
+            [[_BOS] + [_ID_OF[c] for c in texts[i]] for i in rows], dtype=torch.long, device=device
+        )
+        stopped = torch.zeros(len(rows), dtype=torch.bool, device=device)
+        steps = []
+        for _ in range(max_new):
+            logits = model(
+                input_ids=ids, use_cache=False
+            ).logits  # (rows, length + 1 + step, vocab)
+            token = logits[:, -1, :].float().argmax(-1)  # (rows,)
+            steps.append(token)
+            stopped |= token == _STOP_ID
+            if bool(stopped.all()):
+                break
+            ids = torch.cat([ids, token[:, None]], dim=1)
+        generated = torch.stack(steps, dim=1).tolist()  # (rows, steps)
+        for row, i in enumerate(rows):
+            tokens = generated[row]
+            if _STOP_ID in tokens:
+                answers[i] = _decode(tokens[: tokens.index(_STOP_ID)])
+    return answers
+
+
+def judge_answers(
+    model: Any, cases: Sequence[tuple[str, str]], max_new: int = MAX_NEW_TOKENS
+) -> list[bool]:
+    """Whether greedy decoding of each ``(text, answer)`` case gives exactly ``answer``.
+
+    The same verdicts as comparing :func:`greedy_answers` with the answers, for less work: a row
+    leaves its batch as soon as its verdict is known (it stopped, or it wrote a symbol the answer
+    does not have there), so a weak merge costs a step or two per prompt instead of sixteen.
+    Texts are batched by length across tasks. Call it under ``torch.no_grad()``.
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    correct = [False] * len(cases)
+    by_length: dict[int, list[int]] = {}
+    for i, (text, _) in enumerate(cases):
+        by_length.setdefault(len(text), []).append(i)
+    for length in sorted(by_length):
+        alive = by_length[length]  # the case of each batch row
+        ids = torch.tensor(
+            [[_BOS] + [_ID_OF[c] for c in cases[i][0]] for i in alive],
+            dtype=torch.long,
+            device=device,
+        )
+        matched = [0] * len(alive)  # answer symbols written so far, per row
+        for _ in range(max_new):
+            logits = model(
+                input_ids=ids, use_cache=False
+            ).logits  # (rows, length + 1 + step, vocab)
+            token = logits[:, -1, :].float().argmax(-1)  # (rows,)
+            keep: list[int] = []
+            for row, (i, t) in enumerate(zip(alive, token.tolist())):
+                answer = cases[i][1]
+                if t == _STOP_ID:
+                    correct[i] = matched[row] == len(answer)
+                    continue
+                if t >= _N_SPECIALS:  # specials decode to nothing: they neither match nor miss
+                    k, m = t - _N_SPECIALS, matched[row]
+                    if m >= len(answer) or k >= len(_SYMBOLS) or _SYMBOLS[k] != answer[m]:
+                        continue  # wrong already
+                    matched[row] = m + 1
+                keep.append(row)
+            if not keep:
+                break
+            if len(keep) < len(alive):
+                rows = torch.tensor(keep, dtype=torch.long, device=device)
+                ids, token = ids[rows], token[rows]
+                alive = [alive[r] for r in keep]
+                matched = [matched[r] for r in keep]
+            ids = torch.cat([ids, token[:, None]], dim=1)
+    return correct
+
+
+def evaluate_tinytasks(
+    model: Any, n: int = 200, split: Split = "report", tasks: Sequence[str] = TASKS
+) -> dict[str, float]:
+    """Exact-match accuracy of ``model`` on each task, and their ``"mean"``.
+
+    ``split="report"`` with ``n=200`` gives the accuracies of TinyTasks' ``eval.py``. The model is
+    used as given (dtype, device); ``eval.py`` upcasts weights to float32 first.
+    """
+    import torch
+
+    cases = [
+        (task, f"{task}:{p}=", task_answer(task, p))
+        for task in tasks
+        for p in prompts(task, n, split)
+    ]
+    with torch.no_grad():
+        verdicts = judge_answers(model, [(text, answer) for _, text, answer in cases])
+    hits = {task: 0 for task in tasks}
+    for (task, _, _), ok in zip(cases, verdicts):
+        hits[task] += ok
+    result = {task: hits[task] / n for task in tasks}
+    result["mean"] = sum(result[t] for t in tasks) / len(tasks)
+    return result
+
+
+def _finetune_accuracy(path: Path, task: str, n: int, split: Split, device: Any) -> float:
+    """A fine-tune folder's accuracy on its own task, loaded in float32 like the benchmark does."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(path))
+    model = model.float().to(device)  # type: ignore[no-untyped-call]
+    model.eval()
+    return evaluate_tinytasks(model, n, split, [task])[task]
+
+
+@dataclass
+class TinyTasksFitness:
+    """The TinyTasks fitness term: mean accuracy, or mean of ``acc / ft_acc`` when normalized.
+
+    ``normalize`` holds each task's fine-tune accuracy; ``finetunes`` holds fine-tune folders
+    whose accuracy on the same prompts is measured on the first :meth:`score` and then kept.
+    """
+
+    n: int = 64
+    split: Split = "search"
+    tasks: tuple[str, ...] = TASKS
+    normalize: dict[str, float] | None = None
+    finetunes: dict[str, Path] | None = None
+    weight: float = 1.0
+    name: str = "tinytasks"
+    needs_tokenizer: bool = False
+    _measured: dict[str, float] = field(default_factory=dict, repr=False)
+
+    def reference_accuracies(self, device: Any = "cpu") -> dict[str, float] | None:
+        """The accuracies the score is normalized by (measured once for ``finetunes``)."""
+        if self.normalize is not None:
+            return self.normalize
+        if self.finetunes is None:
+            return None
+        for task in self.tasks:
+            if task not in self._measured:
+                self._measured[task] = _finetune_accuracy(
+                    self.finetunes[task], task, self.n, self.split, device
+                )
+        return self._measured
+
+    def score(self, model: Any, tokenizer: Any) -> dict[str, float]:
+        """``{"tinytasks": value, "tinytasks.<task>": accuracy, ...}``; the tokenizer is unused."""
+        accuracies = evaluate_tinytasks(model, self.n, self.split, self.tasks)
+        result = {f"{self.name}.{t}": accuracies[t] for t in self.tasks}
+        reference = self.reference_accuracies(next(model.parameters()).device)
+        if reference is None:
+            result[self.name] = accuracies["mean"]
+            return result
+        for task in self.tasks:
+            if reference[task] <= 0:
+                raise RecipeError(
+                    f"tinytasks: the fine-tune for {task!r} scores 0 on its own task, so it cannot normalize",
+                    hint=f"give normalize: {{{task}: <accuracy>}} or a fine-tune that has learnt the task",
+                )
+        result[self.name] = sum(accuracies[t] / reference[t] for t in self.tasks) / len(self.tasks)
+        return result
+
+
+_OPTIONS = ("n", "split", "tasks", "normalize", "finetunes")
+_EXAMPLE = "{tinytasks: {n: 64, split: search, tasks: [rev, srt, sft, dup]}}"
+
+
+def _tasks_option(value: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise OptionError(
+            f"{where}: tasks must be a non-empty list, got {value!r}",
+            hint="for example tasks: [rev, srt, sft, dup]",
+        )
+    for task in value:
+        _check_task(task, where)
+    if len(set(value)) < len(value):
+        raise OptionError(f"{where}: tasks lists a task twice: {value}", hint="name each task once")
+    return tuple(value)
+
+
+def _check_task(task: Any, where: str) -> None:
+    if task not in TASKS:
+        raise OptionError(
+            f"{where}: unknown task {task!r}.{did_you_mean(str(task), TASKS)}",
+            hint="TinyTasks' tasks are " + ", ".join(TASKS),
+        )
+
+
+def _per_task(value: Any, key: str, tasks: tuple[str, ...], where: str) -> Mapping[str, Any]:
+    options = as_mapping(value, f"{where} {key}", "{rev: ..., srt: ..., sft: ..., dup: ...}")
+    for task in options:
+        _check_task(task, f"{where} {key}")
+    missing = [t for t in tasks if t not in options]
+    if missing:
+        raise OptionError(
+            f"{where}: {key} has nothing for {', '.join(missing)}",
+            hint=f"give {key} a value for every task scored",
+        )
+    return options
+
+
+def parse_tinytasks(options: Any, weight: float, where: str, base_dir: Path) -> TinyTasksFitness:
+    """The term of a ``tinytasks:`` entry (options may be empty or null)."""
+    opts = as_mapping({} if options is None else options, where, _EXAMPLE)
+    check_keys(opts, _OPTIONS, where)
+    split = opts.get("split", "search")
+    if split not in ("search", "report"):
+        raise OptionError(
+            f"{where}: split must be 'search' or 'report', got {split!r}.{did_you_mean(str(split), ['search', 'report'])}",
+            hint="search scores pool[200:200+n], report the benchmark's pool[:n]",
+        )
+    n = int_option(opts, "n", 64, 1, SEARCH_SIZE if split == "search" else REPORT_SIZE, where)
+    tasks = _tasks_option(opts["tasks"], where) if "tasks" in opts else TASKS
+    if "normalize" in opts and "finetunes" in opts:
+        raise OptionError(
+            f"{where}: give normalize or finetunes, not both",
+            hint="finetunes measures what normalize states",
+        )
+    normalize = None
+    if "normalize" in opts:
+        given = _per_task(opts["normalize"], "normalize", tasks, where)
+        normalize = {}
+        for task in tasks:
+            acc = number(
+                given[task], f"normalize.{task}", where, "a fine-tune accuracy such as 0.995"
+            )
+            if not 0 < acc <= 1:
+                raise OptionError(
+                    f"{where}: normalize.{task} must be in (0, 1], got {acc}",
+                    hint="a fine-tune accuracy such as 0.995",
+                )
+            normalize[task] = acc
+    finetunes = None
+    if "finetunes" in opts:
+        given = _per_task(opts["finetunes"], "finetunes", tasks, where)
+        finetunes = {}
+        for task in tasks:
+            path = (base_dir / str(given[task])).resolve()
+            if not path.is_dir():
+                raise OptionError(
+                    f"{where}: finetunes.{task}: folder not found: {path}",
+                    hint=f"relative paths start at {base_dir}",
+                )
+            finetunes[task] = path
+    return TinyTasksFitness(
+        n=n, split=split, tasks=tasks, normalize=normalize, finetunes=finetunes, weight=weight
+    )
