@@ -196,7 +196,7 @@ def _unknown_keys(data: dict[str, Any], valid: tuple[str, ...], where: str) -> N
     for key in data:
         if key not in valid:
             raise RecipeError(
-                f"{where}: unknown key {key!r}{did_you_mean(str(key), valid)}", hint=_HINT
+                f"{where}: unknown key {key!r}.{did_you_mean(str(key), valid)}", hint=_HINT
             )
 
 
@@ -385,7 +385,7 @@ def parse_search_config(data: Any, base_dir: Path, source_text: str = "") -> Sea
     optimizer = data.get("optimizer", "cma")
     if optimizer not in OPTIMIZERS:
         raise RecipeError(
-            f"optimizer: {optimizer!r} is not one of {', '.join(OPTIMIZERS)}"
+            f"optimizer: {optimizer!r} is not one of {', '.join(OPTIMIZERS)}."
             f"{did_you_mean(str(optimizer), OPTIMIZERS)}"
         )
     sigma0 = _number(data.get("sigma0", 1 / 6), "sigma0")
