@@ -47,11 +47,21 @@ def add_parser(sub: Any) -> None:
         help="also merge the best recipe into STORAGE/best_model at the end",
     )
     budget = p.add_argument_group("budget (override the search file's)")
-    budget.add_argument("--max-evaluations", "--max-fevals", dest="evaluations", type=int)
-    budget.add_argument("--wall-time", dest="wall_time", help='e.g. 3600, "30m", "2h"')
-    budget.add_argument("--population", type=int)
-    budget.add_argument("--seed", type=int)
-    budget.add_argument("--optimizer", choices=("cma", "random"))
+    budget.add_argument(
+        "--max-evaluations",
+        "--max-fevals",
+        dest="evaluations",
+        type=int,
+        help="stop after this many candidates",
+    )
+    budget.add_argument(
+        "--wall-time", dest="wall_time", help='stop after this long: seconds, "30m", "2h"'
+    )
+    budget.add_argument("--population", type=int, help="candidates per generation")
+    budget.add_argument("--seed", type=int, help="the optimizer's seed")
+    budget.add_argument(
+        "--optimizer", choices=("cma", "random"), help="cma (CMA-ES) or random search"
+    )
     workers = p.add_argument_group("workers")
     workers.add_argument(
         "--ray", action="store_true", help="score candidates on Ray workers (ray.init() locally)"
