@@ -192,14 +192,22 @@ def test_the_command_line_runs_a_search_and_reports_errors_in_one_line(
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(search(models)))
     base = [sys.executable, "-m", "meldkit", "evolve", str(tmp_path / "s.yaml"), "--storage"]
     ok = subprocess.run(
-        [*base, str(tmp_path / "out"), "--max-evaluations", "3", "--quiet"],
+        [*base, str(tmp_path / "out"), "--max-evaluations", "3", "--quiet", "--save-best"],
         capture_output=True,
         text=True,
     )
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.startswith("best fitness ")
     assert f"recipe: {tmp_path / 'out' / 'best_recipe.yaml'}" in ok.stdout
+    assert f"best model: {tmp_path / 'out' / 'best_model'}" in ok.stdout
     assert len(lines(tmp_path / "out")) == 3
+    from meldkit import run_merge
+    from meldkit.testing import read_model
+
+    run_merge(tmp_path / "out" / "best_recipe.yaml", tmp_path / "again", quiet=True)
+    saved, again = read_model(tmp_path / "out" / "best_model"), read_model(tmp_path / "again")
+    assert saved.keys() == again.keys()
+    assert all(saved[k].equal(again[k]) for k in saved)
     bad = search(models)
     bad["genome"]["layer_granularity"] = 3
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
