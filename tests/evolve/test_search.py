@@ -129,6 +129,22 @@ def test_in_memory_and_temporary_folder_candidates_score_the_same(
     assert len(memory.history) == len(folder.history) == 4
 
 
+@pytest.mark.parametrize(("wanted", "mode"), [("auto", "memory"), ("false", "folder")])
+def test_a_plain_merge_is_scored_in_memory_unless_told_otherwise(
+    models: tuple[Path, list[Path], Path], wanted: str, mode: str
+) -> None:
+    from meldkit.evolve.candidate import Candidate
+    from meldkit.evolve.evaluate import CandidateEvaluator
+    from meldkit.evolve.search import plan_search
+
+    config = load_search_config(search(models, evaluation={"in_memory": wanted}))
+    genome = plan_search(config)
+    evaluator = CandidateEvaluator(config)
+    genes = genome.initial()
+    evaluator.evaluate(Candidate(0, 0, tuple(genes), genome.recipe(genes)))
+    assert evaluator.mode == mode
+
+
 def test_a_search_killed_mid_generation_resumes_to_the_same_history(
     models: tuple[Path, list[Path], Path], tmp_path: Path
 ) -> None:

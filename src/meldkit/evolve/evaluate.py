@@ -98,7 +98,9 @@ class CandidateEvaluator:
         if wanted == "false":
             return "folder"
         donor = plan.models[plan.donor]
-        if plan.vocabulary is not None or plan.out_config != donor.config:
+        if plan.vocabulary is not None or _shape_config(plan.out_config) != _shape_config(
+            donor.config
+        ):
             if wanted == "true":
                 raise OptionError(
                     "evaluation.in_memory: true, but the merged model's config differs from "
@@ -193,6 +195,15 @@ class CandidateEvaluator:
 
         with torch.no_grad():
             return {k: float(v) for k, v in self.fitness(model, tokenizer).items()}
+
+
+# Config keys that do not change the model's modules: the output's dtype is the merge's, while
+# the candidate is evaluated in ``model_dtype`` whatever it is.
+_DTYPE_KEYS = ("torch_dtype", "dtype", "transformers_version")
+
+
+def _shape_config(config: dict[str, Any] | None) -> dict[str, Any]:
+    return {k: v for k, v in (config or {}).items() if k not in _DTYPE_KEYS}
 
 
 @dataclass(frozen=True)
