@@ -117,3 +117,21 @@ def test_merge_matrices_applies_the_non_matrix_rule_and_the_scale() -> None:
         weighted=False,
     )
     torch.testing.assert_close(head, b + 0.5 * 2)  # mean of τ = 1 and 3
+
+
+def test_weighted_gram_route_keeps_the_product_accurate_on_a_wide_spectrum() -> None:
+    # Three strong directions over a noise floor 600x below (λ ratio 3e-6): the unweighted
+    # rule refuses the Gram route, the weighted one (TSV-M's) takes it, and U_k S_k V_kᵀ is
+    # still within √eps of σ_1 of the exact one.
+    g = torch.Generator().manual_seed(6)
+    low = torch.randn(200, 3, generator=g) @ torch.randn(3, 150, generator=g)
+    m = low + 1e-2 * torch.randn(200, 150, generator=g) * low.norm() / 150
+    ctx = MergeContext("w")
+    exact = torch.linalg.svd(m, full_matrices=False)
+    plain = spectral.top_svd(m, 50, ctx, "t")
+    assert torch.equal(plain[1], exact.S[:50])  # refused: the exact SVD's own values
+    u, s, vh = spectral.top_svd(m, 50, ctx, "t", weighted=True)
+    assert not torch.equal(s, exact.S[:50])  # the Gram route
+    want = (exact.U[:, :50] * exact.S[:50]) @ exact.Vh[:50]
+    error = ((u * s) @ vh - want).abs().max() / exact.S[0]
+    assert error < 3.5e-4

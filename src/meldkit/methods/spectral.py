@@ -19,7 +19,9 @@ float rounding: the methods are not random, only their factorisation is.
   matrix squares its condition number, so the route is taken only when every eigenvalue it
   needs is at least ``GRAM_MIN_RATIO`` (1e-3) of the largest: the factors are then accurate to
   about ``eps / GRAM_MIN_RATIO`` (1e-4 in float32, under a bf16 output's rounding of 4e-3);
-  otherwise, and for a zero matrix, the exact SVD is computed instead.
+  otherwise, and for a zero matrix, the exact SVD is computed instead. A caller that weights
+  each direction by its singular value (TSV-M) needs less: see :func:`top_svd`'s
+  ``weighted``.
 * ``exact`` otherwise (a square-ish matrix whose whole spectrum is needed, where the smallest
   singular values are usually far below the largest): ``torch.linalg.svd(full_matrices=False)``.
 """
@@ -155,11 +157,18 @@ def svd_route(shape: Sequence[int], k: int) -> SvdRoute:
 
 
 def top_svd(
-    matrix: torch.Tensor, k: int, ctx: MergeContext, salt: str
+    matrix: torch.Tensor, k: int, ctx: MergeContext, salt: str, *, weighted: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The top ``k`` singular triplets ``(U_k, s_k, Vh_k)`` of a 2-D ``matrix``:
     ``U_k`` (m × k), ``s_k`` (k,), ``Vh_k`` (k × n), with ``k`` capped at ``min(m, n)``;
-    computed as :func:`svd_route` says (stream ``salt`` seeds the randomized route)."""
+    computed as :func:`svd_route` says (stream ``salt`` seeds the randomized route).
+
+    ``weighted``: the caller uses each triplet in proportion to its singular value (TSV-M's
+    ``U S Vᵀ``), so an error in direction ``i`` counts only as ``σ_i / σ_1``. The Gram route's
+    error there is about ``eps (σ_1 / σ_i)²``, so the product stays below ``√eps`` of ``σ_1``
+    (3.5e-4 in float32) whatever the spectrum: the route then only refuses eigenvalues that
+    rounding cannot tell from zero (below ``eps · λ_1``). Unweighted callers (the isotropic
+    methods, where every direction counts fully) get the ``GRAM_MIN_RATIO`` rule."""
     k = min(k, min(matrix.shape))
     if k == 0:  # Iso-CTS with no common part
         m, n = matrix.shape
@@ -171,33 +180,36 @@ def top_svd(
         generator = MergeContext(ctx.name).generator(salt)
         return _randomized_svd(matrix, k, generator)
     if route == "gram":
-        triplets = _gram_svd(matrix, k)
+        floor = torch.finfo(matrix.dtype).eps if weighted else GRAM_MIN_RATIO
+        triplets = _gram_svd(matrix, k, floor)
         if triplets is not None:
             return triplets
     u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
     return u[:, :k], s[:k], vh[:k]
 
 
-def _gram_eigh(matrix: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+def _gram_eigh(
+    matrix: torch.Tensor, k: int, floor: float = GRAM_MIN_RATIO
+) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The top ``k`` eigenpairs ``(λ, Q)`` (descending; ``Q`` is r × k) of the smaller Gram
     matrix (``MᵀM`` for a tall ``M``, ``MMᵀ`` for a wide one), or ``None`` when the ``k``-th
-    is below ``GRAM_MIN_RATIO`` of the largest (or the matrix is zero)."""
+    is below ``floor`` times the largest (or the matrix is zero)."""
     tall = matrix.shape[0] >= matrix.shape[1]
     gram = matrix.T @ matrix if tall else matrix @ matrix.T  # (r, r)
     values, vectors = torch.linalg.eigh(gram)  # ascending
     del gram
     values = values.flip(0)[:k]
     top = float(values[0])
-    if not top > 0 or float(values[-1]) < GRAM_MIN_RATIO * top:
+    if not top > 0 or float(values[-1]) < floor * top:
         return None
     return values, vectors.flip(1)[:, :k]
 
 
 def _gram_svd(
-    matrix: torch.Tensor, k: int
+    matrix: torch.Tensor, k: int, floor: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """The top ``k`` triplets from the Gram matrix's eigenpairs, or ``None`` (see above)."""
-    pairs = _gram_eigh(matrix, k)
+    pairs = _gram_eigh(matrix, k, floor)
     if pairs is None:
         return None
     values, vectors = pairs
