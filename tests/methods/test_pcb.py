@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 
-from meldkit.methods.pcb import pcb_weights
+from meldkit.methods.pcb import kth_smallest, pcb_weights
 from tests.methods.helpers import run_method, t
 
 
@@ -66,3 +67,29 @@ def test_pcb_matches_numpy_with_clamping() -> None:
     flat = np.stack([x.reshape(-1).numpy() for x in taus])
     want = _numpy_pcb(flat, 0.2, 0.01, 0.8).reshape(40, 50)
     np.testing.assert_allclose((out - base).numpy(), want, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        "normal",  # sampled band in the middle, topk at the ends
+        "ties",  # few distinct values: the band holds long runs of one value
+        "signed_zeros",  # -0.0 and 0.0 compare equal; the answer is one of them
+        "biased_sample",  # every 61st entry is huge: the sample misses, the full search runs
+    ],
+)
+def test_kth_smallest_is_exact_on_every_route(data: str) -> None:
+    g = torch.Generator().manual_seed(7)
+    n = 200_003
+    row = torch.randn(n, generator=g)
+    if data == "ties":
+        row = torch.randint(0, 5, (n,), generator=g).float()
+    elif data == "signed_zeros":
+        row[::3] = 0.0
+        row[1::3] = -0.0
+    elif data == "biased_sample":
+        row[::61] = 1e6
+    ordered = torch.sort(row).values
+    for k in (1, 20, 4096, 4097, n // 10, n // 2, n - 4096, n - 4095, n - 20, n):
+        got = kth_smallest(row, k)
+        assert got == ordered[k - 1], (data, k)

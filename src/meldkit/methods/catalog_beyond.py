@@ -132,9 +132,15 @@ register(
                 doc="closed: eigenvalues of A below rcond times the largest are dropped",
             ),
             ParamSpec(
-                "steps", "shared", kind="int", default=300, minimum=1, doc="adam: iterations"
+                "steps",
+                "shared",
+                kind="int",
+                default=30,
+                minimum=1,
+                doc="adam: iterations (the paper: 300 at lr 1e-5; 30 at 1e-4 scores the same "
+                "on TinyTasks at a tenth of the cost)",
             ),
-            ParamSpec("lr", "shared", default=1e-5, minimum=0.0, doc="adam: learning rate"),
+            ParamSpec("lr", "shared", default=1e-4, minimum=0.0, doc="adam: learning rate"),
             _embeddings(),
         ),
         base="required",

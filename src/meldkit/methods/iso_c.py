@@ -10,7 +10,9 @@ For a 2-D weight with task vectors ``τ_t = w_t (x_t − b)``::
 Non-matrix tensors get ``b + alpha · mean_t τ_t`` (the authors' rule for norms and biases).
 Token embeddings and LM heads are factorised like any matrix by default (``embeddings:
 matrix``); ``embeddings: mean`` gives them the non-matrix rule. The flat spectrum needs every
-singular vector, so this is always an exact SVD.
+singular vector: the polar factor comes from an exact SVD, or from ``eigh`` of the Gram matrix
+for a matrix twice as long as wide whose spectrum allows it (see
+:mod:`meldkit.methods.spectral`).
 
 ```yaml
 merge_method: iso_c
@@ -28,10 +30,19 @@ from typing import Any
 import torch
 
 from meldkit.methods import spectral
-from meldkit.methods.inputs import param_float
 from meldkit.methods.registry import MergeContext
 
-__all__ = ["iso_c"]
+__all__ = ["iso_c", "iso_c_delta"]
+
+
+def iso_c_delta(taus: list[torch.Tensor]) -> torch.Tensor:
+    """``σ̄ U Vᵀ`` of ``Σ_t τ_t = U S Vᵀ`` (the list is consumed)."""
+    total = taus[0]  # ours (task_vectors made it), so accumulate into it
+    for tau in taus[1:]:
+        total.add_(tau)
+    taus.clear()
+    factor, s = spectral.polar_and_spectrum(total)
+    return factor.mul_(s.mean())
 
 
 def iso_c(
@@ -42,18 +53,4 @@ def iso_c(
     ctx: MergeContext,
 ) -> torch.Tensor:
     """Merge one tensor with Iso-C (see the module docstring)."""
-    base, taus = spectral.task_vectors(inputs, base_index, per_input, weighted=True)
-    if not taus:
-        return base
-    alpha = param_float(shared, "alpha", 1.0)
-    embeddings = str(shared.get("embeddings") or "matrix")
-    if not spectral.treat_as_matrix(base.shape, ctx.name, embeddings):
-        return spectral.mean_of(taus).mul_(alpha).add_(base)
-    total = taus[0]  # ours (task_vectors made it), so accumulate into it
-    for tau in taus[1:]:
-        total.add_(tau)
-    del taus
-    u, s, vh = torch.linalg.svd(total, full_matrices=False)
-    del total
-    merged: torch.Tensor = (u @ vh).mul_(s.mean() * alpha)
-    return merged.add_(base)
+    return spectral.merge_matrices(inputs, base_index, shared, per_input, ctx, iso_c_delta)

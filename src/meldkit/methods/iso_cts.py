@@ -38,7 +38,7 @@ from meldkit.methods import spectral
 from meldkit.methods.inputs import param_float
 from meldkit.methods.registry import MergeContext
 
-__all__ = ["iso_cts", "subspace_sizes"]
+__all__ = ["iso_cts", "iso_cts_delta", "subspace_sizes"]
 
 
 def subspace_sizes(rank: int, n_tasks: int, common_fraction: float) -> tuple[int, int]:
@@ -46,6 +46,30 @@ def subspace_sizes(rank: int, n_tasks: int, common_fraction: float) -> tuple[int
     per_task = round((rank - math.floor(common_fraction * rank)) / n_tasks)
     per_task = max(0, min(per_task, rank // n_tasks))
     return rank - n_tasks * per_task, per_task
+
+
+def iso_cts_delta(
+    taus: list[torch.Tensor], common_fraction: float, ctx: MergeContext
+) -> torch.Tensor:
+    """``σ̄ U⊥ V⊥ᵀ`` of 2-D task vectors (see the module docstring)."""
+    k, per_task = subspace_sizes(min(taus[0].shape), len(taus), common_fraction)
+    total = taus[0].clone()
+    for tau in taus[1:]:
+        total.add_(tau)
+    u_c, s_c, vh_c = spectral.top_svd(total, k, ctx, salt="iso_cts/common")
+    del total
+    us, ss, vhs = [u_c], [s_c], [vh_c]
+    if per_task:
+        for t, tau in enumerate(taus):
+            residual = tau - u_c @ (u_c.T @ tau)  # off the common left subspace
+            u, s, vh = spectral.top_svd(residual, per_task, ctx, salt=f"iso_cts/{t}")
+            us.append(u)
+            ss.append(s)
+            vhs.append(vh)
+    taus.clear()
+    u_orth = spectral.polar(torch.cat(us, dim=1))  # (out, r)
+    vh_orth = spectral.polar(torch.cat(vhs, dim=0))  # (r, in)
+    return (u_orth @ vh_orth).mul_(torch.cat(ss).mean())
 
 
 def iso_cts(
@@ -56,30 +80,7 @@ def iso_cts(
     ctx: MergeContext,
 ) -> torch.Tensor:
     """Merge one tensor with Iso-CTS (see the module docstring)."""
-    base, taus = spectral.task_vectors(inputs, base_index, per_input, weighted=True)
-    if not taus:
-        return base
-    alpha = param_float(shared, "alpha", 1.0)
-    embeddings = str(shared.get("embeddings") or "matrix")
-    if not spectral.treat_as_matrix(base.shape, ctx.name, embeddings):
-        return spectral.mean_of(taus).mul_(alpha).add_(base)
     fraction = param_float(shared, "common_fraction", 0.8)
-    k, per_task = subspace_sizes(min(base.shape), len(taus), fraction)
-    total = taus[0].clone()
-    for tau in taus[1:]:
-        total.add_(tau)
-    u_c, s_c, vh_c = torch.linalg.svd(total, full_matrices=False)  # the common part is most of r
-    del total
-    us, ss, vhs = [u_c[:, :k]], [s_c[:k]], [vh_c[:k]]
-    if per_task:
-        for t, tau in enumerate(taus):
-            residual = tau - us[0] @ (us[0].T @ tau)  # off the common left subspace
-            u, s, vh = spectral.top_svd(residual, per_task, ctx, salt=f"iso_cts/{t}")
-            us.append(u)
-            ss.append(s)
-            vhs.append(vh)
-    del taus
-    u_orth = spectral.polar(torch.cat(us, dim=1))  # (out, r)
-    vh_orth = spectral.polar(torch.cat(vhs, dim=0))  # (r, in)
-    flat = torch.cat(ss).mean()
-    return (u_orth @ vh_orth).mul_(flat * alpha).add_(base)
+    return spectral.merge_matrices(
+        inputs, base_index, shared, per_input, ctx, lambda taus: iso_cts_delta(taus, fraction, ctx)
+    )

@@ -29,32 +29,64 @@ parameters: {ratio: 0.1, lambda: 1.0}
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
 from meldkit.methods import sparsify, spectral
-from meldkit.methods.inputs import param_float
+from meldkit.methods.inputs import non_base, param_float
 from meldkit.methods.registry import MergeContext
 
-__all__ = ["pcb", "pcb_weights"]
+__all__ = ["pcb", "pcb_weights", "kth_smallest"]
 
 
 def _ranked(row: torch.Tensor, fraction: float, offset: int = 0) -> torch.Tensor:
     """The entry of ascending rank ``⌊N·fraction + offset⌋`` (0-based, clamped to the row)."""
     n = row.numel()
     rank = min(max(int(n * fraction + offset), 0), n - 1)
-    return sparsify.kth_smallest(row, rank + 1)
+    return kth_smallest(row, rank + 1)
 
 
-def _minmax(row: torch.Tensor) -> torch.Tensor:
-    """``(v − min) / (max − min)`` in place; a constant row becomes 0."""
-    low, high = row.min(), row.max()
-    span = high - low
-    if float(span) <= 0:
-        return row.zero_()
-    return row.sub_(low).div_(span)
+def kth_smallest(row: torch.Tensor, k: int) -> torch.Tensor:
+    """The exact ``k``-th smallest entry (1-based) of a 1-D tensor, as a 0-dim tensor.
+
+    Exact in every case; the route is only a matter of speed. PCB asks for ranks near the ends
+    (its clamp, 1e-4 of each tail) and one in the middle (its top ``ratio``) of rows of
+    millions of entries. Near an end, ``topk`` of the short side is one cheap pass. In the
+    middle, the value is looked up in a strided sample (every 61st entry: a prime stride, so
+    a matrix's columns are not sampled in step), a band of sample ranks around it wide enough
+    to hold the true rank with overwhelming probability (6 standard deviations) is cut out of
+    the row, and the rank is taken in that band (about 1% of the row); should the band miss
+    (it can only be slower, never wrong), the whole row is searched."""
+    n = row.numel()
+    short = min(k, n - k + 1)
+    if short <= _TOPK_MAX:
+        if k == short:
+            return torch.topk(row, k, largest=False, sorted=False).values.max()
+        return torch.topk(row, short, largest=True, sorted=False).values.min()
+    if n < _SAMPLE_MIN:
+        return sparsify.kth_smallest(row, k)
+    sample = row[::_STRIDE]
+    m = sample.numel()
+    p = k / n
+    margin = 6 * (m * p * (1 - p)) ** 0.5 + 8
+    low_rank = max(1, math.floor(p * m - margin))
+    high_rank = min(m, math.ceil(p * m + margin))
+    low = torch.kthvalue(sample, low_rank).values
+    high = torch.kthvalue(sample, high_rank).values
+    below = int(torch.count_nonzero(row < low))  # count_nonzero: 7x faster than a bool sum
+    band = row[(row >= low).logical_and_(row <= high)]
+    if below < k <= below + band.numel():
+        return torch.kthvalue(band, k - below).values
+    return sparsify.kth_smallest(row, k)
+
+
+# Ranks within this distance of an end go to topk; rows this long or longer are sampled.
+_TOPK_MAX = 4096
+_SAMPLE_MIN = 1 << 16
+_STRIDE = 61
 
 
 def pcb_weights(flat: torch.Tensor, ratio: float, clamp: float) -> torch.Tensor:
@@ -69,12 +101,23 @@ def pcb_weights(flat: torch.Tensor, ratio: float, clamp: float) -> torch.Tensor:
         magnitude = row.abs()
         low = _ranked(magnitude, clamp)
         high = _ranked(magnitude, 1 - clamp, offset=-1)
-        magnitude.clamp_(min=low, max=high)
-        score = torch.tanh(row * total)  # inter-balancing: agreement with the sum
+        magnitude.clamp_(min=low, max=high)  # now its min is low and its max is high
+        score = torch.mul(row, total).tanh_()  # inter-balancing: agreement with the sum
         row.sign_().mul_(magnitude)  # τ̃_t = sign(τ_t)·|τ|_t: a zero stays zero
-        score.mul_(_minmax(magnitude).square_().mul_(n_tasks).exp_())  # × intra-balancing
+        span = high - low
+        if float(span) > 0:  # minmax(|τ|_t), with the bounds the clamp already gave
+            magnitude.sub_(low).div_(span)
+        else:
+            magnitude.zero_()
+        score.mul_(magnitude.square_().mul_(n_tasks).exp_())  # × intra-balancing
+        del magnitude
         threshold = _ranked(score, 1 - ratio)
-        weights[t] = _minmax(score.clamp_(min=threshold))
+        score.clamp_(min=threshold)  # its min is now the threshold
+        span = score.max() - threshold
+        if float(span) > 0:
+            weights[t] = score.sub_(threshold).div_(span)
+        else:
+            weights[t] = 0
     return weights
 
 
@@ -86,15 +129,19 @@ def pcb(
     ctx: MergeContext,
 ) -> torch.Tensor:
     """Merge one tensor with PCB-merging (see the module docstring)."""
-    base, taus = spectral.task_vectors(inputs, base_index, per_input)
-    if not taus:
+    assert base_index is not None, "pcb needs a base model"
+    work = spectral.work_dtype(inputs)
+    base = inputs[base_index].to(work)
+    operands = non_base(inputs, base_index, per_input)
+    if not operands:
         return base
-    flat = torch.stack([tau.reshape(-1) for tau in taus])  # (T, N)
-    del taus
+    flat = torch.empty(len(operands), base.numel(), dtype=work, device=base.device)  # (T, N)
+    for t, operand in enumerate(operands):
+        torch.sub(operand.tensor.reshape(-1).to(work), base.reshape(-1), out=flat[t])
     ratio = param_float(shared, "ratio", 0.1)
     weights = pcb_weights(flat, ratio, param_float(shared, "clamp", 1e-4))  # flat is now τ̃
     merged = torch.zeros_like(flat[0])
-    for t in range(flat.shape[0]):
+    for t in range(flat.shape[0]):  # row by row: no (T, N) product in memory
         merged.addcmul_(weights[t], flat[t])
     del flat
     merged.div_(weights.sum(dim=0).clamp_(min=1e-12))

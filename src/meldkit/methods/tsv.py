@@ -33,7 +33,6 @@ from typing import Any
 import torch
 
 from meldkit.methods import spectral
-from meldkit.methods.inputs import param_float
 from meldkit.methods.registry import MergeContext
 
 __all__ = ["tsv", "tsv_delta"]
@@ -49,7 +48,7 @@ def tsv_delta(
     k = min(rank, max(1, math.floor(fraction * rank)))
     us, ss, vhs = [], [], []
     for t, tau in enumerate(taus):
-        u, s, vh = spectral.top_svd(tau, k, ctx, salt=f"tsv/{t}")
+        u, s, vh = spectral.top_svd(tau, k, ctx, salt=f"tsv/{t}", weighted=True)
         us.append(u)
         ss.append(s)
         vhs.append(vh)
@@ -70,15 +69,12 @@ def tsv(
     ctx: MergeContext,
 ) -> torch.Tensor:
     """Merge one tensor with TSV-M (see the module docstring)."""
-    base, taus = spectral.task_vectors(inputs, base_index, per_input, weighted=True)
-    if not taus:
-        return base
-    alpha = param_float(shared, "alpha", 1.0)
     fraction = shared.get("rank_fraction")
-    embeddings = str(shared.get("embeddings") or "matrix")
-    if spectral.treat_as_matrix(base.shape, ctx.name, embeddings):
-        delta = tsv_delta(taus, None if fraction is None else float(fraction), ctx)
-    else:
-        delta = spectral.mean_of(taus)
-    del taus
-    return delta.mul_(alpha).add_(base)
+    return spectral.merge_matrices(
+        inputs,
+        base_index,
+        shared,
+        per_input,
+        ctx,
+        lambda taus: tsv_delta(taus, None if fraction is None else float(fraction), ctx),
+    )

@@ -1,0 +1,137 @@
+"""The spectral helpers: which factorisation each shape gets, and that the Gram and
+randomized routes agree with the exact SVD where they are used."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from meldkit.methods import spectral
+from meldkit.methods.registry import MergeContext
+
+
+def _matrix(shape: tuple[int, int], decay: float, seed: int) -> torch.Tensor:
+    """``U diag(decay^i) Vᵀ`` with random orthonormal ``U``, ``V`` (float32)."""
+    g = torch.Generator().manual_seed(seed)
+    r = min(shape)
+    u, _ = torch.linalg.qr(torch.randn(shape[0], r, generator=g))
+    v, _ = torch.linalg.qr(torch.randn(shape[1], r, generator=g))
+    return (u * decay ** torch.arange(r, dtype=torch.float32)) @ v.T
+
+
+@pytest.mark.parametrize(
+    ("shape", "k", "route"),
+    [
+        ((1536, 1536), 512, "gram"),  # TSV-M, T = 3: a third of the spectrum
+        ((1536, 1536), 1536, "exact"),  # Iso-C on a square matrix: the whole spectrum
+        ((32000, 1536), 1536, "gram"),  # Iso-C on an embedding: 20x longer than wide
+        ((1536, 3072), 1536, "gram"),  # exactly GRAM_MIN_ASPECT
+        ((1536, 3071), 1536, "exact"),
+        ((1536, 1536), 102, "randomized"),  # Iso-CTS's per-task part: 4·(102 + 10) ≤ 1536
+        ((1536, 1536), 375, "gram"),  # 4·(375 + 10) > 1536
+        ((200, 200), 5, "gram"),  # below RANDOMIZED_MIN_RANK
+        ((10, 10), 50, "exact"),  # k is capped at the rank
+    ],
+)
+def test_svd_route(shape: tuple[int, int], k: int, route: str) -> None:
+    assert spectral.svd_route(shape, k) == route
+
+
+@pytest.mark.parametrize("shape", [(120, 80), (80, 120)])
+def test_gram_top_svd_matches_the_exact_one(shape: tuple[int, int]) -> None:
+    m = _matrix(shape, 0.97, seed=1)  # σ_k / σ_1 = 0.97^29 = 0.41: well inside the rule
+    k = 30
+    assert spectral.svd_route(shape, k) == "gram"
+    u, s, vh = spectral.top_svd(m, k, MergeContext("w"), "t")
+    assert u.shape == (shape[0], k) and s.shape == (k,) and vh.shape == (k, shape[1])
+    eu, es, evh = torch.linalg.svd(m.double(), full_matrices=False)
+    torch.testing.assert_close(s.double(), es[:k], rtol=1e-5, atol=0)
+    # The same top-k subspaces (projectors, so signs and rotations inside ties do not count).
+    proj = lambda a: a.double() @ a.double().T  # noqa: E731
+    torch.testing.assert_close(proj(u), proj(eu[:, :k]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(proj(vh.T), proj(evh[:k].T), atol=1e-5, rtol=0)
+    torch.testing.assert_close(u.T @ u, torch.eye(k), atol=1e-5, rtol=0)
+
+
+def test_gram_route_falls_back_to_the_exact_svd_when_the_spectrum_is_too_wide() -> None:
+    # σ_k / σ_1 = 0.7^29 ≈ 3e-5, so λ_k / λ_1 ≈ 1e-9 < GRAM_MIN_RATIO: squaring would lose
+    # the k-th direction in float32, so the exact SVD is computed, bit for bit.
+    m = _matrix((100, 60), 0.7, seed=2)
+    got = spectral.top_svd(m, 30, MergeContext("w"), "t")
+    u, s, vh = torch.linalg.svd(m, full_matrices=False)
+    for a, b in zip(got, (u[:, :30], s[:30], vh[:30]), strict=True):
+        assert torch.equal(a, b)
+    zero = spectral.top_svd(torch.zeros(20, 10), 3, MergeContext("w"), "t")
+    assert torch.equal(zero[1], torch.zeros(3))  # a zero matrix: the exact SVD, no NaN
+
+
+@pytest.mark.parametrize("shape", [(300, 100), (100, 300)])
+def test_gram_polar_matches_the_svd_polar(shape: tuple[int, int]) -> None:
+    m = _matrix(shape, 0.99, seed=3)  # κ = 0.99^-99 ≈ 2.7: the Gram route
+    factor, s = spectral.polar_and_spectrum(m)
+    p, es, qh = torch.linalg.svd(m.double(), full_matrices=False)
+    torch.testing.assert_close(factor.double(), p @ qh, atol=1e-5, rtol=0)
+    torch.testing.assert_close(s.double(), es, rtol=1e-5, atol=0)
+    small = min(shape)
+    gram = factor.T @ factor if shape[0] > shape[1] else factor @ factor.T
+    torch.testing.assert_close(gram, torch.eye(small), atol=1e-5, rtol=0)
+
+
+def test_polar_of_an_ill_conditioned_tall_matrix_is_the_exact_one() -> None:
+    m = _matrix((300, 100), 0.8, seed=4)  # κ = 0.8^-99 ≈ 4e9: the exact SVD
+    p, _, qh = torch.linalg.svd(m, full_matrices=False)
+    assert torch.equal(spectral.polar(m), p @ qh)
+
+
+def test_randomized_route_is_reproducible_and_ignores_the_seed() -> None:
+    m = _matrix((400, 300), 0.95, seed=5)
+    a = spectral.top_svd(m, 20, MergeContext("w", seed=0), "t")
+    b = spectral.top_svd(m.clone(), 20, MergeContext("w", seed=123), "t")
+    for x, y in zip(a, b, strict=True):
+        assert torch.equal(x, y)
+    # Another tensor name draws another sketch: same subspace, other rounding.
+    c = spectral.top_svd(m, 20, MergeContext("other"), "t")
+    assert not torch.equal(a[0], c[0])
+    torch.testing.assert_close(c[1], a[1], rtol=1e-4, atol=0)
+
+
+def test_merge_matrices_applies_the_non_matrix_rule_and_the_scale() -> None:
+    b = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    xs = [b + 1, b + 3]
+
+    def delta(taus: list[torch.Tensor]) -> torch.Tensor:
+        return taus[0] * 10  # τ_1 · 10 = 10 everywhere
+
+    per_input = [{}, {"weight": 2.0}, {}]
+    args = ([b, *xs], 0, {"lam": 0.5}, per_input)
+    got = spectral.merge_matrices(*args, MergeContext("w"), delta, scale="lam")
+    torch.testing.assert_close(got, b + 0.5 * 20)  # weighted: τ_1 = 2 · 1
+    head = spectral.merge_matrices(
+        [b, *xs],
+        0,
+        {"lam": 0.5, "embeddings": "mean"},
+        per_input,
+        MergeContext("lm_head.weight"),
+        delta,
+        scale="lam",
+        weighted=False,
+    )
+    torch.testing.assert_close(head, b + 0.5 * 2)  # mean of τ = 1 and 3
+
+
+def test_weighted_gram_route_keeps_the_product_accurate_on_a_wide_spectrum() -> None:
+    # Three strong directions over a noise floor 600x below (λ ratio 3e-6): the unweighted
+    # rule refuses the Gram route, the weighted one (TSV-M's) takes it, and U_k S_k V_kᵀ is
+    # still within √eps of σ_1 of the exact one.
+    g = torch.Generator().manual_seed(6)
+    low = torch.randn(200, 3, generator=g) @ torch.randn(3, 150, generator=g)
+    m = low + 1e-2 * torch.randn(200, 150, generator=g) * low.norm() / 150
+    ctx = MergeContext("w")
+    exact = torch.linalg.svd(m, full_matrices=False)
+    plain = spectral.top_svd(m, 50, ctx, "t")
+    assert torch.equal(plain[1], exact.S[:50])  # refused: the exact SVD's own values
+    u, s, vh = spectral.top_svd(m, 50, ctx, "t", weighted=True)
+    assert not torch.equal(s, exact.S[:50])  # the Gram route
+    want = (exact.U[:, :50] * exact.S[:50]) @ exact.Vh[:50]
+    error = ((u * s) @ vh - want).abs().max() / exact.S[0]
+    assert error < 3.5e-4
