@@ -80,6 +80,10 @@ def test_every_kind_parses(tmp_path: Path) -> None:
     assert fitness.names == ["tinytasks", "perplexity:wiki.txt", "python:score.py:score"]
     assert python.weight == 1.0 and fitness.needs_tokenizer
     assert not parse_fitness([{"tinytasks": None}], base_dir=tmp_path).needs_tokenizer
+    assert tiny.threads == 1
+    for threads in (None, 2):
+        term = parse_fitness([{"tinytasks": {"threads": threads}}], base_dir=tmp_path).terms[0]
+        assert isinstance(term, TinyTasksFitness) and term.threads == threads
 
 
 def test_tinytasks_options(tmp_path: Path) -> None:
@@ -174,7 +178,7 @@ BAD_ENTRIES: list[tuple[Any, str, str]] = [
     (
         [{"tinytasks": {"nn": 64}}],
         "fitness[0]: tinytasks: unknown option 'nn'. Did you mean 'n'?",
-        "its options are finetunes, n, normalize, split, tasks",
+        "its options are finetunes, n, normalize, split, tasks, threads",
     ),
     (
         [{"tinytasks": {"n": 301}}],
@@ -245,6 +249,11 @@ BAD_ENTRIES: list[tuple[Any, str, str]] = [
         [{"tinytasks": {"normalize": {}, "finetunes": {}}}],
         "fitness[0]: tinytasks: give normalize or finetunes, not both",
         "finetunes measures what normalize states",
+    ),
+    (
+        [{"tinytasks": {"threads": 0}}],
+        "fitness[0]: tinytasks: threads must be at least 1, got 0",
+        "use threads: 1",
     ),
     (
         [{"perplexity": {"file": "wiki.txt", "contxt": 5}}],

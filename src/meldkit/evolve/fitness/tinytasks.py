@@ -29,7 +29,8 @@ otherwise the mean accuracy.
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -115,9 +116,18 @@ def eval_pool(task: str) -> tuple[str, ...]:
 def prompts(task: str, n: int, split: Split) -> tuple[str, ...]:
     """The ``n`` payloads of ``task`` that ``split`` evaluates (``report``: pool[:n]; ``search``:
     pool[200:200 + n])."""
+    if split not in ("search", "report"):
+        raise OptionError(
+            f"tinytasks: split must be 'search' or 'report', got {split!r}",
+            hint="use split='report'",
+        )
+    _check_task(task, "tinytasks")
     limit = REPORT_SIZE if split == "report" else SEARCH_SIZE
-    if not 1 <= n <= limit:
-        raise ValueError(f"n must be between 1 and {limit} for split {split!r}, got {n}")
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= limit:
+        raise OptionError(
+            f"tinytasks: n must be between 1 and {limit} for split {split!r}, got {n!r}",
+            hint="the report split is the pool's first 200 prompts, the search split the other 300",
+        )
     start = 0 if split == "report" else REPORT_SIZE
     return eval_pool(task)[start : start + n]
 
@@ -226,13 +236,38 @@ def judge_answers(
     return correct
 
 
+@contextmanager
+def _cpu_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``threads`` CPU threads for torch (None: leave the setting alone)."""
+    import torch
+
+    before = torch.get_num_threads()
+    if threads is None or threads == before:
+        yield
+        return
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def evaluate_tinytasks(
-    model: Any, n: int = 200, split: Split = "report", tasks: Sequence[str] = TASKS
+    model: Any,
+    n: int = 200,
+    split: Split = "report",
+    tasks: Sequence[str] = TASKS,
+    threads: int | None = 1,
 ) -> dict[str, float]:
     """Exact-match accuracy of ``model`` on each task, and their ``"mean"``.
 
     ``split="report"`` with ``n=200`` gives the accuracies of TinyTasks' ``eval.py``. The model is
     used as given (dtype, device); ``eval.py`` upcasts weights to float32 first.
+
+    ``threads`` is torch's CPU thread count during the evaluation, restored afterwards (None keeps
+    the caller's): the model's matrices are 128 wide, too small to gain from splitting across
+    threads, and on a busy machine the threads' synchronisation makes it many times slower. Run
+    several evaluations side by side to use more cores.
     """
     import torch
 
@@ -241,7 +276,7 @@ def evaluate_tinytasks(
         for task in tasks
         for p in prompts(task, n, split)
     ]
-    with torch.no_grad():
+    with torch.no_grad(), _cpu_threads(threads):
         verdicts = judge_answers(model, [(text, answer) for _, text, answer in cases])
     hits = {task: 0 for task in tasks}
     for (task, _, _), ok in zip(cases, verdicts):
@@ -251,14 +286,16 @@ def evaluate_tinytasks(
     return result
 
 
-def _finetune_accuracy(path: Path, task: str, n: int, split: Split, device: Any) -> float:
+def _finetune_accuracy(
+    path: Path, task: str, n: int, split: Split, device: Any, threads: int | None
+) -> float:
     """A fine-tune folder's accuracy on its own task, loaded in float32 like the benchmark does."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(str(path))
     model = model.float().to(device)  # type: ignore[no-untyped-call]
     model.eval()
-    return evaluate_tinytasks(model, n, split, [task])[task]
+    return evaluate_tinytasks(model, n, split, [task], threads)[task]
 
 
 @dataclass
@@ -267,6 +304,7 @@ class TinyTasksFitness:
 
     ``normalize`` holds each task's fine-tune accuracy; ``finetunes`` holds fine-tune folders
     whose accuracy on the same prompts is measured on the first :meth:`score` and then kept.
+    ``threads``: see :func:`evaluate_tinytasks`.
     """
 
     n: int = 64
@@ -274,6 +312,7 @@ class TinyTasksFitness:
     tasks: tuple[str, ...] = TASKS
     normalize: dict[str, float] | None = None
     finetunes: dict[str, Path] | None = None
+    threads: int | None = 1
     weight: float = 1.0
     name: str = "tinytasks"
     needs_tokenizer: bool = False
@@ -288,13 +327,13 @@ class TinyTasksFitness:
         for task in self.tasks:
             if task not in self._measured:
                 self._measured[task] = _finetune_accuracy(
-                    self.finetunes[task], task, self.n, self.split, device
+                    self.finetunes[task], task, self.n, self.split, device, self.threads
                 )
         return self._measured
 
     def score(self, model: Any, tokenizer: Any) -> dict[str, float]:
         """``{"tinytasks": value, "tinytasks.<task>": accuracy, ...}``; the tokenizer is unused."""
-        accuracies = evaluate_tinytasks(model, self.n, self.split, self.tasks)
+        accuracies = evaluate_tinytasks(model, self.n, self.split, self.tasks, self.threads)
         result = {f"{self.name}.{t}": accuracies[t] for t in self.tasks}
         reference = self.reference_accuracies(next(model.parameters()).device)
         if reference is None:
@@ -310,7 +349,7 @@ class TinyTasksFitness:
         return result
 
 
-_OPTIONS = ("n", "split", "tasks", "normalize", "finetunes")
+_OPTIONS = ("n", "split", "tasks", "normalize", "finetunes", "threads")
 _EXAMPLE = "{tinytasks: {n: 64, split: search, tasks: [rev, srt, sft, dup]}}"
 
 
@@ -391,6 +430,15 @@ def parse_tinytasks(options: Any, weight: float, where: str, base_dir: Path) -> 
                     hint=f"relative paths start at {base_dir}",
                 )
             finetunes[task] = path
+    threads = (
+        None if opts.get("threads", 1) is None else int_option(opts, "threads", 1, 1, None, where)
+    )
     return TinyTasksFitness(
-        n=n, split=split, tasks=tasks, normalize=normalize, finetunes=finetunes, weight=weight
+        n=n,
+        split=split,
+        tasks=tasks,
+        normalize=normalize,
+        finetunes=finetunes,
+        threads=threads,
+        weight=weight,
     )
