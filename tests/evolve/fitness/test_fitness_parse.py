@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from meldkit.errors import OptionError
+from meldkit.errors import OptionError, RecipeError
 from meldkit.evolve.fitness import (
     Fitness,
     FitnessTerm,
@@ -49,6 +49,15 @@ def test_weighted_sum() -> None:
     assert Fitness([Constant("c", 0.5, {"c": 0.3})])(None, None)["fitness"] == pytest.approx(0.15)
 
 
+def test_a_term_without_its_value() -> None:
+    with pytest.raises(RecipeError) as caught:
+        Fitness([Constant("a", 1.0, {"b": 1.0})])(None, None)
+    assert (
+        caught.value.message
+        == "fitness term 'a' returned no value under its name (it returned 'b')"
+    )
+
+
 def test_every_kind_parses(tmp_path: Path) -> None:
     (tmp_path / "wiki.txt").write_text("some text")
     (tmp_path / "score.py").write_text("def score(model, tokenizer):\n    return 0.5\n")
@@ -81,6 +90,9 @@ def test_every_kind_parses(tmp_path: Path) -> None:
     assert python.weight == 1.0 and fitness.needs_tokenizer
     assert not parse_fitness([{"tinytasks": None}], base_dir=tmp_path).needs_tokenizer
     assert tiny.threads == 1
+    assert parse_fitness({"tinytasks": {"n": 8}}, base_dir=tmp_path).names == [
+        "tinytasks"
+    ]  # one entry, no dash
     for threads in (None, 2):
         term = parse_fitness([{"tinytasks": {"threads": threads}}], base_dir=tmp_path).terms[0]
         assert isinstance(term, TinyTasksFitness) and term.threads == threads

@@ -15,11 +15,17 @@ Splits of the pool: ``report`` is ``pool[:200]`` (what the benchmark reports; n 
 accuracies exactly) and ``search`` is ``pool[200:200 + n]``, so a search never sees the prompts
 that are reported later.
 
-YAML::
+YAML (every option shown with its default, except the two normalizations)::
 
     fitness:
-      - tinytasks: {n: 64, split: search, finetunes: {rev: models/ft_rev, srt: models/ft_srt,
-                                                       sft: models/ft_sft, dup: models/ft_dup}}
+      - tinytasks:
+          n: 64                        # prompts per task: <= 300 (search), <= 200 (report)
+          split: search                # or report
+          tasks: [rev, srt, sft, dup]
+          finetunes: {rev: models/ft_rev, srt: models/ft_srt, sft: models/ft_sft, dup: models/ft_dup}
+          # or normalize: {rev: 0.965, srt: 1.0, sft: 0.985, dup: 1.0}
+          threads: 1                   # torch CPU threads while evaluating; null keeps the caller's
+        weight: 1.0
 
 Value: with ``normalize`` (each task's fine-tune accuracy) or ``finetunes`` (fine-tune folders,
 scored once on the same prompts) the mean over tasks of ``acc / ft_acc`` (TinyTasks' "norm");
@@ -166,9 +172,8 @@ def greedy_answers(
         stopped = torch.zeros(len(rows), dtype=torch.bool, device=device)
         steps = []
         for _ in range(max_new):
-            logits = model(
-                input_ids=ids, use_cache=False
-            ).logits  # (rows, length + 1 + step, vocab)
+            # (rows, length + 1 + step, vocab)
+            logits = model(input_ids=ids, use_cache=False).logits
             token = logits[:, -1, :].float().argmax(-1)  # (rows,)
             steps.append(token)
             stopped |= token == _STOP_ID
@@ -191,7 +196,9 @@ def judge_answers(
     The same verdicts as comparing :func:`greedy_answers` with the answers, for less work: a row
     leaves its batch as soon as its verdict is known (it stopped, or it wrote a symbol the answer
     does not have there), so a weak merge costs a step or two per prompt instead of sixteen.
-    Texts are batched by length across tasks. Call it under ``torch.no_grad()``.
+    Texts are batched by length across tasks. A row's logits do not depend on the other rows in
+    its batch, so the verdicts stay the benchmark's (the tests check every fp32 model against
+    ``eval.py``). Call it under ``torch.no_grad()``.
     """
     import torch
 
@@ -209,9 +216,8 @@ def judge_answers(
         )
         matched = [0] * len(alive)  # answer symbols written so far, per row
         for _ in range(max_new):
-            logits = model(
-                input_ids=ids, use_cache=False
-            ).logits  # (rows, length + 1 + step, vocab)
+            # (rows, length + 1 + step, vocab)
+            logits = model(input_ids=ids, use_cache=False).logits
             token = logits[:, -1, :].float().argmax(-1)  # (rows,)
             keep: list[int] = []
             for row, (i, t) in enumerate(zip(alive, token.tolist())):
