@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -88,6 +89,8 @@ def test_every_kind_parses(tmp_path: Path) -> None:
     )
     assert fitness.names == ["tinytasks", "perplexity:wiki.txt", "python:score.py:score"]
     assert python.weight == 1.0 and fitness.needs_tokenizer
+    # Terms travel to Ray workers by pickle.
+    assert pickle.loads(pickle.dumps(fitness)).terms == fitness.terms
     assert not parse_fitness([{"tinytasks": None}], base_dir=tmp_path).needs_tokenizer
     assert tiny.threads == 1
     assert parse_fitness({"tinytasks": {"n": 8}}, base_dir=tmp_path).names == [

@@ -28,6 +28,15 @@ from meldkit.evolve.fitness.tinytasks import (
 from .conftest import Oracle
 
 
+@pytest.fixture
+def one_thread() -> Any:
+    """torch on one CPU thread for the test (eval.py's own decoding is slow on a busy machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def load_eval_py(tinytasks_dir: Path) -> Any:
     spec = importlib.util.spec_from_file_location("tinytasks_eval", tinytasks_dir / "eval.py")
     assert spec is not None and spec.loader is not None
@@ -124,7 +133,7 @@ def test_wrong_rows_leave_the_batch() -> None:
     assert model.rows == 10
 
 
-def test_verdicts_agree_with_full_greedy_decoding(tiny_llama: Any) -> None:
+def test_verdicts_agree_with_full_greedy_decoding(tiny_llama: Any, one_thread: None) -> None:
     cases = [(f"{t}:{p}=", task_answer(t, p)) for t in TASKS for p in prompts(t, 12, "search")]
     oracle = Oracle(skills=("rev", "sft"), pad_first=True)
     for model in (tiny_llama, oracle):
@@ -228,7 +237,7 @@ def average_of_finetunes(tinytasks_dir: Path) -> Any:
     return merged
 
 
-def test_merge_scores_as_in_eval_py(tinytasks_dir: Path) -> None:
+def test_merge_scores_as_in_eval_py(tinytasks_dir: Path, one_thread: None) -> None:
     eval_py = load_eval_py(tinytasks_dir)
     model = average_of_finetunes(tinytasks_dir)
     with torch.no_grad():
