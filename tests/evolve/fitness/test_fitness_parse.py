@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from meldkit.errors import OptionError
+from meldkit.errors import OptionError, RecipeError
 from meldkit.evolve.fitness import (
     Fitness,
     FitnessTerm,
@@ -49,6 +50,15 @@ def test_weighted_sum() -> None:
     assert Fitness([Constant("c", 0.5, {"c": 0.3})])(None, None)["fitness"] == pytest.approx(0.15)
 
 
+def test_a_term_without_its_value() -> None:
+    with pytest.raises(RecipeError) as caught:
+        Fitness([Constant("a", 1.0, {"b": 1.0})])(None, None)
+    assert (
+        caught.value.message
+        == "fitness term 'a' returned no value under its name (it returned 'b')"
+    )
+
+
 def test_every_kind_parses(tmp_path: Path) -> None:
     (tmp_path / "wiki.txt").write_text("some text")
     (tmp_path / "score.py").write_text("def score(model, tokenizer):\n    return 0.5\n")
@@ -79,7 +89,16 @@ def test_every_kind_parses(tmp_path: Path) -> None:
     )
     assert fitness.names == ["tinytasks", "perplexity:wiki.txt", "python:score.py:score"]
     assert python.weight == 1.0 and fitness.needs_tokenizer
+    # Terms travel to Ray workers by pickle.
+    assert pickle.loads(pickle.dumps(fitness)).terms == fitness.terms
     assert not parse_fitness([{"tinytasks": None}], base_dir=tmp_path).needs_tokenizer
+    assert tiny.threads == 1
+    assert parse_fitness({"tinytasks": {"n": 8}}, base_dir=tmp_path).names == [
+        "tinytasks"
+    ]  # one entry, no dash
+    for threads in (None, 2):
+        term = parse_fitness([{"tinytasks": {"threads": threads}}], base_dir=tmp_path).terms[0]
+        assert isinstance(term, TinyTasksFitness) and term.threads == threads
 
 
 def test_tinytasks_options(tmp_path: Path) -> None:
@@ -174,7 +193,7 @@ BAD_ENTRIES: list[tuple[Any, str, str]] = [
     (
         [{"tinytasks": {"nn": 64}}],
         "fitness[0]: tinytasks: unknown option 'nn'. Did you mean 'n'?",
-        "its options are finetunes, n, normalize, split, tasks",
+        "its options are finetunes, n, normalize, split, tasks, threads",
     ),
     (
         [{"tinytasks": {"n": 301}}],
@@ -245,6 +264,11 @@ BAD_ENTRIES: list[tuple[Any, str, str]] = [
         [{"tinytasks": {"normalize": {}, "finetunes": {}}}],
         "fitness[0]: tinytasks: give normalize or finetunes, not both",
         "finetunes measures what normalize states",
+    ),
+    (
+        [{"tinytasks": {"threads": 0}}],
+        "fitness[0]: tinytasks: threads must be at least 1, got 0",
+        "use threads: 1",
     ),
     (
         [{"perplexity": {"file": "wiki.txt", "contxt": 5}}],

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import torch
 
+from meldkit.errors import OptionError
 from meldkit.evolve.fitness import tinytasks
 from meldkit.evolve.fitness.tinytasks import (
     TASKS,
@@ -25,6 +26,15 @@ from meldkit.evolve.fitness.tinytasks import (
 )
 
 from .conftest import Oracle
+
+
+@pytest.fixture
+def one_thread() -> Any:
+    """torch on one CPU thread for the test (eval.py's own decoding is slow on a busy machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def load_eval_py(tinytasks_dir: Path) -> Any:
@@ -70,8 +80,16 @@ def test_splits_do_not_overlap() -> None:
     assert report == eval_pool("rev")[:200] and search == eval_pool("rev")[200:]
     assert not set(report) & set(search)
     assert prompts("rev", 64, "search") == eval_pool("rev")[200:264]
-    with pytest.raises(ValueError, match="n must be between 1 and 300 for split 'search', got 301"):
+    with pytest.raises(
+        OptionError, match="^tinytasks: n must be between 1 and 300 for split 'search', got 301"
+    ):
         prompts("rev", 301, "search")
+    with pytest.raises(
+        OptionError, match="^tinytasks: n must be between 1 and 200 for split 'report', got 201"
+    ):
+        evaluate_tinytasks(Oracle(()), n=201)
+    with pytest.raises(OptionError, match="^tinytasks: unknown task 'revv'. Did you mean 'rev'"):
+        evaluate_tinytasks(Oracle(()), n=8, tasks=["revv"])
 
 
 def test_pool_matches_eval_py(tinytasks_dir: Path) -> None:
@@ -115,7 +133,7 @@ def test_wrong_rows_leave_the_batch() -> None:
     assert model.rows == 10
 
 
-def test_verdicts_agree_with_full_greedy_decoding(tiny_llama: Any) -> None:
+def test_verdicts_agree_with_full_greedy_decoding(tiny_llama: Any, one_thread: None) -> None:
     cases = [(f"{t}:{p}=", task_answer(t, p)) for t in TASKS for p in prompts(t, 12, "search")]
     oracle = Oracle(skills=("rev", "sft"), pad_first=True)
     for model in (tiny_llama, oracle):
@@ -124,6 +142,24 @@ def test_verdicts_agree_with_full_greedy_decoding(tiny_llama: Any) -> None:
             verdicts = judge_answers(model, cases)
         assert verdicts == [a == answer for a, (_, answer) in zip(full, cases)]
     assert sum(verdicts) == 24
+
+
+def test_threads_are_restored(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch, "get_num_threads", lambda: state["threads"])
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: state.update(threads=n))
+    state = {"threads": 3}
+    before = 3
+    seen: list[int] = []
+
+    class Watch(Oracle):
+        def forward(self, input_ids: torch.Tensor, use_cache: bool = False) -> Any:
+            seen.append(torch.get_num_threads())
+            return super().forward(input_ids, use_cache)
+
+    evaluate_tinytasks(Watch(()), n=2, tasks=["rev"], threads=1)
+    pinned, seen[:] = list(seen), []
+    evaluate_tinytasks(Watch(()), n=2, tasks=["rev"], threads=None)
+    assert set(pinned) == {1} and set(seen) == {before} and torch.get_num_threads() == before
 
 
 def test_random_llama_is_deterministic_and_in_range(tiny_llama: Any) -> None:
@@ -141,7 +177,7 @@ def test_normalized_value(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(
         tinytasks,
         "evaluate_tinytasks",
-        lambda model, n, split, tasks: {**{t: accuracies[t] for t in tasks}, "mean": 0.0},
+        lambda model, n, split, tasks, threads: {**{t: accuracies[t] for t in tasks}, "mean": 0.0},
     )
     term = TinyTasksFitness(n=64, normalize={"rev": 0.5, "srt": 1.0, "sft": 0.8, "dup": 1.0})
     scores = term.score(Oracle(()), None)
@@ -155,7 +191,9 @@ def test_normalized_value(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_finetunes_are_measured_once(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     measured: list[tuple[str, int, str]] = []
 
-    def fake_finetune_accuracy(path: Path, task: str, n: int, split: str, device: Any) -> float:
+    def fake_finetune_accuracy(
+        path: Path, task: str, n: int, split: str, device: Any, threads: Any
+    ) -> float:
         measured.append((path.name, n, split))
         return {"rev": 0.5, "srt": 1.0, "sft": 0.8, "dup": 1.0}[task]
 
@@ -199,12 +237,12 @@ def average_of_finetunes(tinytasks_dir: Path) -> Any:
     return merged
 
 
-def test_merge_scores_as_in_eval_py(tinytasks_dir: Path) -> None:
+def test_merge_scores_as_in_eval_py(tinytasks_dir: Path, one_thread: None) -> None:
     eval_py = load_eval_py(tinytasks_dir)
     model = average_of_finetunes(tinytasks_dir)
     with torch.no_grad():
-        expected = eval_py.evaluate(model, n=24)
-    assert evaluate_tinytasks(model, n=24, split="report") == expected
+        expected = eval_py.evaluate(model, n=12)
+    assert evaluate_tinytasks(model, n=12, split="report") == expected
     assert expected["dup"] > 0.5  # the case where rows stay in their batch to the end
 
 

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from meldkit.errors import OptionError, did_you_mean
+from meldkit.errors import OptionError, RecipeError, did_you_mean
 
 __all__ = ["FitnessTerm", "Fitness", "FITNESS_KEY"]
 
@@ -71,6 +71,12 @@ class Fitness:
         total = 0.0
         for term in self.terms:
             scores = term.score(model, tokenizer)
+            if term.name not in scores:
+                raise RecipeError(
+                    f"fitness term {term.name!r} returned no value under its name"
+                    f" (it returned {', '.join(map(repr, scores)) or 'nothing'})",
+                    hint="a term's score() returns {name: value, ...}",
+                )
             result.update(scores)
             total += float(term.weight) * float(scores[term.name])
         result[FITNESS_KEY] = total

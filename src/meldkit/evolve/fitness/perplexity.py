@@ -102,14 +102,12 @@ class PerplexityFitness:
         total, count = 0.0, 0
         with torch.no_grad():
             for start, first, end in windows(len(ids), self.context, self.stride):
-                logits = model(input_ids=tokens[None, start:end], use_cache=False).logits[
-                    0
-                ]  # (end-start, vocab)
+                window = tokens[None, start:end]  # (1, end - start)
+                logits = model(input_ids=window, use_cache=False).logits[0]  # (end - start, vocab)
                 # Position p predicts token p + 1: the scored tokens first..end-1 are predicted by
-                # the positions first-1..end-2 of the window.
-                log_probs = (
-                    logits[first - 1 - start : end - 1 - start].float().log_softmax(-1)
-                )  # (scored, vocab)
+                # the window's positions first-1..end-2.
+                predicted = logits[first - 1 - start : end - 1 - start]  # (end - first, vocab)
+                log_probs = predicted.float().log_softmax(-1)
                 targets = tokens[first:end]
                 total += float(-log_probs.gather(1, targets[:, None]).sum())
                 count += end - first

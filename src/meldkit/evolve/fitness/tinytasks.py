@@ -15,11 +15,17 @@ Splits of the pool: ``report`` is ``pool[:200]`` (what the benchmark reports; n 
 accuracies exactly) and ``search`` is ``pool[200:200 + n]``, so a search never sees the prompts
 that are reported later.
 
-YAML::
+YAML (every option shown with its default, except the two normalizations)::
 
     fitness:
-      - tinytasks: {n: 64, split: search, finetunes: {rev: models/ft_rev, srt: models/ft_srt,
-                                                       sft: models/ft_sft, dup: models/ft_dup}}
+      - tinytasks:
+          n: 64                        # prompts per task: <= 300 (search), <= 200 (report)
+          split: search                # or report
+          tasks: [rev, srt, sft, dup]
+          finetunes: {rev: models/ft_rev, srt: models/ft_srt, sft: models/ft_sft, dup: models/ft_dup}
+          # or normalize: {rev: 0.965, srt: 1.0, sft: 0.985, dup: 1.0}
+          threads: 1                   # torch CPU threads while evaluating; null keeps the caller's
+        weight: 1.0
 
 Value: with ``normalize`` (each task's fine-tune accuracy) or ``finetunes`` (fine-tune folders,
 scored once on the same prompts) the mean over tasks of ``acc / ft_acc`` (TinyTasks' "norm");
@@ -29,7 +35,8 @@ otherwise the mean accuracy.
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -37,6 +44,7 @@ from typing import Any, Literal
 
 from meldkit.errors import OptionError, RecipeError, did_you_mean
 from meldkit.evolve.fitness.base import as_mapping, check_keys, int_option, number
+from meldkit.evolve.fitness.tinytasks_decoding import greedy_answers, judge_answers
 
 __all__ = [
     "TASKS",
@@ -55,18 +63,11 @@ TASKS: tuple[str, ...] = ("rev", "srt", "sft", "dup")
 POOL_SIZE = 500  # distinct held-out payloads per task
 REPORT_SIZE = 200  # pool[:200] is reported; pool[200:] is what a search may look at
 SEARCH_SIZE = POOL_SIZE - REPORT_SIZE
-MAX_NEW_TOKENS = 16
 Split = Literal["search", "report"]
 
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
 _DIGITS = "0123456789"
 _SHIFT = 3
-# Vocabulary: 4 specials (<pad>, <s>, </s>, <unk>), then a-z, 0-9 and ":=.+", one id each.
-_N_SPECIALS = 4
-_BOS = 1
-_SYMBOLS = _LETTERS + _DIGITS + ":=.+"
-_ID_OF = {c: _N_SPECIALS + i for i, c in enumerate(_SYMBOLS)}
-_STOP_ID = _ID_OF["."]
 
 # (alphabet, shortest, longest) payload of each task.
 _PAYLOADS = {
@@ -115,124 +116,54 @@ def eval_pool(task: str) -> tuple[str, ...]:
 def prompts(task: str, n: int, split: Split) -> tuple[str, ...]:
     """The ``n`` payloads of ``task`` that ``split`` evaluates (``report``: pool[:n]; ``search``:
     pool[200:200 + n])."""
+    if split not in ("search", "report"):
+        raise OptionError(
+            f"tinytasks: split must be 'search' or 'report', got {split!r}",
+            hint="use split='report'",
+        )
+    _check_task(task, "tinytasks")
     limit = REPORT_SIZE if split == "report" else SEARCH_SIZE
-    if not 1 <= n <= limit:
-        raise ValueError(f"n must be between 1 and {limit} for split {split!r}, got {n}")
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= limit:
+        raise OptionError(
+            f"tinytasks: n must be between 1 and {limit} for split {split!r}, got {n!r}",
+            hint="the report split is the pool's first 200 prompts, the search split the other 300",
+        )
     start = 0 if split == "report" else REPORT_SIZE
     return eval_pool(task)[start : start + n]
 
 
-def _decode(ids: Sequence[int]) -> str:
-    # Specials decode to nothing and ids past the vocabulary to '?', as in the benchmark.
-    return "".join(
-        _SYMBOLS[i - _N_SPECIALS] if i - _N_SPECIALS < len(_SYMBOLS) else "?"
-        for i in ids
-        if i >= _N_SPECIALS
-    )
-
-
-def greedy_answers(
-    model: Any, texts: Sequence[str], max_new: int = MAX_NEW_TOKENS
-) -> list[str | None]:
-    """Greedy continuation of ``<s>`` + each text up to the first ``'.'`` (not included).
-
-    ``None`` where no ``'.'`` came within ``max_new`` tokens. Texts of one length form one batch,
-    so no padding or attention mask is needed; every step re-runs the whole sequence (no KV
-    cache), which at these lengths costs little and keeps the benchmark's arithmetic.
-    Call it under ``torch.no_grad()``.
-    """
+@contextmanager
+def _cpu_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``threads`` CPU threads for torch (None: leave the setting alone)."""
     import torch
 
-    device = next(model.parameters()).device
-    answers: list[str | None] = [None] * len(texts)
-    by_length: dict[int, list[int]] = {}
-    for i, text in enumerate(texts):
-        by_length.setdefault(len(text), []).append(i)
-    for length in sorted(by_length):
-        rows = by_length[length]
-        ids = torch.tensor(
-            [[_BOS] + [_ID_OF[c] for c in texts[i]] for i in rows], dtype=torch.long, device=device
-        )
-        stopped = torch.zeros(len(rows), dtype=torch.bool, device=device)
-        steps = []
-        for _ in range(max_new):
-            logits = model(
-                input_ids=ids, use_cache=False
-            ).logits  # (rows, length + 1 + step, vocab)
-            token = logits[:, -1, :].float().argmax(-1)  # (rows,)
-            steps.append(token)
-            stopped |= token == _STOP_ID
-            if bool(stopped.all()):
-                break
-            ids = torch.cat([ids, token[:, None]], dim=1)
-        generated = torch.stack(steps, dim=1).tolist()  # (rows, steps)
-        for row, i in enumerate(rows):
-            tokens = generated[row]
-            if _STOP_ID in tokens:
-                answers[i] = _decode(tokens[: tokens.index(_STOP_ID)])
-    return answers
-
-
-def judge_answers(
-    model: Any, cases: Sequence[tuple[str, str]], max_new: int = MAX_NEW_TOKENS
-) -> list[bool]:
-    """Whether greedy decoding of each ``(text, answer)`` case gives exactly ``answer``.
-
-    The same verdicts as comparing :func:`greedy_answers` with the answers, for less work: a row
-    leaves its batch as soon as its verdict is known (it stopped, or it wrote a symbol the answer
-    does not have there), so a weak merge costs a step or two per prompt instead of sixteen.
-    Texts are batched by length across tasks. Call it under ``torch.no_grad()``.
-    """
-    import torch
-
-    device = next(model.parameters()).device
-    correct = [False] * len(cases)
-    by_length: dict[int, list[int]] = {}
-    for i, (text, _) in enumerate(cases):
-        by_length.setdefault(len(text), []).append(i)
-    for length in sorted(by_length):
-        alive = by_length[length]  # the case of each batch row
-        ids = torch.tensor(
-            [[_BOS] + [_ID_OF[c] for c in cases[i][0]] for i in alive],
-            dtype=torch.long,
-            device=device,
-        )
-        matched = [0] * len(alive)  # answer symbols written so far, per row
-        for _ in range(max_new):
-            logits = model(
-                input_ids=ids, use_cache=False
-            ).logits  # (rows, length + 1 + step, vocab)
-            token = logits[:, -1, :].float().argmax(-1)  # (rows,)
-            keep: list[int] = []
-            for row, (i, t) in enumerate(zip(alive, token.tolist())):
-                answer = cases[i][1]
-                if t == _STOP_ID:
-                    correct[i] = matched[row] == len(answer)
-                    continue
-                if t >= _N_SPECIALS:  # specials decode to nothing: they neither match nor miss
-                    k, m = t - _N_SPECIALS, matched[row]
-                    if m >= len(answer) or k >= len(_SYMBOLS) or _SYMBOLS[k] != answer[m]:
-                        continue  # wrong already
-                    matched[row] = m + 1
-                keep.append(row)
-            if not keep:
-                break
-            if len(keep) < len(alive):
-                rows = torch.tensor(keep, dtype=torch.long, device=device)
-                ids, token = ids[rows], token[rows]
-                alive = [alive[r] for r in keep]
-                matched = [matched[r] for r in keep]
-            ids = torch.cat([ids, token[:, None]], dim=1)
-    return correct
+    before = torch.get_num_threads()
+    if threads is None or threads == before:
+        yield
+        return
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def evaluate_tinytasks(
-    model: Any, n: int = 200, split: Split = "report", tasks: Sequence[str] = TASKS
+    model: Any,
+    n: int = 200,
+    split: Split = "report",
+    tasks: Sequence[str] = TASKS,
+    threads: int | None = 1,
 ) -> dict[str, float]:
     """Exact-match accuracy of ``model`` on each task, and their ``"mean"``.
 
     ``split="report"`` with ``n=200`` gives the accuracies of TinyTasks' ``eval.py``. The model is
     used as given (dtype, device); ``eval.py`` upcasts weights to float32 first.
+
+    ``threads`` is torch's CPU thread count during the evaluation, restored afterwards (None keeps
+    the caller's): the model's matrices are 128 wide, too small to gain from splitting across
+    threads, and on a busy machine the threads' synchronisation makes it many times slower. Run
+    several evaluations side by side to use more cores.
     """
     import torch
 
@@ -241,7 +172,7 @@ def evaluate_tinytasks(
         for task in tasks
         for p in prompts(task, n, split)
     ]
-    with torch.no_grad():
+    with torch.no_grad(), _cpu_threads(threads):
         verdicts = judge_answers(model, [(text, answer) for _, text, answer in cases])
     hits = {task: 0 for task in tasks}
     for (task, _, _), ok in zip(cases, verdicts):
@@ -251,14 +182,16 @@ def evaluate_tinytasks(
     return result
 
 
-def _finetune_accuracy(path: Path, task: str, n: int, split: Split, device: Any) -> float:
+def _finetune_accuracy(
+    path: Path, task: str, n: int, split: Split, device: Any, threads: int | None
+) -> float:
     """A fine-tune folder's accuracy on its own task, loaded in float32 like the benchmark does."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(str(path))
     model = model.float().to(device)  # type: ignore[no-untyped-call]
     model.eval()
-    return evaluate_tinytasks(model, n, split, [task])[task]
+    return evaluate_tinytasks(model, n, split, [task], threads)[task]
 
 
 @dataclass
@@ -267,6 +200,7 @@ class TinyTasksFitness:
 
     ``normalize`` holds each task's fine-tune accuracy; ``finetunes`` holds fine-tune folders
     whose accuracy on the same prompts is measured on the first :meth:`score` and then kept.
+    ``threads``: see :func:`evaluate_tinytasks`.
     """
 
     n: int = 64
@@ -274,6 +208,7 @@ class TinyTasksFitness:
     tasks: tuple[str, ...] = TASKS
     normalize: dict[str, float] | None = None
     finetunes: dict[str, Path] | None = None
+    threads: int | None = 1
     weight: float = 1.0
     name: str = "tinytasks"
     needs_tokenizer: bool = False
@@ -288,13 +223,13 @@ class TinyTasksFitness:
         for task in self.tasks:
             if task not in self._measured:
                 self._measured[task] = _finetune_accuracy(
-                    self.finetunes[task], task, self.n, self.split, device
+                    self.finetunes[task], task, self.n, self.split, device, self.threads
                 )
         return self._measured
 
     def score(self, model: Any, tokenizer: Any) -> dict[str, float]:
         """``{"tinytasks": value, "tinytasks.<task>": accuracy, ...}``; the tokenizer is unused."""
-        accuracies = evaluate_tinytasks(model, self.n, self.split, self.tasks)
+        accuracies = evaluate_tinytasks(model, self.n, self.split, self.tasks, self.threads)
         result = {f"{self.name}.{t}": accuracies[t] for t in self.tasks}
         reference = self.reference_accuracies(next(model.parameters()).device)
         if reference is None:
@@ -310,7 +245,7 @@ class TinyTasksFitness:
         return result
 
 
-_OPTIONS = ("n", "split", "tasks", "normalize", "finetunes")
+_OPTIONS = ("n", "split", "tasks", "normalize", "finetunes", "threads")
 _EXAMPLE = "{tinytasks: {n: 64, split: search, tasks: [rev, srt, sft, dup]}}"
 
 
@@ -391,6 +326,15 @@ def parse_tinytasks(options: Any, weight: float, where: str, base_dir: Path) -> 
                     hint=f"relative paths start at {base_dir}",
                 )
             finetunes[task] = path
+    threads = (
+        None if opts.get("threads", 1) is None else int_option(opts, "threads", 1, 1, None, where)
+    )
     return TinyTasksFitness(
-        n=n, split=split, tasks=tasks, normalize=normalize, finetunes=finetunes, weight=weight
+        n=n,
+        split=split,
+        tasks=tasks,
+        normalize=normalize,
+        finetunes=finetunes,
+        threads=threads,
+        weight=weight,
     )
