@@ -3,6 +3,7 @@
     python benchmarks/evolve.py                                   # fp32 set, 200 evaluations, seed 0
     python benchmarks/evolve.py --models ROOT --budget 200 --seed 0 --workers 2
     python benchmarks/evolve.py --write-doc                        # also fill docs/evolve.md
+    python benchmarks/evolve.py --render results/evolve-fp32/evolve.json --write-doc
 
 In one process run:
 
@@ -159,7 +160,14 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=2, help="Ray workers of 1 CPU (1: serial)")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--write-doc", action="store_true")
+    ap.add_argument("--render", type=Path, help="only render a saved evolve.json (with --write-doc)")
     args = ap.parse_args()
+    if args.render is not None:
+        block = render(json.loads(args.render.read_text()))
+        print(block)
+        if args.write_doc:
+            write_doc(block)
+        return 0
 
     import torch
 
@@ -234,7 +242,7 @@ def main() -> int:
         "best_hand_set": best_hand,
         "margin": searched["norm"] - rows[best_hand]["norm"],
         "total_seconds": round(time.time() - started, 1),
-        "command": " ".join(sys.argv),
+        "command": "python " + " ".join(sys.argv),
     }
     (out / "evolve.json").write_text(json.dumps(summary, indent=1))
     print(render(summary))
