@@ -160,7 +160,9 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=2, help="Ray workers of 1 CPU (1: serial)")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--write-doc", action="store_true")
-    ap.add_argument("--render", type=Path, help="only render a saved evolve.json (with --write-doc)")
+    ap.add_argument(
+        "--render", type=Path, help="only render a saved evolve.json (with --write-doc)"
+    )
     args = ap.parse_args()
     if args.render is not None:
         block = render(json.loads(args.render.read_text()))

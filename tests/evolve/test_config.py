@@ -52,7 +52,10 @@ def test_mergekits_evolve_configuration_becomes_lm_eval_fitness() -> None:
     c = load_search_config(
         {
             "genome": {**GENOME, "merge_method": "dare_ties", "layer_granularity": 8},
-            "tasks": ["arc_easy", {"name": "gsm8k_train", "weight": 2.0, "metric": "exact_match,none"}],
+            "tasks": [
+                "arc_easy",
+                {"name": "gsm8k_train", "weight": 2.0, "metric": "exact_match,none"},
+            ],
             "limit": 100,
             "num_fewshot": 5,
         }
@@ -76,16 +79,37 @@ def test_mergekits_evolve_configuration_becomes_lm_eval_fitness() -> None:
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        ({"genome": GENOME, "fitnes": []}, "search file: unknown key 'fitnes'. Did you mean 'fitness'?"),
+        (
+            {"genome": GENOME, "fitnes": []},
+            "search file: unknown key 'fitnes'. Did you mean 'fitness'?",
+        ),
         ({"fitness": [{"python": "m:f"}]}, "the search file has no genome:"),
         ({"genome": GENOME}, "the search file has no fitness: (nor MergeKit's tasks:)"),
-        ({"genome": {**GENOME, "model": ["x"]}, "fitness": [1]}, "genome: unknown key 'model'. Did you mean 'models' or 'base_model'?"),
-        ({"genome": {**GENOME, "models": []}, "fitness": [1]}, "genome.models: expected a list of models to merge"),
-        ({"genome": GENOME, "fitness": [1], "budget": {"evaluations": 0}}, "budget.evaluations: expected a whole number >= 1, got 0"),
-        ({"genome": GENOME, "fitness": [1], "optimizer": "cmaes"}, "optimizer: 'cmaes' is not one of cma, random. Did you mean 'cma'?"),
+        (
+            {"genome": {**GENOME, "model": ["x"]}, "fitness": [1]},
+            "genome: unknown key 'model'. Did you mean 'models' or 'base_model'?",
+        ),
+        (
+            {"genome": {**GENOME, "models": []}, "fitness": [1]},
+            "genome.models: expected a list of models to merge",
+        ),
+        (
+            {"genome": GENOME, "fitness": [1], "budget": {"evaluations": 0}},
+            "budget.evaluations: expected a whole number >= 1, got 0",
+        ),
+        (
+            {"genome": GENOME, "fitness": [1], "optimizer": "cmaes"},
+            "optimizer: 'cmaes' is not one of cma, random. Did you mean 'cma'?",
+        ),
         ({"genome": GENOME, "fitness": [1], "sigma0": 2}, "sigma0: 2 is outside (0, 1]"),
-        ({"genome": GENOME, "fitness": [1], "evaluation": {"in_memory": "maybe"}}, "evaluation.in_memory: expected auto, true or false, got 'maybe'"),
-        ({"genome": {**GENOME, "search": {"weight": {"min": 0}}}, "fitness": [1]}, "genome.search.weight: a searched parameter needs min and max"),
+        (
+            {"genome": GENOME, "fitness": [1], "evaluation": {"in_memory": "maybe"}},
+            "evaluation.in_memory: expected auto, true or false, got 'maybe'",
+        ),
+        (
+            {"genome": {**GENOME, "search": {"weight": {"min": 0}}}, "fitness": [1]},
+            "genome.search.weight: a searched parameter needs min and max",
+        ),
     ],
 )
 def test_errors_name_the_key(data: dict[str, object], message: str) -> None:

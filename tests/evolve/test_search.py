@@ -245,3 +245,19 @@ def test_the_command_line_runs_a_search_and_reports_errors_in_one_line(
         "error: genome.layer_granularity: 3 does not divide the model's 4 layers"
     )
     assert len(err.stderr.splitlines()) == 2  # and a hint
+
+
+def test_candidates_with_nan_fitness_rank_last_and_the_search_goes_on(
+    models: tuple[Path, list[Path], Path], tmp_path: Path
+) -> None:
+    nan_fitness = tmp_path / "nan_fn.py"
+    nan_fitness.write_text(
+        "calls = []\n\ndef score(model, tokenizer):\n    calls.append(1)\n"
+        "    w = model.model.layers[1].mlp.down_proj.weight\n"
+        "    return float('nan') if len(calls) % 3 == 0 else -float(w.pow(2).mean())\n"
+    )
+    config = load_search_config(search(models, fitness=[{"python": f"{nan_fitness}:score"}]))
+    result = run_search(config, tmp_path / "s", backend=BackendOptions(kind="serial"))
+    fitness = [r["fitness"] for r in result.history]
+    assert len(fitness) == 10 and sum(f != f for f in fitness) == 3
+    assert result.best is not None and result.best["fitness"] == max(f for f in fitness if f == f)

@@ -103,3 +103,12 @@ def test_best_recipe_is_a_plain_recipe_and_the_table_lists_generations(tmp_path:
     table = (tmp_path / "results.md").read_text()
     assert "| 1 | 2 | 0.6000 | 0.6000 | 0.6000 |" in table
     assert "| weight[g0,a] | 0.5000 |" in table
+
+
+def test_a_nan_candidate_is_never_best_and_left_out_of_the_means() -> None:
+    history = [record(0, 0, float("nan")), record(1, 0, 0.3), record(2, 1, float("nan"))]
+    stats = generation_stats(history)
+    assert stats[0]["best"] == 0.3 and stats[0]["mean"] == 0.3
+    assert stats[1]["best"] == 0.3 and stats[1]["mean"] != stats[1]["mean"]  # NaN: nothing scored
+    best = best_record(history)
+    assert best is not None and best["index"] == 1

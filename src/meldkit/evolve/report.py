@@ -24,7 +24,7 @@ __all__ = ["generation_stats", "write_best_recipe", "write_plot", "write_table"]
 
 def generation_stats(history: Sequence[dict[str, Any]]) -> list[dict[str, float]]:
     """Per generation: ``generation``, ``evaluations`` (so far), ``best`` (so far),
-    ``generation_best`` and ``mean``."""
+    ``generation_best`` and ``mean``; NaN fitness (a broken candidate) counts in neither."""
     by_gen: dict[int, list[float]] = {}
     for record in history:
         by_gen.setdefault(int(record["generation"]), []).append(float(record["fitness"]))
@@ -32,14 +32,16 @@ def generation_stats(history: Sequence[dict[str, Any]]) -> list[dict[str, float]
     for gen in sorted(by_gen):
         values = by_gen[gen]
         count += len(values)
-        best = max(best, *values)
+        scored = [v for v in values if not math.isnan(v)]
+        top = max(scored, default=math.nan)
+        best = max(best, top) if scored else best
         rows.append(
             {
                 "generation": gen,
                 "evaluations": count,
                 "best": best,
-                "generation_best": max(values),
-                "mean": sum(values) / len(values),
+                "generation_best": top,
+                "mean": sum(scored) / len(scored) if scored else math.nan,
             }
         )
     return rows
@@ -49,7 +51,8 @@ def best_record(history: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     """The best candidate (the first one on ties, so the choice never depends on timing)."""
     best: dict[str, Any] | None = None
     for record in history:
-        if best is None or float(record["fitness"]) > float(best["fitness"]):
+        value = float(record["fitness"])
+        if not math.isnan(value) and (best is None or value > float(best["fitness"])):
             best = record
     return best
 

@@ -13,6 +13,7 @@ missing, so a killed search finishes with exactly the history of an uninterrupte
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -154,7 +155,7 @@ def run_search(
                 recorded[record["index"]] = record
             history = [recorded[i] for i in sorted(recorded)]
             if count == len(asked):  # a generation cut short by the budget is not told
-                optimizer.tell(asked, [float(r["fitness"]) for r in results])
+                optimizer.tell(asked, [_told(float(r["fitness"])) for r in results])
             index += count
             generation += 1
             elapsed = elapsed_before + time.monotonic() - started
@@ -171,7 +172,8 @@ def run_search(
                 }
             )
             rate = scored_here / max(time.monotonic() - started, 1e-9) * 60
-            mean = sum(float(r["fitness"]) for r in results) / len(results)
+            scored = [float(r["fitness"]) for r in results if not math.isnan(r["fitness"])]
+            mean = sum(scored) / len(scored) if scored else float("nan")
             info(
                 f"generation {generation - 1}: {index}/{budget.evaluations} evaluations, "
                 f"best {float(best['fitness']) if best else float('nan'):.4f}, "
@@ -191,6 +193,14 @@ def run_search(
     if save_best and best is not None:
         result.best_model = _save_best(store.folder, config, info)
     return result
+
+
+# A candidate whose fitness is NaN (a merge that broke the model) ranks below every other.
+_WORST = -1e30
+
+
+def _told(fitness: float) -> float:
+    return _WORST if math.isnan(fitness) else fitness
 
 
 def _score_generation(
