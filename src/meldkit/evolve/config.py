@@ -84,6 +84,7 @@ _GENOME_KEYS = (
 )
 _BUDGET_KEYS = ("evaluations", "wall_time", "population")
 _EVAL_KEYS = ("in_memory", "device", "cache_inputs", "model_dtype")
+_MODEL_DTYPES = ("float32", "bfloat16", "float16")
 _HINT = "see `meldkit evolve --help` or docs/evolve.md for the search file's keys"
 
 
@@ -334,11 +335,16 @@ def _evaluation(data: dict[str, Any]) -> EvaluationOptions:
         if text not in choices:
             raise RecipeError(f"evaluation.{key}: expected auto, true or false, got {raw!r}")
         values[key] = text
+    model_dtype = str(data.get("model_dtype", "float32"))
+    if model_dtype not in _MODEL_DTYPES:
+        raise RecipeError(
+            f"evaluation.model_dtype: {model_dtype!r} is not one of {', '.join(_MODEL_DTYPES)}"
+        )
     return EvaluationOptions(
         in_memory=values["in_memory"],
         cache_inputs=values["cache_inputs"],
         device=str(data.get("device", "cpu")),
-        model_dtype=str(data.get("model_dtype", "float32")),
+        model_dtype=model_dtype,
     )
 
 
