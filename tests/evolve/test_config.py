@@ -107,6 +107,10 @@ def test_mergekits_evolve_configuration_becomes_lm_eval_fitness() -> None:
             "evaluation.in_memory: expected auto, true or false, got 'maybe'",
         ),
         (
+            {"genome": GENOME, "fitness": [1], "evaluation": {"model_dtype": "fp8"}},
+            "evaluation.model_dtype: 'fp8' is not one of float32, bfloat16, float16",
+        ),
+        (
             {"genome": {**GENOME, "search": {"weight": {"min": 0}}}, "fitness": [1]},
             "genome.search.weight: a searched parameter needs min and max",
         ),
