@@ -25,8 +25,9 @@ def _matrix(shape: tuple[int, int], decay: float, seed: int) -> torch.Tensor:
         ((1536, 1536), 512, "gram"),  # TSV-M, T = 3: a third of the spectrum
         ((1536, 1536), 1536, "exact"),  # Iso-C on a square matrix: the whole spectrum
         ((32000, 1536), 1536, "gram"),  # Iso-C on an embedding: 20x longer than wide
-        ((1536, 3072), 1536, "gram"),  # exactly GRAM_MIN_ASPECT
-        ((1536, 3071), 1536, "exact"),
+        ((1536, 12288), 1536, "gram"),  # exactly GRAM_MIN_ASPECT
+        ((1536, 12287), 1536, "exact"),
+        ((4096, 1536), 1536, "exact"),  # an MLP matrix: 2.7x longer than wide
         ((1536, 1536), 102, "randomized"),  # Iso-CTS's per-task part: 4·(102 + 10) ≤ 1536
         ((1536, 1536), 375, "gram"),  # 4·(375 + 10) > 1536
         ((200, 200), 5, "gram"),  # below RANDOMIZED_MIN_RANK
@@ -65,7 +66,7 @@ def test_gram_route_falls_back_to_the_exact_svd_when_the_spectrum_is_too_wide() 
     assert torch.equal(zero[1], torch.zeros(3))  # a zero matrix: the exact SVD, no NaN
 
 
-@pytest.mark.parametrize("shape", [(300, 100), (100, 300)])
+@pytest.mark.parametrize("shape", [(800, 100), (100, 800)])
 def test_gram_polar_matches_the_svd_polar(shape: tuple[int, int]) -> None:
     m = _matrix(shape, 0.99, seed=3)  # κ = 0.99^-99 ≈ 2.7: the Gram route
     factor, s = spectral.polar_and_spectrum(m)
@@ -78,7 +79,7 @@ def test_gram_polar_matches_the_svd_polar(shape: tuple[int, int]) -> None:
 
 
 def test_polar_of_an_ill_conditioned_tall_matrix_is_the_exact_one() -> None:
-    m = _matrix((300, 100), 0.8, seed=4)  # κ = 0.8^-99 ≈ 4e9: the exact SVD
+    m = _matrix((800, 100), 0.8, seed=4)  # κ = 0.8^-99 ≈ 4e9: the exact SVD
     p, _, qh = torch.linalg.svd(m, full_matrices=False)
     assert torch.equal(spectral.polar(m), p @ qh)
 

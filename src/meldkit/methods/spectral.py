@@ -23,7 +23,9 @@ float rounding: the methods are not random, only their factorisation is.
   of the largest); below that, and for a zero matrix, the exact SVD is computed instead
   (float64 inputs: ``GRAM_MIN_RATIO_F64`` = 1e-3, errors about 1e-13). On 2 CPU cores this
   costs 0.7 s against 1.0 s for ``torch.linalg.svd`` at 1536², 1.1 s against 1.7 s at
-  4096 × 1536 and 4.6 s against 6.9 s at 32000 × 1536.
+  4096 × 1536 and 4.6 s against 6.9 s at 32000 × 1536 (for a whole spectrum, the polar factor
+  adds an ``r³`` float64 product, so that is only worth it on a vocabulary-sized matrix:
+  ``GRAM_MIN_ASPECT`` is 8).
 * ``exact`` otherwise (a square-ish matrix whose whole spectrum is needed, where the smallest
   singular values are usually far below the largest): ``torch.linalg.svd(full_matrices=False)``.
 """
@@ -57,7 +59,7 @@ POWER_ITERATIONS = 4
 RANDOMIZED_MIN_RANK = 256
 GRAM_MIN_RATIO = 1e-9
 GRAM_MIN_RATIO_F64 = 1e-3
-GRAM_MIN_ASPECT = 2
+GRAM_MIN_ASPECT = 8
 
 SvdRoute = Literal["randomized", "gram", "exact"]
 
