@@ -136,3 +136,18 @@ def test_tsv_through_the_gram_route_matches_float64_on_low_rank_plus_noise() -> 
     got = tsv_delta(taus, None, MergeContext("w"))
     want = tsv_delta([x.double() for x in taus], None, MergeContext("w"))  # float64: exact
     assert float((got.double() - want).norm() / want.norm()) < 1e-5
+
+
+@pytest.mark.parametrize("shape", [(50, 7), (7, 50)])
+def test_the_float64_gram_is_summed_in_blocks_of_the_long_side(
+    shape: tuple[int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from meldkit.methods import spectral as module
+
+    m = torch.randn(shape, generator=torch.Generator().manual_seed(8))
+    monkeypatch.setattr(module, "_GRAM_BLOCK", 16)  # 4 blocks, the last one short
+    got = module._gram64(m)
+    wide = m.double()
+    want = wide.T @ wide if shape[0] > shape[1] else wide @ wide.T
+    assert got.dtype == torch.float64 and got.shape == (7, 7)
+    torch.testing.assert_close(got, want, rtol=1e-14, atol=1e-14)

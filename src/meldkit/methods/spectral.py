@@ -189,10 +189,7 @@ def _gram_eigh(matrix: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor
     """The top ``k`` eigenpairs ``(λ, Q)`` (descending, float64; ``Q`` is r × k) of the
     smaller Gram matrix (``MᵀM`` for a tall ``M``, ``MMᵀ`` for a wide one), or ``None`` when
     the ``k``-th is below the route's floor times the largest (or the matrix is zero)."""
-    tall = matrix.shape[0] >= matrix.shape[1]
-    wide = matrix.double()
-    gram = wide.T @ wide if tall else wide @ wide.T  # (r, r), float64
-    del wide
+    gram = _gram64(matrix)  # (r, r)
     values, vectors = torch.linalg.eigh(gram)  # ascending
     del gram
     values = values.flip(0)[:k]
@@ -201,6 +198,24 @@ def _gram_eigh(matrix: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor
     if not top > 0 or float(values[-1]) < floor * top:
         return None
     return values, vectors.flip(1)[:, :k]
+
+
+def _gram64(matrix: torch.Tensor) -> torch.Tensor:
+    """The smaller Gram matrix of ``matrix`` in float64, summed over blocks of its long side
+    so that no float64 copy of the whole matrix is made (a vocabulary-sized one would double
+    the method's memory)."""
+    tall = matrix.shape[0] >= matrix.shape[1]
+    long_side = matrix if tall else matrix.T  # (long, r) view
+    r = long_side.shape[1]
+    gram = torch.zeros(r, r, dtype=torch.float64, device=matrix.device)
+    for start in range(0, long_side.shape[0], _GRAM_BLOCK):
+        block = long_side[start : start + _GRAM_BLOCK].double()  # (block, r)
+        gram.addmm_(block.T, block)
+    return gram
+
+
+# Rows of the long side per float64 block of the Gram sum (4096 × 1536 × 8 B = 50 MB).
+_GRAM_BLOCK = 4096
 
 
 def _gram_svd(
