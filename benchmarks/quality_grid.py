@@ -201,7 +201,7 @@ def _new_rows() -> list[Row]:
     # default became 30 · 1e-4 after these rows), the paper's 300 steps as a row of its own, and the embeddings rule of the methods whose
     # vocabulary-sized matrices cost most.
     rows += [
-        Row(f"wudi_s{n}", "wudi", "modifier", top={"steps": n, "lr": 3e-3 / n})
+        Row(f"wudi_s{n}", "wudi", "modifier", top={"steps": n, "lr": float(f"{3e-3 / n:g}")})
         for n in (300, 100, 50, 30, 10)
     ]
     rows += [

@@ -17,7 +17,8 @@ stored as bf16 in a safetensors file so that reading is real):
   by name, default parameters, ``weight: 1``), cast to bf16;
 * **factorizations** (``svd`` column): ``torch.linalg.svd(full_matrices=False)`` of what the
   method factorises: TSV-M the ``T`` task vectors and its two polar factors (``out x Tk`` and
-  ``in x Tk``); Iso-C the summed task vector; Iso-CTS that and the ``T`` residuals; WUDI the
+  ``in x Tk``); Iso-C the summed task vector; Iso-CTS that, the ``T`` residuals and its two
+  polar factors; WUDI the
   Gram ``sum_t w_t tau_t^T tau_t`` and its ``eigh`` (the pseudo-inverse of the closed form).
   PCB, MagMax and Consensus are element-wise: their yardstick is the floor. ``lowrank``:
   ``torch.svd_lowrank(q=k, niter=2)`` in place of TSV-M's per-task SVDs.
@@ -145,11 +146,17 @@ def _factorizations(method: str, taus: list[torch.Tensor], lowrank: bool) -> Non
         _svd(torch.cat(vs, dim=1))  # and of V (cols x Tk)
     elif method in ("iso_c", "iso_cts"):
         total = torch.stack(taus).sum(0)
-        u, _, _ = _svd(total)
+        u, _, vh = _svd(total)
         if method == "iso_cts":
-            common = u[:, : int(0.8 * r)]  # (rows, k)
+            k = int(0.8 * r)
+            common = u[:, :k]  # (rows, k)
+            us, vs = [common], [vh[:k].mH]
             for tau in taus:
-                _svd(tau - common @ (common.mH @ tau))
+                ut, _, vht = _svd(tau - common @ (common.mH @ tau))
+                us.append(ut[:, : (r - k) // T])
+                vs.append(vht[: (r - k) // T].mH)
+            _svd(torch.cat(us, dim=1))  # polar factor of [U_c U_1 .. U_T] (rows x r)
+            _svd(torch.cat(vs, dim=1))  # and of the Vs (cols x r)
     elif method == "wudi":
         gram = sum((tau.mH @ tau) / float(tau.pow(2).sum()) for tau in taus)
         torch.linalg.eigh(gram)

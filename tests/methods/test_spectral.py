@@ -25,8 +25,9 @@ def _matrix(shape: tuple[int, int], decay: float, seed: int) -> torch.Tensor:
         ((1536, 1536), 512, "gram"),  # TSV-M, T = 3: a third of the spectrum
         ((1536, 1536), 1536, "exact"),  # Iso-C on a square matrix: the whole spectrum
         ((32000, 1536), 1536, "gram"),  # Iso-C on an embedding: 20x longer than wide
-        ((1536, 3072), 1536, "gram"),  # exactly GRAM_MIN_ASPECT
-        ((1536, 3071), 1536, "exact"),
+        ((1536, 12288), 1536, "gram"),  # exactly GRAM_MIN_ASPECT
+        ((1536, 12287), 1536, "exact"),
+        ((4096, 1536), 1536, "exact"),  # an MLP matrix: 2.7x longer than wide
         ((1536, 1536), 102, "randomized"),  # Iso-CTS's per-task part: 4·(102 + 10) ≤ 1536
         ((1536, 1536), 375, "gram"),  # 4·(375 + 10) > 1536
         ((200, 200), 5, "gram"),  # below RANDOMIZED_MIN_RANK
@@ -54,9 +55,9 @@ def test_gram_top_svd_matches_the_exact_one(shape: tuple[int, int]) -> None:
 
 
 def test_gram_route_falls_back_to_the_exact_svd_when_the_spectrum_is_too_wide() -> None:
-    # σ_k / σ_1 = 0.7^29 ≈ 3e-5, so λ_k / λ_1 ≈ 1e-9 < GRAM_MIN_RATIO: squaring would lose
-    # the k-th direction in float32, so the exact SVD is computed, bit for bit.
-    m = _matrix((100, 60), 0.7, seed=2)
+    # σ_k / σ_1 = 0.5^29 ≈ 2e-9, so λ_k / λ_1 ≈ 3e-18 < GRAM_MIN_RATIO: even a float64 Gram
+    # would lose the k-th direction, so the exact SVD is computed, bit for bit.
+    m = _matrix((100, 60), 0.5, seed=2)
     got = spectral.top_svd(m, 30, MergeContext("w"), "t")
     u, s, vh = torch.linalg.svd(m, full_matrices=False)
     for a, b in zip(got, (u[:, :30], s[:30], vh[:30]), strict=True):
@@ -65,7 +66,7 @@ def test_gram_route_falls_back_to_the_exact_svd_when_the_spectrum_is_too_wide() 
     assert torch.equal(zero[1], torch.zeros(3))  # a zero matrix: the exact SVD, no NaN
 
 
-@pytest.mark.parametrize("shape", [(300, 100), (100, 300)])
+@pytest.mark.parametrize("shape", [(800, 100), (100, 800)])
 def test_gram_polar_matches_the_svd_polar(shape: tuple[int, int]) -> None:
     m = _matrix(shape, 0.99, seed=3)  # κ = 0.99^-99 ≈ 2.7: the Gram route
     factor, s = spectral.polar_and_spectrum(m)
@@ -78,7 +79,7 @@ def test_gram_polar_matches_the_svd_polar(shape: tuple[int, int]) -> None:
 
 
 def test_polar_of_an_ill_conditioned_tall_matrix_is_the_exact_one() -> None:
-    m = _matrix((300, 100), 0.8, seed=4)  # κ = 0.8^-99 ≈ 4e9: the exact SVD
+    m = _matrix((800, 100), 0.8, seed=4)  # κ = 0.8^-99 ≈ 4e9: the exact SVD
     p, _, qh = torch.linalg.svd(m, full_matrices=False)
     assert torch.equal(spectral.polar(m), p @ qh)
 
@@ -119,19 +120,34 @@ def test_merge_matrices_applies_the_non_matrix_rule_and_the_scale() -> None:
     torch.testing.assert_close(head, b + 0.5 * 2)  # mean of τ = 1 and 3
 
 
-def test_weighted_gram_route_keeps_the_product_accurate_on_a_wide_spectrum() -> None:
-    # Three strong directions over a noise floor 600x below (λ ratio 3e-6): the unweighted
-    # rule refuses the Gram route, the weighted one (TSV-M's) takes it, and U_k S_k V_kᵀ is
-    # still within √eps of σ_1 of the exact one.
+def test_tsv_through_the_gram_route_matches_float64_on_low_rank_plus_noise() -> None:
+    # Task vectors as fine-tunes make them: a few strong directions over a noise floor 100x
+    # lower. TSV-M's k = r/T reaches into the floor, and the polar factor mixes every column,
+    # so a float32 Gram (which loses the floor's directions) moved the result by 4-12%; the
+    # float64 Gram agrees with a float64 SVD better than float32's own SVD does.
+    from meldkit.methods.tsv import tsv_delta
+
     g = torch.Generator().manual_seed(6)
-    low = torch.randn(200, 3, generator=g) @ torch.randn(3, 150, generator=g)
-    m = low + 1e-2 * torch.randn(200, 150, generator=g) * low.norm() / 150
-    ctx = MergeContext("w")
-    exact = torch.linalg.svd(m, full_matrices=False)
-    plain = spectral.top_svd(m, 50, ctx, "t")
-    assert torch.equal(plain[1], exact.S[:50])  # refused: the exact SVD's own values
-    u, s, vh = spectral.top_svd(m, 50, ctx, "t", weighted=True)
-    assert not torch.equal(s, exact.S[:50])  # the Gram route
-    want = (exact.U[:, :50] * exact.S[:50]) @ exact.Vh[:50]
-    error = ((u * s) @ vh - want).abs().max() / exact.S[0]
-    assert error < 3.5e-4
+    taus = []
+    for t in range(3):
+        low = torch.randn(120, 4, generator=g) @ torch.randn(4, 90, generator=g)
+        taus.append((low * 1e-3 + torch.randn(120, 90, generator=g) * 2e-4) * (1.0 + t))
+    assert spectral.svd_route((120, 90), 30) == "gram"
+    got = tsv_delta(taus, None, MergeContext("w"))
+    want = tsv_delta([x.double() for x in taus], None, MergeContext("w"))  # float64: exact
+    assert float((got.double() - want).norm() / want.norm()) < 1e-5
+
+
+@pytest.mark.parametrize("shape", [(50, 7), (7, 50)])
+def test_the_float64_gram_is_summed_in_blocks_of_the_long_side(
+    shape: tuple[int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from meldkit.methods import spectral as module
+
+    m = torch.randn(shape, generator=torch.Generator().manual_seed(8))
+    monkeypatch.setattr(module, "_GRAM_BLOCK", 16)  # 4 blocks, the last one short
+    got = module._gram64(m)
+    wide = m.double()
+    want = wide.T @ wide if shape[0] > shape[1] else wide @ wide.T
+    assert got.dtype == torch.float64 and got.shape == (7, 7)
+    torch.testing.assert_close(got, want, rtol=1e-14, atol=1e-14)

@@ -11,7 +11,7 @@ Non-matrix tensors get ``b + alpha · mean_t τ_t`` (the authors' rule for norms
 Token embeddings and LM heads are factorised like any matrix by default (``embeddings:
 matrix``); ``embeddings: mean`` gives them the non-matrix rule. The flat spectrum needs every
 singular vector: the polar factor comes from an exact SVD, or from ``eigh`` of the Gram matrix
-for a matrix twice as long as wide whose spectrum allows it (see
+for a vocabulary-sized matrix (eight times as long as wide or more) whose spectrum allows it (see
 :mod:`meldkit.methods.spectral`).
 
 ```yaml

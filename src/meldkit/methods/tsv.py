@@ -48,7 +48,7 @@ def tsv_delta(
     k = min(rank, max(1, math.floor(fraction * rank)))
     us, ss, vhs = [], [], []
     for t, tau in enumerate(taus):
-        u, s, vh = spectral.top_svd(tau, k, ctx, salt=f"tsv/{t}", weighted=True)
+        u, s, vh = spectral.top_svd(tau, k, ctx, salt=f"tsv/{t}")
         us.append(u)
         ss.append(s)
         vhs.append(vh)
