@@ -107,16 +107,12 @@ def _overridden(config: Any, args: argparse.Namespace) -> Any:
 
 def cmd_evolve(args: argparse.Namespace) -> int:
     """Run or resume the search; returns the exit code."""
-    from meldkit.evolve import BackendOptions, load_search_config, run_search
+    from meldkit.evolve import load_search_config, run_search
+    from meldkit.evolve.search import backend_options
 
     config = _overridden(load_search_config(args.search), args)
-    ray = args.ray or args.ray_address is not None
-    backend = BackendOptions(
-        kind="ray" if ray else "serial",
-        address=args.ray_address,
-        workers=args.workers,
-        cpus_per_worker=args.cpus_per_worker,
-        gpus_per_worker=args.gpus_per_worker,
+    backend = backend_options(
+        args.ray, args.ray_address, args.workers, args.cpus_per_worker, args.gpus_per_worker
     )
 
     def info(message: str) -> None:

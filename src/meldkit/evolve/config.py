@@ -230,8 +230,8 @@ def _model_path(value: Any, where: str, base_dir: Path) -> str:
     local = Path(path).expanduser()
     if not local.is_absolute() and (base_dir / local).exists():
         path = str((base_dir / local).resolve())
-    elif local.is_absolute() or local.exists():
-        path = str(local.resolve()) if local.exists() else path
+    elif local.exists():
+        path = str(local.resolve())
     return path + plus + lora
 
 

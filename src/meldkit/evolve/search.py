@@ -28,7 +28,7 @@ from meldkit.evolve.optimizers import make_optimizer
 from meldkit.evolve.report import best_record, write_best_recipe, write_plot, write_table
 from meldkit.evolve.storage import Storage, config_hash
 
-__all__ = ["SearchResult", "plan_search", "run_evolve", "run_search"]
+__all__ = ["SearchResult", "backend_options", "plan_search", "run_evolve", "run_search"]
 
 Info = Callable[[str], None]
 
@@ -224,7 +224,7 @@ def _score_generation(
     fresh: dict[int, dict[str, Any]] = {}
     # One worker: one candidate at a time, each recorded as soon as it is scored, so a kill
     # loses at most the candidate in progress. Several: the whole batch at once.
-    chunks = [[c] for c in todo] if getattr(pool, "workers", 1) <= 1 else [todo]
+    chunks = [[c] for c in todo] if pool.workers <= 1 else [todo]
     for chunk in chunks:
         if not chunk:
             continue
@@ -306,22 +306,33 @@ def run_evolve(
 
     ``ray``/``ray_address``: score candidates on Ray workers (``workers`` of them, each with
     ``cpus_per_worker`` CPUs and ``gpus_per_worker`` GPUs); otherwise in this process."""
-    from meldkit.evolve.backends import BackendOptions
     from meldkit.evolve.config import load_search_config
 
-    use_ray = ray or ray_address is not None
-    backend = BackendOptions(
-        kind="ray" if use_ray else "serial",
+    return run_search(
+        load_search_config(search),
+        storage,
+        backend=backend_options(ray, ray_address, workers, cpus_per_worker, gpus_per_worker),
+        restart=restart,
+        save_best=save_best,
+        on_info=on_info,
+    )
+
+
+def backend_options(
+    ray: bool,
+    ray_address: str | None,
+    workers: int | None,
+    cpus_per_worker: int,
+    gpus_per_worker: float,
+) -> Any:
+    """The :class:`~meldkit.evolve.backends.BackendOptions` of ``meldkit evolve``'s worker
+    options: Ray when asked for (``ray``, or an address), else this process."""
+    from meldkit.evolve.backends import BackendOptions
+
+    return BackendOptions(
+        kind="ray" if ray or ray_address is not None else "serial",
         address=ray_address,
         workers=workers,
         cpus_per_worker=cpus_per_worker,
         gpus_per_worker=gpus_per_worker,
-    )
-    return run_search(
-        load_search_config(search),
-        storage,
-        backend=backend,
-        restart=restart,
-        save_best=save_best,
-        on_info=on_info,
     )

@@ -108,7 +108,3 @@ class Storage:
 
     def write_state(self, state: dict[str, Any]) -> None:
         atomic_write(self.state_path, json.dumps({"version": STATE_VERSION, **state}, indent=1))
-
-    def history_in_order(self) -> list[dict[str, Any]]:
-        records = self.read_history()
-        return [records[i] for i in sorted(records)]
