@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from meldkit.methods.pcb import kth_smallest, pcb_weights
+from meldkit.methods.pcb import kth_smallest, pcb_weights, tail_pair
 from tests.methods.helpers import run_method, t
 
 
@@ -93,3 +93,29 @@ def test_kth_smallest_is_exact_on_every_route(data: str) -> None:
     for k in (1, 20, 4096, 4097, n // 10, n // 2, n - 4096, n - 4095, n - 20, n):
         got = kth_smallest(row, k)
         assert got == ordered[k - 1], (data, k)
+
+
+@pytest.mark.parametrize("data", ["normal", "ties", "signed_zeros", "biased_sample", "short"])
+def test_tail_pair_is_exact_on_every_route(data: str) -> None:
+    # The clamp's two bounds: a cut of the sampled tails when both ranks are near an end,
+    # the single-rank search when the cut holds too few entries (biased sample) or the row
+    # is short or the ranks are far from the ends.
+    g = torch.Generator().manual_seed(11)
+    n = 1000 if data == "short" else 200_003
+    row = torch.randn(n, generator=g).abs()
+    if data == "ties":
+        row = torch.randint(0, 3, (n,), generator=g).float()
+    elif data == "signed_zeros":
+        row[::3] = 0.0
+        row[1::3] = -0.0
+    elif data == "biased_sample":
+        # Every sampled entry is tiny, so the low cut holds too few entries for the ranks
+        # away from the bottom (the high cut then holds nearly the whole row).
+        row[::61] = torch.linspace(0, 1e-9, row[::61].numel())
+    ordered = torch.sort(row).values
+    pairs = [(1, n), (20, n - 19), (n // 5, n - n // 5), (n // 3, n // 2)]
+    if n > 8192:
+        pairs.append((4097, n - 4096))  # beyond topk's reach from either end
+    for k_low, k_high in pairs:
+        low, high = tail_pair(row, k_low, k_high)
+        assert (low, high) == (ordered[k_low - 1], ordered[k_high - 1]), (data, k_low, k_high)

@@ -39,27 +39,25 @@ from meldkit.methods import sparsify, spectral
 from meldkit.methods.inputs import non_base, param_float
 from meldkit.methods.registry import MergeContext
 
-__all__ = ["pcb", "pcb_weights", "kth_smallest"]
+__all__ = ["pcb", "pcb_weights", "kth_smallest", "tail_pair"]
 
 
-def _ranked(row: torch.Tensor, fraction: float, offset: int = 0) -> torch.Tensor:
-    """The entry of ascending rank ``⌊N·fraction + offset⌋`` (0-based, clamped to the row)."""
-    n = row.numel()
-    rank = min(max(int(n * fraction + offset), 0), n - 1)
-    return kth_smallest(row, rank + 1)
+def _rank(n: int, fraction: float, offset: int = 0) -> int:
+    """The 1-based ascending rank ``⌊n·fraction + offset⌋ + 1``, clamped to ``1..n``."""
+    return min(max(int(n * fraction + offset), 0), n - 1) + 1
 
 
 def kth_smallest(row: torch.Tensor, k: int) -> torch.Tensor:
     """The exact ``k``-th smallest entry (1-based) of a 1-D tensor, as a 0-dim tensor.
 
     Exact in every case; the route is only a matter of speed. PCB asks for ranks near the ends
-    (its clamp, 1e-4 of each tail) and one in the middle (its top ``ratio``) of rows of
-    millions of entries. Near an end, ``topk`` of the short side is one cheap pass. In the
-    middle, the value is looked up in a strided sample (every 61st entry: a prime stride, so
-    a matrix's columns are not sampled in step), a band of sample ranks around it wide enough
-    to hold the true rank with overwhelming probability (6 standard deviations) is cut out of
-    the row, and the rank is taken in that band (about 1% of the row); should the band miss
-    (it can only be slower, never wrong), the whole row is searched."""
+    (its clamp, 1e-4 of each tail: :func:`tail_pair`) and one in the middle (its top
+    ``ratio``) of rows of millions of entries. Near an end, ``topk`` of the short side is one
+    pass. In the middle, the value is looked up in a strided sample (every 61st entry: a prime
+    stride, so a matrix's columns are not sampled in step), a band of sample ranks around it
+    wide enough to hold the true rank with overwhelming probability (6 standard deviations) is
+    cut out of the row, and the rank is taken in that band (about 1% of the row); should the
+    band miss (it can only be slower, never wrong), the whole row is searched."""
     n = row.numel()
     short = min(k, n - k + 1)
     if short <= _TOPK_MAX:
@@ -71,9 +69,8 @@ def kth_smallest(row: torch.Tensor, k: int) -> torch.Tensor:
     sample = row[::_STRIDE]
     m = sample.numel()
     p = k / n
-    margin = 6 * (m * p * (1 - p)) ** 0.5 + 8
-    low_rank = max(1, math.floor(p * m - margin))
-    high_rank = min(m, math.ceil(p * m + margin))
+    low_rank = max(1, math.floor(p * m - _margin(m, p)))
+    high_rank = min(m, math.ceil(p * m + _margin(m, p)))
     low = torch.kthvalue(sample, low_rank).values
     high = torch.kthvalue(sample, high_rank).values
     below = int(torch.count_nonzero(row < low))  # count_nonzero: 7x faster than a bool sum
@@ -81,6 +78,46 @@ def kth_smallest(row: torch.Tensor, k: int) -> torch.Tensor:
     if below < k <= below + band.numel():
         return torch.kthvalue(band, k - below).values
     return sparsify.kth_smallest(row, k)
+
+
+def tail_pair(row: torch.Tensor, k_low: int, k_high: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The exact ``k_low``-th and ``k_high``-th smallest entries (1-based) of a 1-D tensor,
+    where ``k_low`` is near the bottom and ``k_high`` near the top: PCB's two clamp bounds.
+
+    One strided sample gives a cut above the low rank and one below the high rank, each
+    ``6σ + 8`` sample ranks beyond the expected place; one pass cuts out the entries beyond
+    the two cuts (a few thousand of millions), and each rank is taken among them. That is
+    exact whenever a cut holds at least its rank's count of entries (checked; else the rank is
+    searched in the whole row), and a seventh of what two ``topk`` passes cost on the CPU."""
+    n = row.numel()
+    from_top = n - k_high + 1  # k_high's rank counted from the largest
+    if n < _SAMPLE_MIN or max(k_low, from_top) > n // 4:
+        return kth_smallest(row, k_low), kth_smallest(row, k_high)
+    sample = row[::_STRIDE]
+    m = sample.numel()
+    low_rank = min(m, math.ceil(k_low / n * m + _margin(m, k_low / n)))
+    high_rank = max(1, m + 1 - math.ceil(from_top / n * m + _margin(m, from_top / n)))
+    low_cut = torch.kthvalue(sample, low_rank).values
+    high_cut = torch.kthvalue(sample, high_rank).values
+    if not bool(low_cut < high_cut):
+        return kth_smallest(row, k_low), kth_smallest(row, k_high)
+    tails = row[(row <= low_cut).logical_or_(row >= high_cut)]
+    lows, highs = tails[tails <= low_cut], tails[tails >= high_cut]
+    low = torch.kthvalue(lows, k_low).values if lows.numel() >= k_low else None
+    high = (
+        torch.kthvalue(highs, highs.numel() - from_top + 1).values
+        if highs.numel() >= from_top
+        else None
+    )
+    return (
+        kth_smallest(row, k_low) if low is None else low,
+        kth_smallest(row, k_high) if high is None else high,
+    )
+
+
+def _margin(m: int, p: float) -> float:
+    """Sample ranks between a sampled quantile and the true one: 6 standard deviations + 8."""
+    return 6 * (m * p * (1 - p)) ** 0.5 + 8
 
 
 # Ranks within this distance of an end go to topk; rows this long or longer are sampled.
@@ -92,17 +129,18 @@ _STRIDE = 61
 def pcb_weights(flat: torch.Tensor, ratio: float, clamp: float) -> torch.Tensor:
     """The balancing weights ``m`` (T × N) of task vectors ``flat`` (T × N), which becomes
     the clamped task vectors ``τ̃`` in place (see the module docstring). One row at a time,
-    so the scratch is ``flat``, the weights and a few rows."""
+    each task's score built in its row of the weights, so the scratch is ``flat``, the weights
+    and two rows (allocated once: fresh tensors of this size cost page faults every time)."""
     n_tasks, n = flat.shape
     total = flat.sum(dim=0)  # (N,)
     weights = torch.empty_like(flat)
+    magnitude = torch.empty_like(total)
     for t in range(n_tasks):
-        row = flat[t]
-        magnitude = row.abs()
-        low = _ranked(magnitude, clamp)
-        high = _ranked(magnitude, 1 - clamp, offset=-1)
+        row, score = flat[t], weights[t]
+        torch.abs(row, out=magnitude)
+        low, high = tail_pair(magnitude, _rank(n, clamp), _rank(n, 1 - clamp, offset=-1))
         magnitude.clamp_(min=low, max=high)  # now its min is low and its max is high
-        score = torch.mul(row, total).tanh_()  # inter-balancing: agreement with the sum
+        torch.mul(row, total, out=score).tanh_()  # inter-balancing: agreement with the sum
         row.sign_().mul_(magnitude)  # τ̃_t = sign(τ_t)·|τ|_t: a zero stays zero
         span = high - low
         if float(span) > 0:  # minmax(|τ|_t), with the bounds the clamp already gave
@@ -110,14 +148,13 @@ def pcb_weights(flat: torch.Tensor, ratio: float, clamp: float) -> torch.Tensor:
         else:
             magnitude.zero_()
         score.mul_(magnitude.square_().mul_(n_tasks).exp_())  # × intra-balancing
-        del magnitude
-        threshold = _ranked(score, 1 - ratio)
+        threshold = kth_smallest(score, _rank(n, 1 - ratio))
         score.clamp_(min=threshold)  # its min is now the threshold
         span = score.max() - threshold
         if float(span) > 0:
-            weights[t] = score.sub_(threshold).div_(span)
+            score.sub_(threshold).div_(span)
         else:
-            weights[t] = 0
+            score.zero_()
     return weights
 
 
