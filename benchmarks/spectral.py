@@ -21,7 +21,13 @@ stored as bf16 in a safetensors file so that reading is real):
   polar factors; WUDI the
   Gram ``sum_t w_t tau_t^T tau_t`` and its ``eigh`` (the pseudo-inverse of the closed form).
   PCB, MagMax and Consensus are element-wise: their yardstick is the floor. ``lowrank``:
-  ``torch.svd_lowrank(q=k, niter=2)`` in place of TSV-M's per-task SVDs.
+  ``torch.svd_lowrank(q=k, niter=2)`` in place of TSV-M's per-task SVDs;
+* **own algebra** (``algebra`` column), for the two methods whose work is not a factorization:
+  WUDI's Adam form, the products it cannot avoid (the ``T`` Gram products, the ``T`` residual
+  products and one ``(out x in) @ (in x in)`` product per step, ``steps`` = 30); PCB, its
+  three selections per task (the two clamp bounds and the top-``ratio`` threshold) by
+  ``torch.kthvalue`` over the whole row. The ratio ``method / (floor + algebra)`` then says
+  what the implementation adds to the arithmetic the algorithm needs.
 
 With ``--med``, each method also merges the whole ``bench-data/med`` set (base + 3
 fine-tunes, bf16) as ``python -m meldkit merge``, next to ``floor.py`` over the same models,
@@ -162,6 +168,31 @@ def _factorizations(method: str, taus: list[torch.Tensor], lowrank: bool) -> Non
         torch.linalg.eigh(gram)
 
 
+# The methods whose unavoidable arithmetic is not a factorization (see the docstring).
+OWN_ALGEBRA = ("wudi", "pcb")
+
+
+def _own_algebra(method: str, taus: list[torch.Tensor]) -> None:
+    """The arithmetic ``method``'s algorithm cannot avoid (see the docstring)."""
+    if method == "wudi":
+        total = torch.stack(taus).sum(0)
+        gram = torch.zeros(total.shape[1], total.shape[1])
+        residual = torch.zeros_like(total)
+        for tau in taus:
+            g_t = tau.mH @ tau
+            gram.add_(g_t)
+            residual.add_((tau - total) @ g_t)
+        step = torch.empty_like(total)
+        for _ in range(30):  # wudi's default steps
+            torch.addmm(residual, total, gram, beta=-1, out=step)
+    elif method == "pcb":
+        n = taus[0].numel()
+        for tau in taus:
+            row = tau.reshape(-1).abs()
+            for k in (int(n * 1e-4) + 1, int(n * (1 - 1e-4)), int(n * 0.9) + 1):
+                torch.kthvalue(row, k)
+
+
 def _time_method(
     name: str, path: Path, names: list[str], taus: list[torch.Tensor], floor: float, repeat: int
 ) -> dict[str, Any]:
@@ -192,6 +223,9 @@ def _time_method(
         "svd_s": svd_s,
         "ratio_svd": method_s / (floor + svd_s),
     }
+    if name in OWN_ALGEBRA:
+        algebra = _best(lambda: _own_algebra(name, taus), repeat)
+        row.update(algebra_s=algebra, ratio_algebra=method_s / (floor + algebra))
     if name == "tsv":
         low = _best(lambda: _factorizations(name, taus, True), repeat)
         row.update(lowrank_s=low, ratio_lowrank=method_s / (floor + low))
@@ -229,6 +263,8 @@ def _format_row(row: dict[str, Any]) -> str:
         f"{row['method']:<10} {row['shape']:>11} method {row['method_s']:8.3f} s  floor "
         f"{row['floor_s']:7.3f} s  svd {row['svd_s']:8.3f} s  ratio {row['ratio_svd']:5.2f}x"
     )
+    if "algebra_s" in row:
+        text += f"  (algebra {row['algebra_s']:.3f} s: {row['ratio_algebra']:.2f}x)"
     if "lowrank_s" in row:
         text += f"  (lowrank {row['lowrank_s']:.3f} s: {row['ratio_lowrank']:.2f}x)"
     if "gpu_method_s" in row:
