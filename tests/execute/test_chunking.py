@@ -105,3 +105,33 @@ def test_compute_order_gaps():
     assert [t.name for t in order(ts, 80)] == ["b", "a", "e", "f", "c", "g", "d", "h"]
     assert [t.name for t in order([T("z", 0)])] == ["z"]
     assert order([]) == []
+
+
+def _consensus(base, a, b, base_method: str) -> str:
+    return (
+        f"merge_method: consensus\nbase_model: {base}\n"
+        f"models: [{{model: {a}, parameters: {{weight: 0.6}}}}, {{model: {b}}}]\n"
+        f"parameters: {{base_method: {base_method}, k: 1, lambda: 0.9}}\n"
+    )
+
+
+def test_consensus_is_split_over_task_arithmetic_only(llama_family):
+    # Its masks compare entries of one position; over TIES the density trims by the whole
+    # tensor's magnitudes, so a block of rows would rank against the wrong entries.
+    base, (a, b) = llama_family
+    consensus = get_method("consensus")
+    for base_method, split in (("task_arithmetic", True), ("ties", False)):
+        plan = plan_merge(_consensus(base, a, b, base_method))
+        pieces = list(tensor_module.split_pieces(plan.tensors, consensus, set(), max_elements=100))
+        emb = [p for p in pieces if p.tensor.name == "model.embed_tokens.weight"]
+        assert (len(emb) > 1) is split, base_method
+
+
+def test_chunked_consensus_equals_whole_tensor_merge(llama_family, tmp_path):
+    base, (a, b) = llama_family
+    recipe = _consensus(base, a, b, "task_arithmetic")
+    run_merge(recipe, tmp_path / "whole", quiet=True)
+    run_merge(recipe, tmp_path / "chunked", quiet=True, policy=EnginePolicy(chunk_elements=100))
+    assert (tmp_path / "whole" / "model.safetensors").read_bytes() == (
+        tmp_path / "chunked" / "model.safetensors"
+    ).read_bytes()

@@ -95,7 +95,7 @@ def run_pipeline(
 
 
 def _read_ahead(plan: MergePlan, policy: EnginePolicy) -> int:
-    return policy.read_ahead(plan.method.elementwise)
+    return policy.read_ahead(plan.elementwise)
 
 
 def _tensors_to_compute(plan: MergePlan, done: set[str], policy: EnginePolicy) -> list[TensorPlan]:

@@ -44,7 +44,7 @@ class Piece:
 
 def _chunkable(tensor: TensorPlan, method: MethodSpec, lora_models: set[str]) -> bool:
     return (
-        (method.elementwise or tensor.copy)
+        (tensor.copy or method.elementwise_for(tensor.shared, tensor.per_input))
         and not tensor.integer
         and tensor.vocabulary is None
         and len(tensor.shape) >= 1

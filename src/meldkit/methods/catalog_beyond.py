@@ -5,10 +5,21 @@ language models."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 from meldkit.methods.checks import check_consensus, check_spectral, check_wudi
 from meldkit.methods.registry import MethodSpec, ParamSpec, register
 
 __all__: list[str] = []
+
+
+def _consensus_elementwise(
+    shared: Mapping[str, Any], per_input: Sequence[Mapping[str, Any]]
+) -> bool:
+    """Over task arithmetic every entry is its own (the masks compare entries of the same
+    position); over TIES the density's trim ranks each tensor's magnitudes."""
+    return (shared.get("base_method") or "task_arithmetic") != "ties"
 
 
 def _weight() -> ParamSpec:
@@ -251,5 +262,6 @@ register(
         reference_url="https://arxiv.org/abs/2405.07813",
         summary="Task arithmetic or TIES, keeping only the entries at least k tasks need.",
         check=check_consensus,
+        elementwise_when=_consensus_elementwise,
     )
 )

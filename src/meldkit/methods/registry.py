@@ -95,6 +95,12 @@ class MethodSpec:
     # Each output element depends only on the same element of the inputs (and per-tensor
     # parameters), so the engine may compute a large tensor in blocks of rows.
     elementwise: bool = False
+    # Elementwise for some parameters only (consensus over task arithmetic, not over TIES,
+    # whose density trims by each tensor's magnitudes): asked per tensor with its shared and
+    # per-input parameters when ``elementwise`` is False.
+    elementwise_when: Callable[[Mapping[str, Any], Sequence[Mapping[str, Any]]], bool] | None = (
+        field(default=None, compare=False)
+    )
     # The merge function accepts inputs in their stored floating dtype (bf16, fp16) and does
     # its math in float32 (float64) itself, e.g. with `out_f32.add_(x_bf16, alpha=w)`; the
     # engine then skips the separate upcast pass.
@@ -103,6 +109,15 @@ class MethodSpec:
     check: (
         Callable[[Mapping[str, Any], Sequence[Mapping[str, Any]], int | None], list[str]] | None
     ) = field(default=None, compare=False)
+
+    def elementwise_for(
+        self, shared: Mapping[str, Any], per_input: Sequence[Mapping[str, Any]]
+    ) -> bool:
+        """Whether each output element depends only on the same element of the inputs, for
+        a tensor merged with these parameters."""
+        if self.elementwise:
+            return True
+        return self.elementwise_when is not None and self.elementwise_when(shared, per_input)
 
     def param(self, name: str) -> ParamSpec | None:
         for p in self.params:

@@ -110,7 +110,7 @@ def _run_stage(
         return
     plan = _current_plan(sp, chain, set(result.executed))
     policy = run.policy or policy_from_environment()
-    attach(plan, streams, Pacer(policy.read_ahead(plan.method.elementwise)))
+    attach(plan, streams, Pacer(policy.read_ahead(plan.elementwise)))
     if sp.streamed:
         stream = StreamedStage(plan, run.device, run.seed, policy, warn)
         streams[chain.skeleton(label)] = stream

@@ -115,6 +115,12 @@ class MergePlan:
         return plan_to_dict(self)
 
     @property
+    def elementwise(self) -> bool:
+        """Whether every tensor is merged element by element (the executor may then read
+        ahead less: see :meth:`~meldkit.execute.policy.EnginePolicy.read_ahead`)."""
+        return all(self.method.elementwise_for(t.shared, t.per_input) for t in self.tensors)
+
+    @property
     def bytes_to_read(self) -> int:
         """Bytes read from the inputs, each stored tensor counted once however often it is used."""
         seen: dict[tuple[Any, int], int] = {}
