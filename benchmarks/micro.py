@@ -170,6 +170,21 @@ def main() -> int:
     mask = d > 0
     row("int(mask.sum())          (bool -> int64 reduction)", lambda: int(mask.sum()))
     row("torch.count_nonzero(mask)", lambda: int(torch.count_nonzero(mask)))
+    print("-- PCB: the clamp's two bounds of |delta| (ranks N*1e-4 from each end)")
+    from meldkit.methods.pcb import tail_pair
+
+    k_low, k_high = int(n * 1e-4) + 1, int(n * (1 - 1e-4))
+
+    def two_topk() -> tuple[torch.Tensor, torch.Tensor]:
+        low = torch.topk(d, k_low, largest=False, sorted=False).values.max()
+        return low, torch.topk(d, n - k_high + 1, sorted=False).values.min()
+
+    row("two topk passes          (before)", two_topk)
+    row(
+        "tail_pair: one sampled cut of both tails (same values)",
+        lambda: tail_pair(d, k_low, k_high),
+    )
+    assert tuple(map(float, tail_pair(d, k_low, k_high))) == tuple(map(float, two_topk()))
     print("-- DARE/DELLA rescale: L1 norm of one delta")
     blocks = n // 16384
     head = d[: blocks * 16384].reshape(blocks, 16384)

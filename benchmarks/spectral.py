@@ -29,6 +29,10 @@ stored as bf16 in a safetensors file so that reading is real):
   ``torch.kthvalue`` over the whole row. The ratio ``method / (floor + algebra)`` then says
   what the implementation adds to the arithmetic the algorithm needs.
 
+With every `med` shape timed, the per-shape times are also summed over `med`'s matrices
+(``med_sums``): the whole-model yardstick, floor plus factorizations, for a whole `med` merge
+timed by ``benchmarks/run.py``. ``--sums JSON`` prints them again from a saved result.
+
 With ``--med``, each method also merges the whole ``bench-data/med`` set (base + 3
 fine-tunes, bf16) as ``python -m meldkit merge``, next to ``floor.py`` over the same models,
 one process each, alternately. Methods not registered yet are skipped and listed. Results:
@@ -67,6 +71,8 @@ FLOOR_CMD = next(
 NEW_METHODS = ("tsv", "iso_c", "iso_cts", "wudi", "pcb", "magmax", "consensus")
 # med's matrices (hidden 1536, 6 KV heads of 64, MLP 4096, vocabulary 32000) and a 7B's.
 MED_SHAPES = ("1536x1536", "384x1536", "4096x1536", "1536x4096", "32000x1536")
+# How many matrices of each shape `med` has (12 layers; embeddings and LM head untied).
+MED_COUNTS = {"1536x1536": 24, "384x1536": 24, "4096x1536": 24, "1536x4096": 12, "32000x1536": 2}
 DEFAULT_SHAPES = (*MED_SHAPES, "1024x4096", "4096x4096")
 
 
@@ -272,6 +278,32 @@ def _format_row(row: dict[str, Any]) -> str:
     return text
 
 
+def _med_sums(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per method with every `med` shape timed: the per-shape times summed over `med`'s
+    matrices (its 25 norm vectors are negligible), so the whole-model yardstick is known:
+    ``method_s`` next to ``floor_s + svd_s`` (and ``+ algebra_s``)."""
+    sums = []
+    for name in dict.fromkeys(r["method"] for r in rows):
+        mine = {r["shape"]: r for r in rows if r["method"] == name and r["shape"] in MED_COUNTS}
+        if len(mine) < len(MED_COUNTS):
+            continue
+        total = {
+            key: sum(n * mine[shape].get(key, 0.0) for shape, n in MED_COUNTS.items())
+            for key in ("method_s", "floor_s", "svd_s", "algebra_s")
+        }
+        total["ratio_svd"] = total["method_s"] / (total["floor_s"] + total["svd_s"])
+        if name in OWN_ALGEBRA:
+            total["ratio_algebra"] = total["method_s"] / (total["floor_s"] + total["algebra_s"])
+        sums.append({"method": name, **total})
+        print(
+            f"{name:<10} med matrices: method {total['method_s']:7.1f} s  floor "
+            f"{total['floor_s']:5.1f} s  svd {total['svd_s']:7.1f} s  ratio "
+            f"{total['ratio_svd']:5.2f}x"
+            + (f"  algebra {total['algebra_s']:.1f} s" if name in OWN_ALGEBRA else "")
+        )
+    return sums
+
+
 def _med_recipe(method: str, med: Path, out: Path) -> Path:
     from meldkit.methods.registry import get_method
 
@@ -315,7 +347,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--med", action="store_true", help="also merge the whole bench-data/med")
     ap.add_argument("--scratch", type=Path, default=Path("/tmp/meldkit-spectral"))
+    ap.add_argument("--sums", type=Path, default=None, help="print a saved result's med sums")
     args = ap.parse_args(argv)
+    if args.sums:
+        _med_sums(json.loads(args.sums.read_text())["shapes"])
+        return 0
     from meldkit.errors import RecipeError
     from meldkit.methods.registry import get_method
 
@@ -356,6 +392,7 @@ def main(argv: list[str] | None = None) -> int:
             _shape(text), methods, args.scratch, args.tasks, args.repeat
         )
         target.write_text(json.dumps(result, indent=2) + "\n")
+    result["med_sums"] = _med_sums(result["shapes"])
     if args.med:
         for name in methods:
             result["med"] += _time_med([name], REPO / "bench-data" / "med", args.scratch)
