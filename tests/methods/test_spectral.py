@@ -66,6 +66,19 @@ def test_gram_route_falls_back_to_the_exact_svd_when_the_spectrum_is_too_wide() 
     assert torch.equal(zero[1], torch.zeros(3))  # a zero matrix: the exact SVD, no NaN
 
 
+def test_gram_route_falls_back_to_the_exact_svd_for_a_tiny_spectrum() -> None:
+    # One entry of 2^-126 (float32's smallest normal): its float64 Gram value 2^-252 passes the
+    # ratio test, but σ = 2^-126 scaled products would be subnormal (the hypothesis example
+    # that once gave NaN); the exact SVD is computed instead, bit for bit, and stays finite.
+    m = torch.zeros(2, 3)
+    m[1, 2] = torch.finfo(torch.float32).tiny
+    got = spectral.top_svd(m, 1, MergeContext("w"), "t")
+    u, s, vh = torch.linalg.svd(m, full_matrices=False)
+    for a, b in zip(got, (u[:, :1], s[:1], vh[:1]), strict=True):
+        assert torch.equal(a, b)
+    assert all(bool(torch.isfinite(x).all()) for x in got)
+
+
 @pytest.mark.parametrize("shape", [(800, 100), (100, 800)])
 def test_gram_polar_matches_the_svd_polar(shape: tuple[int, int]) -> None:
     m = _matrix(shape, 0.99, seed=3)  # κ = 0.99^-99 ≈ 2.7: the Gram route

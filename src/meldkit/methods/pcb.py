@@ -117,7 +117,7 @@ def tail_pair(row: torch.Tensor, k_low: int, k_high: int) -> tuple[torch.Tensor,
 
 def _margin(m: int, p: float) -> float:
     """Sample ranks between a sampled quantile and the true one: 6 standard deviations + 8."""
-    return 6 * (m * p * (1 - p)) ** 0.5 + 8
+    return 6 * math.sqrt(m * p * (1 - p)) + 8
 
 
 # Ranks within this distance of an end go to topk; rows this long or longer are sampled.

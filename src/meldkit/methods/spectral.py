@@ -188,14 +188,17 @@ def top_svd(
 def _gram_eigh(matrix: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The top ``k`` eigenpairs ``(λ, Q)`` (descending, float64; ``Q`` is r × k) of the
     smaller Gram matrix (``MᵀM`` for a tall ``M``, ``MMᵀ`` for a wide one), or ``None`` when
-    the ``k``-th is below the route's floor times the largest (or the matrix is zero)."""
+    the ``k``-th is below the route's floor times the largest (or the matrix is zero), or when
+    its singular value ``√λ`` would be too small for the matrix's dtype to divide by (below
+    ``tiny / eps``, 1e-31 in float32: the products it scales would be subnormal)."""
     gram = _gram64(matrix)  # (r, r)
     values, vectors = torch.linalg.eigh(gram)  # ascending
     del gram
     values = values.flip(0)[:k]
-    top = float(values[0])
+    top, last = float(values[0]), float(values[-1])
     floor = GRAM_MIN_RATIO if matrix.dtype == torch.float32 else GRAM_MIN_RATIO_F64
-    if not top > 0 or float(values[-1]) < floor * top:
+    info = torch.finfo(matrix.dtype)
+    if not top > 0 or last < floor * top or last < (info.tiny / info.eps) ** 2:
         return None
     return values, vectors.flip(1)[:, :k]
 
