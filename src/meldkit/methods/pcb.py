@@ -88,7 +88,8 @@ def tail_pair(row: torch.Tensor, k_low: int, k_high: int) -> tuple[torch.Tensor,
     ``6σ + 8`` sample ranks beyond the expected place; one pass cuts out the entries beyond
     the two cuts (a few thousand of millions), and each rank is taken among them. That is
     exact whenever a cut holds at least its rank's count of entries (checked; else the rank is
-    searched in the whole row), and a seventh of what two ``topk`` passes cost on the CPU."""
+    searched in the whole row), at a fifth to a seventh of what two ``topk`` passes cost on
+    the CPU (``benchmarks/micro.py``)."""
     n = row.numel()
     from_top = n - k_high + 1  # k_high's rank counted from the largest
     if n < _SAMPLE_MIN or max(k_low, from_top) > n // 4:
