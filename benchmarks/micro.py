@@ -171,9 +171,9 @@ def main() -> int:
     row("int(mask.sum())          (bool -> int64 reduction)", lambda: int(mask.sum()))
     row("torch.count_nonzero(mask)", lambda: int(torch.count_nonzero(mask)))
     print("-- PCB: the clamp's two bounds of |delta| (ranks N*1e-4 from each end)")
-    from meldkit.methods.pcb import tail_pair
+    from meldkit.methods.pcb import _rank, tail_pair
 
-    k_low, k_high = int(n * 1e-4) + 1, int(n * (1 - 1e-4))
+    k_low, k_high = _rank(n, 1e-4), _rank(n, 1 - 1e-4, offset=-1)  # pcb's default clamp
 
     def two_topk() -> tuple[torch.Tensor, torch.Tensor]:
         low = torch.topk(d, k_low, largest=False, sorted=False).values.max()

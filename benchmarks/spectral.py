@@ -24,7 +24,7 @@ stored as bf16 in a safetensors file so that reading is real):
   ``torch.svd_lowrank(q=k, niter=2)`` in place of TSV-M's per-task SVDs;
 * **own algebra** (``algebra`` column), for the two methods whose work is not a factorization:
   WUDI's Adam form, the products it cannot avoid (the ``T`` Gram products, the ``T`` residual
-  products and one ``(out x in) @ (in x in)`` product per step, ``steps`` = 30); PCB, its
+  products and one ``(out x in) @ (in x in)`` product per step, at its default ``steps``); PCB, its
   three selections per task (the two clamp bounds and the top-``ratio`` threshold) by
   ``torch.kthvalue`` over the whole row. The ratio ``method / (floor + algebra)`` then says
   what the implementation adds to the arithmetic the algorithm needs.
@@ -178,8 +178,9 @@ def _factorizations(method: str, taus: list[torch.Tensor], lowrank: bool) -> Non
 OWN_ALGEBRA = ("wudi", "pcb")
 
 
-def _own_algebra(method: str, taus: list[torch.Tensor]) -> None:
-    """The arithmetic ``method``'s algorithm cannot avoid (see the docstring)."""
+def _own_algebra(method: str, taus: list[torch.Tensor], shared: dict[str, Any]) -> None:
+    """The arithmetic ``method``'s algorithm cannot avoid at its defaults ``shared`` (see the
+    docstring)."""
     if method == "wudi":
         total = torch.stack(taus).sum(0)
         gram = torch.zeros(total.shape[1], total.shape[1])
@@ -189,13 +190,15 @@ def _own_algebra(method: str, taus: list[torch.Tensor]) -> None:
             gram.add_(g_t)
             residual.add_((tau - total) @ g_t)
         step = torch.empty_like(total)
-        for _ in range(30):  # wudi's default steps
+        for _ in range(int(shared["steps"])):
             torch.addmm(residual, total, gram, beta=-1, out=step)
     elif method == "pcb":
-        n = taus[0].numel()
+        from meldkit.methods.pcb import _rank  # the ranks pcb_weights selects
+
+        n, clamp, ratio = taus[0].numel(), shared["clamp"], shared["ratio"]
         for tau in taus:
             row = tau.reshape(-1).abs()
-            for k in (int(n * 1e-4) + 1, int(n * (1 - 1e-4)), int(n * 0.9) + 1):
+            for k in (_rank(n, clamp), _rank(n, 1 - clamp, offset=-1), _rank(n, 1 - ratio)):
                 torch.kthvalue(row, k)
 
 
@@ -230,7 +233,7 @@ def _time_method(
         "ratio_svd": method_s / (floor + svd_s),
     }
     if name in OWN_ALGEBRA:
-        algebra = _best(lambda: _own_algebra(name, taus), repeat)
+        algebra = _best(lambda: _own_algebra(name, taus, shared), repeat)
         row.update(algebra_s=algebra, ratio_algebra=method_s / (floor + algebra))
     if name == "tsv":
         low = _best(lambda: _factorizations(name, taus, True), repeat)
